@@ -1,0 +1,163 @@
+"""A run's configuration: validated once, before anything trains, with one-line errors.
+
+Hydra composes a plain nested dict (configs/); `resolve_run_config` checks every value,
+applies the paper's grid rule where asked (``algo.budget: 2L``, ``algo.state_lr: table``)
+and returns the plain dict that names the run (its hash is the run id) and is saved with it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pcalm.algorithms import ALGORITHMS, algorithm_options, make_algorithm
+from pcalm.data import DATASETS
+from pcalm.eta import lookup_state_lr
+from pcalm.model import ACTIVATIONS, PARAMETERISATIONS, get_activation
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DEVICES = ("auto", "cpu", "cuda")
+LOGGER_MODES = ("none", "offline", "online")
+PROGRESS = ("auto", "on", "off")
+
+SECTION_KEYS = {
+    "model": ("width", "depth", "activation", "param", "gamma0"),
+    "data": ("name", "root", "train_size", "test_size"),
+    "train": (
+        "epochs", "batch_size", "eta0", "seed", "device", "dtype", "evals_per_epoch",
+        "threads", "progress", "checkpoint_every",
+    ),
+    "logger": ("mode", "project", "entity", "group"),
+}
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one line naming the key and what is allowed."""
+
+
+def _fail(key: str, value, allowed: str) -> ConfigError:
+    return ConfigError(f"bad value {key}={value!r}: {allowed}")
+
+
+def _int(cfg: dict, section: str, key: str, minimum: int, optional: bool = False):
+    value = cfg[section][key]
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        none = " or null" if optional else ""
+        raise _fail(f"{section}.{key}", value, f"allowed: an integer >= {minimum}{none}")
+
+
+def _number(cfg: dict, section: str, key: str, minimum: float = 0.0, strict: bool = True):
+    value = cfg[section][key]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or value < minimum or (strict and value == minimum):
+        sign = ">" if strict else ">="
+        raise _fail(f"{section}.{key}", value, f"allowed: a number {sign} {minimum}")
+    cfg[section][key] = float(value)
+
+
+def _choice(cfg: dict, section: str, key: str, allowed) -> None:
+    value = cfg[section][key]
+    if value not in allowed:
+        raise _fail(f"{section}.{key}", value, f"allowed: {', '.join(map(str, allowed))}")
+
+
+def _check_sections(cfg: dict) -> None:
+    for section, keys in SECTION_KEYS.items():
+        if not isinstance(cfg.get(section), dict):
+            raise ConfigError(f"missing config section {section!r}")
+        unknown = sorted(set(cfg[section]) - set(keys))
+        missing = [k for k in keys if k not in cfg[section]]
+        if unknown:
+            raise ConfigError(
+                f"unknown key {section}.{unknown[0]}: allowed in {section}: {', '.join(keys)}"
+            )
+        if missing:
+            raise ConfigError(f"missing key {section}.{missing[0]}")
+
+
+def _resolve_algo(cfg: dict, eta_table: Path | None) -> None:
+    algo = cfg.get("algo")
+    if not isinstance(algo, dict) or "name" not in algo:
+        raise ConfigError("missing config key algo.name")
+    name = algo["name"]
+    if name not in ALGORITHMS:
+        raise _fail("algo.name", name, f"allowed: {', '.join(ALGORITHMS)}")
+    allowed = algorithm_options(name)
+    for key in sorted(set(algo) - {"name"}):
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown key algo.{key} for algo {name}: allowed: {', '.join(allowed) or 'none'}"
+            )
+    model = cfg["model"]
+    if algo.get("budget") == "2L":  # the paper's grid rule T = 2L (SPEC §4)
+        algo["budget"] = 2 * model["depth"]
+    if algo.get("state_lr") == "table":  # the paper's grid rule η_h = 1/λ_max (SPEC §4)
+        algo["state_lr"] = lookup_state_lr(
+            eta_table, cfg["data"]["name"], model["activation"], model["width"], model["depth"]
+        )
+    options = {k: v for k, v in algo.items() if k != "name"}
+    try:
+        make_algorithm(name, **options)
+    except ValueError as err:
+        raise ConfigError(f"bad algo config: {err}") from None
+    for key in ("state_lr", "rho", "alpha"):
+        if key in algo:
+            algo[key] = float(algo[key])
+
+
+def resolve_run_config(raw: dict, eta_table: Path | str | None = None) -> dict:
+    """Validate `raw` (a plain nested dict) and return the resolved copy; ConfigError if bad."""
+    cfg = copy.deepcopy(raw)
+    _check_sections(cfg)
+    _int(cfg, "model", "width", 1)
+    _int(cfg, "model", "depth", 2)
+    try:
+        get_activation(cfg["model"]["activation"])
+    except ValueError:
+        raise _fail("model.activation", cfg["model"]["activation"],
+                    f"allowed: {', '.join(ACTIVATIONS)}") from None
+    _choice(cfg, "model", "param", PARAMETERISATIONS)
+    _number(cfg, "model", "gamma0")
+    _choice(cfg, "data", "name", DATASETS)
+    _int(cfg, "data", "train_size", 10, optional=True)
+    _int(cfg, "data", "test_size", 10, optional=True)
+    for key, minimum in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("evals_per_epoch", 1),
+                         ("checkpoint_every", 1)):
+        _int(cfg, "train", key, minimum)
+    _int(cfg, "train", "threads", 1, optional=True)
+    _number(cfg, "train", "eta0")
+    _choice(cfg, "train", "device", DEVICES)
+    _choice(cfg, "train", "dtype", tuple(DTYPES))
+    _choice(cfg, "train", "progress", PROGRESS)
+    _choice(cfg, "logger", "mode", LOGGER_MODES)
+    _resolve_algo(cfg, Path(eta_table) if eta_table else None)
+    cfg.setdefault("name", "default")
+    cfg.setdefault("results_dir", "results")
+    return cfg
+
+
+@dataclass(frozen=True)
+class Cell:
+    """What a run trains, read off a resolved config (for display and run names)."""
+
+    algo: str
+    width: int
+    depth: int
+    activation: str
+    data: str
+    seed: int
+
+    @classmethod
+    def of(cls, cfg: dict) -> Cell:
+        m = cfg["model"]
+        return cls(cfg["algo"]["name"], m["width"], m["depth"], m["activation"],
+                   cfg["data"]["name"], cfg["train"]["seed"])
+
+    def __str__(self) -> str:
+        return (f"{self.algo} N={self.width} L={self.depth} {self.activation} "
+                f"{self.data} seed={self.seed}")

@@ -1,0 +1,176 @@
+"""Diagnostics of SPEC §5–6: gradient alignment to BP, credit traces, the inference
+Hessian's top eigenvalue, and the linear iteration matrix M.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from pcalm import energy
+from pcalm.algorithms import BP, PC, Algorithm, InferenceState
+from pcalm.model import ResidualMLP
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    denom = a.norm() * b.norm()
+    return float((a * b).sum() / denom) if denom > 0 else float("nan")
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm()) if b.norm() > 0 else float("nan")
+
+
+def grad_alignment(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> dict:
+    """Cosine and relative error of `grads` to `reference` (BP), whole network and per layer.
+
+    Report the per-layer numbers too: the whole-network cosine is dominated by the output
+    layers and hides slow input layers.
+    """
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat_ref = torch.cat([g.reshape(-1) for g in reference])
+    return {
+        "cosine": _cos(flat, flat_ref),
+        "rel_error": _rel_err(flat, flat_ref),
+        "cosine_per_layer": [_cos(g, r) for g, r in zip(grads, reference)],
+        "rel_error_per_layer": [_rel_err(g, r) for g, r in zip(grads, reference)],
+    }
+
+
+def alignment_to_bp(algo: Algorithm, net: ResidualMLP, x, y) -> dict:
+    """`grad_alignment` of `algo`'s weight gradients on (x, y) to BP's."""
+    return grad_alignment(algo.weight_grads(net, x, y), BP().weight_grads(net, x, y))
+
+
+def credit_traces(algo: PC, net: ResidualMLP, x, y) -> dict:
+    """Per inference step t and hidden layer l: the credit ε_l(t) against the BP adjoint.
+
+    Returns tensors of shape [steps + 1, L − 1] (row 0 = forward pass):
+    ``norm_ratio`` = ‖ε_l(t)‖ / ‖δ_l‖ (norms over batch and units) and ``cosine`` between
+    ε_l(t) and −δ_l (PC-ALM's fixed point is ε = λ = −δ, SPEC §5).
+    """
+    _, delta, _ = energy.backprop(net, x, y)
+    target = -delta
+    norms, cosines = [], []
+
+    def observe(step: int, state: InferenceState) -> None:
+        eps = state.eps
+        norms.append(eps.norm(dim=(-2, -1)) / target.norm(dim=(-2, -1)))
+        dot = (eps * target).sum(dim=(-2, -1))
+        cosines.append(dot / (eps.norm(dim=(-2, -1)) * target.norm(dim=(-2, -1))).clamp_min(1e-30))
+
+    algo.infer(net, x, y, observer=observe)
+    return {"norm_ratio": torch.stack(norms), "cosine": torch.stack(cosines)}
+
+
+def hessian_vector_product(net: ResidualMLP, h: torch.Tensor, v: torch.Tensor, rho: float = 1.0):
+    """Per-sample Gauss–Newton Hessian of the inference energy at states h, times v.
+
+    H = PᵀP + ρ RᵀR, with R = ∂r/∂z (unit block-lower-bidiagonal, −J_l = −∂f_l/∂z_{l-1}
+    below the diagonal) and P = ∂ŷ/∂z_{L-1} = a_out W_L diag φ'(z_{L-1}). v, h: [..., L-1, B, N].
+    """
+    d = net.act.deriv(h)
+    w_hidden_t = net.w_hidden.transpose(-1, -2)
+
+    def jvp_below(u):  # J_l u_{l-1} for l = 2..L-1
+        return u + net.a_hidden * ((d[..., :-1, :, :] * u) @ w_hidden_t)
+
+    def jtvp_above(u):  # J_{l+1}ᵀ u_{l+1} for l = 1..L-2
+        return u + net.a_hidden * d[..., :-1, :, :] * (u @ net.w_hidden)
+
+    rv = torch.cat([v[..., :1, :, :], v[..., 1:, :, :] - jvp_below(v[..., :-1, :, :])], dim=-3)
+    rtrv = rv - torch.cat([jtvp_above(rv[..., 1:, :, :]), torch.zeros_like(rv[..., :1, :, :])], -3)
+    top = d[..., -1, :, :]
+    pv = net.a_out * ((top * v[..., -1, :, :]) @ net.w_out.transpose(-1, -2))
+    ptpv = net.a_out * top * (pv @ net.w_out)
+    out = rho * rtrv
+    out[..., -1, :, :] += ptpv
+    return out
+
+
+def hessian_lambda_max(
+    net: ResidualMLP, x: torch.Tensor, rho: float = 1.0, iters: int = 60, seed: int = 0
+) -> float:
+    """Largest eigenvalue of the per-sample inference Hessian at the forward pass, max over
+    the batch (the PC step η_h is per sample, so the stiffest sample sets stability).
+
+    Batched Lanczos with full reorthogonalisation, one Krylov space per sample, in float64.
+    """
+    net64 = _as_float64(net)
+    x = x.double()
+    with torch.no_grad():
+        h, _ = net64.forward_states(x)
+        layers, batch, width = h.shape[-3:]
+        dim = layers * width
+        k = min(iters, dim)
+
+        def matvec(q):  # q: [B, dim] → H q per sample
+            v = q.reshape(batch, layers, width).transpose(0, 1)
+            hv = hessian_vector_product(net64, h, v, rho)
+            return hv.transpose(0, 1).reshape(batch, dim)
+
+        gen = torch.Generator().manual_seed(seed)
+        q = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
+        q = q / q.norm(dim=1, keepdim=True)
+        basis = [q]
+        alphas, betas = [], []
+        for j in range(k):
+            w = matvec(basis[-1])
+            alphas.append((w * basis[-1]).sum(1))
+            stacked = torch.stack(basis, 1)  # [B, j+1, dim]
+            for _ in range(2):  # twice is enough for numerical orthogonality
+                w = w - torch.einsum("bj,bjd->bd", torch.einsum("bjd,bd->bj", stacked, w), stacked)
+            beta = w.norm(dim=1)
+            if j == k - 1 or bool((beta < 1e-10).any()):
+                break
+            betas.append(beta)
+            basis.append(w / beta[:, None])
+        m = len(alphas)
+        tri = torch.diag_embed(torch.stack(alphas, 1))
+        if m > 1:
+            off = torch.stack(betas[: m - 1], 1)
+            tri = tri + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+        return float(torch.linalg.eigvalsh(tri)[:, -1].max())
+
+
+def _as_float64(net: ResidualMLP) -> ResidualMLP:
+    return net if net.w_in.dtype == torch.float64 else copy.deepcopy(net).double()
+
+
+def linear_system(net: ResidualMLP) -> dict:
+    """For an identity-activation net and one sample: R (constraint Jacobian) and P (readout).
+
+    Stacked z ∈ R^{(L-1)N}: residuals r = R z − c, readout ŷ = P z (SPEC §6).
+    """
+    if net.act.name != "identity" or net.num_models is not None:
+        raise ValueError("linear_system needs a single identity-activation net")
+    n, layers = net.width, net.depth - 1
+    eye = torch.eye(n, dtype=torch.float64)
+    r = torch.eye(layers * n, dtype=torch.float64)
+    for l in range(1, layers):
+        block = eye + net.a_hidden * net.w_hidden[l - 1].detach().double()
+        r[l * n : (l + 1) * n, (l - 1) * n : l * n] = -block
+    p = torch.zeros(net.output_dim, layers * n, dtype=torch.float64)
+    p[:, -n:] = net.a_out * net.w_out.detach().double()
+    return {"R": r, "P": p}
+
+
+def iteration_matrix(net: ResidualMLP, state_lr: float, rho: float = 1.0, alpha: float = 1.0):
+    """The linear PC-ALM step s⁺ = M s + b on s = (z, λ) (SPEC §6, k = 1); α = 0 is PC.
+
+    M = [[I − η H, −η Rᵀ], [α R (I − η H), I − α η R Rᵀ]],  H = PᵀP + ρ RᵀR.
+    """
+    sys = linear_system(net)
+    r, p = sys["R"], sys["P"]
+    dim = r.shape[0]
+    eye = torch.eye(dim, dtype=torch.float64)
+    hess = p.T @ p + rho * r.T @ r
+    primal = eye - state_lr * hess
+    top = torch.cat([primal, -state_lr * r.T], 1)
+    bottom = torch.cat([alpha * r @ primal, eye - alpha * state_lr * r @ r.T], 1)
+    return torch.cat([top, bottom], 0)
+
+
+def spectral_radius(matrix: torch.Tensor) -> float:
+    return float(torch.linalg.eigvals(matrix).abs().max())

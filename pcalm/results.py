@@ -1,0 +1,452 @@
+"""Run identity, run folders on disk, and loading finished runs into tables.
+
+One run = one folder ``<results_dir>/runs/<run_id>/`` holding
+
+- ``config.yaml``   the full config (including the keys that do not change the numbers);
+- ``metrics.csv``   one row per evaluation, rewritten whole at each evaluation;
+- ``checkpoint.pt`` the latest resumable state, deleted once the run is complete;
+- ``summary.json``  the final numbers, written LAST. Its presence marks the run complete.
+
+Every file is written atomically (temp file in the same directory, fsync, ``os.replace``), so
+a job killed at any instant leaves either the old file or the new one, never half of one.
+A folder without a readable ``summary.json`` is incomplete and gets re-run.
+
+Nothing here imports Hydra: configs are plain nested dicts. torch is imported lazily (only the
+checkpoint functions need it) so that table building and plotting stay light.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import pandas as pd
+import yaml
+
+# Dotted config keys that do not change the numbers, so two configs differing only here are the
+# same run. A key names its whole subtree ("logger" drops the whole logger section).
+NON_NUMERIC_KEYS: tuple[str, ...] = (
+    "name",
+    "data.root",
+    "train.device",
+    "train.threads",
+    "train.progress",
+    "train.checkpoint_every",
+    "logger",
+    "results_dir",
+    "hydra",
+    "sweep",
+    "launcher",
+)
+
+RUN_ID_LENGTH = 12
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.csv"
+CHECKPOINT_FILE = "checkpoint.pt"
+SUMMARY_FILE = "summary.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Run identity
+# --------------------------------------------------------------------------------------------
+
+
+def _plain(obj: Any) -> Any:
+    """Return ``obj`` as plain JSON/YAML types: dicts with str keys, lists, scalars.
+
+    Tuples (and other sequences, e.g. an OmegaConf ListConfig) become lists and paths become
+    strings, so YAML/JSON writers and the hash see the same thing whatever container type the
+    caller happened to build.
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "item") and callable(obj.item) and not isinstance(obj, (str, bytes)):
+        return obj.item()  # numpy / torch scalars
+    return obj
+
+
+def _normalise_numbers(obj: Any) -> Any:
+    """Turn integral floats into ints so ``1`` and ``1.0`` hash alike.
+
+    bool is left alone (it is an int subclass, but ``True`` and ``1`` are different settings).
+    Non-integral floats keep their exact value: json writes the shortest round-trip repr, so
+    0.25 and 0.2500001 hash differently, as they should.
+    """
+    if isinstance(obj, dict):
+        return {k: _normalise_numbers(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_normalise_numbers(v) for v in obj]
+    if isinstance(obj, float) and math.isfinite(obj) and obj.is_integer():
+        return int(obj)
+    return obj
+
+
+def _drop_keys(config: Mapping, dotted_keys: Iterable[str]) -> dict:
+    """Return a copy of ``config`` without the given dotted keys (each with its subtree)."""
+    out = _plain(config)
+    for key in dotted_keys:
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
+
+
+def canonical_json(config: Mapping) -> str:
+    """The canonical text a run id is hashed from: numeric keys only, sorted, compact."""
+    numeric = _normalise_numbers(_drop_keys(config, NON_NUMERIC_KEYS))
+    return json.dumps(numeric, sort_keys=True, separators=(",", ":"), allow_nan=True)
+
+
+def run_id(config: Mapping) -> str:
+    """Short sha256 (12 hex digits) of the config's number-changing part.
+
+    Unknown keys count as number-changing: forgetting to list a cosmetic key only costs a
+    re-run, while wrongly ignoring a real one would silently merge two different runs.
+    """
+    digest = hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
+    return digest[:RUN_ID_LENGTH]
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writes
+# --------------------------------------------------------------------------------------------
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename: fsync the directory entry (best effort; not possible on Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool) -> None:
+    """Write ``path`` via ``write(fileobj)`` on a same-directory temp file, then rename.
+
+    Same directory so ``os.replace`` is a rename within one filesystem, which is atomic. On any
+    error the temp file is removed and the final name keeps its previous content (or absence).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        mode = "wb" if binary else "w"
+        with os.fdopen(fd, mode, **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # also KeyboardInterrupt / SystemExit: never leave the temp behind
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    _atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def _json_default(obj: Any) -> Any:
+    """Let json write numpy/torch scalars and arrays, and paths, that summaries often hold."""
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically (NaN/inf allowed, as Python does)."""
+
+    def write(f: IO) -> None:
+        json.dump(obj, f, indent=2, default=_json_default)
+        f.write("\n")
+
+    _atomic_write(path, write, binary=False)
+
+
+def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save(obj)`` to ``path`` atomically (torch imported only when needed)."""
+    import torch
+
+    _atomic_write(path, lambda f: torch.save(obj, f), binary=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Run folders
+# --------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any | None:
+    """Parsed JSON at ``path``, or None if it is absent or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _rows_to_csv(rows: list[Mapping]) -> str:
+    """CSV text for ``rows``; columns = union of keys in first-seen order, blanks for gaps."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+class RunFolder:
+    """The folder of one run: ``<results_dir>/runs/<run_id>``, and its files' life cycle.
+
+    Life cycle: ``prepare()`` → ``write_metrics()``/``save_checkpoint()`` as training goes →
+    ``write_summary()`` last (which also deletes the checkpoint). ``exists_complete()`` lets
+    a sweep skip finished runs.
+    """
+
+    def __init__(self, results_dir: str | os.PathLike, config: Mapping):
+        self.config = _plain(config)
+        self.id = run_id(self.config)
+        self.path = Path(results_dir) / "runs" / self.id
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike) -> RunFolder:
+        """The RunFolder of an existing folder, read from its ``config.yaml``.
+
+        The folder name stays the id even if the stored config now hashes differently (e.g.
+        after NON_NUMERIC_KEYS changed), so the table keeps pointing at files that exist.
+        """
+        path = Path(path)
+        config = yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+        folder = cls(path.parent.parent, config)
+        if folder.id != path.name:
+            warnings.warn(
+                f"{path}: config.yaml hashes to {folder.id}, not the folder name; "
+                "using the folder name as the run id",
+                stacklevel=2,
+            )
+        folder.id, folder.path = path.name, path
+        return folder
+
+    # file locations -------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT_FILE
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / SUMMARY_FILE
+
+    # life cycle -----------------------------------------------------------------------------
+    def exists_complete(self) -> bool:
+        """True iff ``summary.json`` exists and parses: the run finished and need not re-run."""
+        return _read_json(self.summary_path) is not None
+
+    def prepare(self) -> RunFolder:
+        """Create the folder and write the full config (cosmetic keys included) to config.yaml."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config_path, yaml.safe_dump(self.config, sort_keys=False))
+        return self
+
+    def write_metrics(self, rows: list[Mapping]) -> None:
+        """Rewrite ``metrics.csv`` with all rows so far (few rows, so rewriting is cheap and
+        a crash can never leave a torn last line)."""
+        atomic_write_text(self.metrics_path, _rows_to_csv(rows))
+
+    def save_checkpoint(self, state: Mapping) -> None:
+        """Save the resumable training state to ``checkpoint.pt`` atomically."""
+        atomic_torch_save(self.checkpoint_path, dict(state))
+
+    def load_checkpoint(self) -> dict | None:
+        """The saved training state, or None if there is none or it cannot be read.
+
+        A corrupt checkpoint only costs a restart, so it warns instead of crashing the job.
+        ``weights_only=False`` because the file is our own and holds RNG states (Python and
+        NumPy objects) besides tensors. Tensors land on the CPU; the caller moves them.
+        """
+        if not self.checkpoint_path.exists():
+            return None
+        import torch
+
+        try:
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        except Exception as err:  # any unreadable file means "start over"
+            warnings.warn(
+                f"{self.checkpoint_path}: unreadable checkpoint ({type(err).__name__}: {err}); "
+                "starting the run from scratch",
+                stacklevel=2,
+            )
+            return None
+        if not isinstance(state, dict):
+            warnings.warn(f"{self.checkpoint_path}: not a dict; ignoring it", stacklevel=2)
+            return None
+        return state
+
+    def write_summary(self, summary: Mapping) -> None:
+        """Write ``summary.json`` (the completion mark, so LAST), then drop the checkpoint."""
+        atomic_write_json(self.summary_path, dict(summary))
+        self.checkpoint_path.unlink(missing_ok=True)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+
+def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c": [1, 2]}`` → ``{"a.b": 1, "c": [1, 2]}`` (lists stay lists)."""
+    flat: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _read_config(folder: Path) -> dict:
+    """The stored config of a run folder, or {} (with a warning) if it cannot be read."""
+    try:
+        config = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        warnings.warn(f"{folder}: cannot read {CONFIG_FILE} ({err})", stacklevel=3)
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _scan(
+    results_dir: str | os.PathLike, run_ids: Iterable[str] | None
+) -> tuple[list[tuple[str, Path, dict, dict]], list[str]]:
+    """Complete runs as ``(id, folder, config, summary)`` and the ids left out.
+
+    With ``run_ids``: the requested ids, and as "left out" those absent or incomplete. Without:
+    every folder under ``runs/``, and as "left out" the incomplete ones found there.
+    """
+    runs_dir = Path(results_dir) / "runs"
+    if run_ids is None:
+        ids = sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
+    else:
+        ids = list(dict.fromkeys(str(i) for i in run_ids))  # dedupe, keep order
+    complete, missing = [], []
+    for rid in ids:
+        folder = runs_dir / rid
+        summary = _read_json(folder / SUMMARY_FILE)
+        if not isinstance(summary, dict):
+            missing.append(rid)
+            continue
+        complete.append((rid, folder, _read_config(folder), summary))
+    return complete, sorted(missing)
+
+
+def _frame(rows: list[dict], first: str = "run_id") -> pd.DataFrame:
+    """DataFrame with columns in first-seen order (pandas' own order is not guaranteed)."""
+    columns = list(dict.fromkeys([first, *(key for row in rows for key in row)]))
+    return pd.DataFrame(rows, columns=columns)
+
+
+def load(results_dir: str | os.PathLike = "results", run_ids: Iterable[str] | None = None):
+    """One row per complete run: ``run_id``, flattened config, then flattened summary.
+
+    Incomplete folders are skipped, so a half-finished sweep still loads. ``.attrs["missing"]``
+    lists (sorted) the requested ids that are absent or incomplete — or, when ``run_ids`` is
+    None, the incomplete folders found — so the caller can say which cells are missing.
+    On a name clash between a config key and a summary key the summary value wins.
+    """
+    complete, missing = _scan(results_dir, run_ids)
+    rows = [
+        {"run_id": rid, **flatten(config), **flatten(summary)}
+        for rid, _, config, summary in complete
+    ]
+    df = _frame(rows)
+    df.attrs["missing"] = missing
+    return df
+
+
+def _read_metrics(path: Path) -> pd.DataFrame | None:
+    """A run's metrics.csv as a frame, or None if it is absent, empty or unreadable."""
+    try:
+        return pd.read_csv(path)
+    except FileNotFoundError:
+        return None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError) as err:
+        warnings.warn(f"{path}: cannot read metrics ({err})", stacklevel=3)
+        return None
+
+
+def load_metrics(results_dir: str | os.PathLike = "results", run_ids: Iterable[str] | None = None):
+    """All metrics rows of complete runs, with ``run_id`` and flattened config columns joined on.
+
+    For training curves: one row per evaluation per run. ``.attrs["missing"]`` as in ``load``.
+    """
+    complete, missing = _scan(results_dir, run_ids)
+    frames = []
+    for rid, folder, config, _ in complete:
+        metrics = _read_metrics(folder / METRICS_FILE)
+        if metrics is None or metrics.empty:
+            continue
+        head = {"run_id": rid, **flatten(config)}
+        # Build the constant columns row by row so list-valued config entries stay whole.
+        const = pd.DataFrame([head] * len(metrics), columns=list(head))
+        frames.append(pd.concat([const, metrics.drop(columns=list(head), errors="ignore")], axis=1))
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id"])
+    df.attrs["missing"] = missing
+    return df
+
+
+def collect(
+    results_dir: str | os.PathLike, run_ids: Iterable[str] | None, out_path: str | os.PathLike
+) -> pd.DataFrame:
+    """``load`` the runs, write the table atomically as CSV to ``out_path``, return it.
+
+    Prints nothing: the caller reports (e.g. ``df.attrs["missing"]``).
+    """
+    df = load(results_dir, run_ids)
+    atomic_write_text(out_path, df.to_csv(index=False))
+    return df
+
+
+def iter_run_folders(results_dir: str | os.PathLike = "results") -> Iterator[RunFolder]:
+    """Every run folder (complete or not) under ``<results_dir>/runs``, as RunFolder objects."""
+    runs_dir = Path(results_dir) / "runs"
+    if not runs_dir.is_dir():
+        return
+    for path in sorted(runs_dir.iterdir()):
+        if (path / CONFIG_FILE).is_file():
+            yield RunFolder.from_path(path)

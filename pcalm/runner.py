@@ -1,0 +1,127 @@
+"""Execute resolved run configs: skip finished runs, train the rest, write their folders.
+
+This is the one place that joins a config to its run folder, its data, its tracker and the
+trainer, so the single-run entry point, sweep jobs and tests all go through it.
+Configs equal but for the seed can train as one stack (`max_stack` > 1) — one process,
+one set of batched matmuls for all of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pcalm.config import Cell
+from pcalm.data import Dataset, load_dataset
+from pcalm.results import RunFolder
+from pcalm.tracking import open_tracker
+from pcalm.train import Trainer, resolve_device, stack_key
+
+# Subsets are drawn with a fixed seed: a smoke-scale subset is part of the dataset's
+# definition, so seeds vary only the init and the data order (as with the full data).
+SUBSET_SEED = 0
+
+
+@dataclass
+class Outcome:
+    """What happened to each requested run."""
+
+    trained: list[dict]
+    skipped: list[str]
+
+    def __str__(self) -> str:
+        return f"{len(self.trained)} trained, {len(self.skipped)} already complete (skipped)"
+
+
+def _dataset_key(cfg: dict) -> tuple:
+    d = cfg["data"]
+    return d["name"], d["root"], d["train_size"], d["test_size"], cfg["train"]["dtype"]
+
+
+def load_run_dataset(cfg: dict) -> Dataset:
+    d = cfg["data"]
+    return load_dataset(d["name"], root=d["root"], train_size=d["train_size"],
+                        test_size=d["test_size"], seed=SUBSET_SEED)
+
+
+def _stacks(configs: list[dict], max_stack: int) -> list[list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for cfg in configs:
+        groups.setdefault(stack_key(cfg), []).append(cfg)
+    return [g[i : i + max_stack] for g in groups.values() for i in range(0, len(g), max_stack)]
+
+
+def execute(
+    configs: list[dict],
+    *,
+    max_stack: int = 1,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> Outcome:
+    """Train every config whose run folder lacks `summary.json`; returns what was done."""
+    pending, skipped = [], []
+    for cfg in configs:
+        folder = RunFolder(cfg["results_dir"], cfg)
+        if folder.exists_complete():
+            skipped.append(folder.id)
+        else:
+            pending.append(cfg)
+    datasets: dict[tuple, Dataset] = {}
+    trained = []
+    for stack in _stacks(pending, max(1, max_stack)):
+        key = _dataset_key(stack[0])
+        if key not in datasets:
+            datasets[key] = load_run_dataset(stack[0])
+        trained += train_stack(stack, datasets[key], progress=progress, say=say)
+    return Outcome(trained, skipped)
+
+
+def train_stack(stack: list[dict], dataset: Dataset, *, progress: bool = True,
+                say: Callable[[str], None] = print) -> list[dict]:
+    """Train one stack, resuming from its checkpoint if one exists; writes every folder."""
+    folders = [RunFolder(c["results_dir"], c).prepare() for c in stack]
+    trainer = Trainer(stack, dataset, resolve_device(stack[0]["train"]["device"]))
+    lead = folders[0]
+    checkpoint = lead.load_checkpoint()
+    if checkpoint is not None and checkpoint.get("run_ids") == [f.id for f in folders]:
+        trainer.restore(checkpoint)
+        say(f"resuming {lead.id} at step {trainer.state.step}")
+    trackers = [open_tracker(c["logger"], f.id, _run_name(c), c["logger"].get("group") or
+                             c.get("name"), c, f.path) for c, f in zip(stack, folders)]
+    try:
+        def on_eval(m: int, row: dict) -> None:
+            folders[m].write_metrics(trainer.state.rows[m])
+            trackers[m].log(row, step=row["step"])
+
+        def save_checkpoint(payload: dict) -> None:
+            lead.save_checkpoint({**payload, "run_ids": [f.id for f in folders]})
+
+        summaries = trainer.run(on_eval, save_checkpoint, progress=progress)
+        results = []
+        for cfg, folder, tracker, summary in zip(stack, folders, trackers, summaries):
+            summary = {"run_id": folder.id, **summary}
+            tracker.summary(summary)
+            folder.write_summary(summary)
+            say(_final_line(cfg, folder, summary))
+            results.append(summary)
+        return results
+    finally:
+        for tracker in trackers:
+            tracker.finish()
+
+
+def _run_name(cfg: dict) -> str:
+    c = Cell.of(cfg)
+    return f"{c.algo}-N{c.width}-L{c.depth}-{c.activation}-{c.data}-s{c.seed}"
+
+
+def _final_line(cfg: dict, folder: RunFolder, summary: dict) -> str:
+    if summary["diverged"]:
+        outcome = f"diverged at step {summary['diverged_step']}"
+    else:
+        acc = summary["test_acc"]
+        outcome = f"test accuracy {100 * acc:.2f}%" if math.isfinite(acc) else "no accuracy"
+        if "grad_cosine" in summary:
+            outcome += f", grad cosine to BP {summary['grad_cosine']:.3f}"
+    return f"{outcome} | {Cell.of(cfg)} | {folder.path}"

@@ -1,0 +1,286 @@
+"""The training loop: batches → algorithm's weight gradients → Adam, with evaluations.
+
+One loop trains a *stack* of M same-shape models at once (configs that differ only in
+`train.seed`): every tensor carries a leading model dimension, each model sees its own
+data order, and nothing mixes across models, so model m's numbers equal a lone run's.
+A single run is a stack of one. Device-agnostic: CUDA when present (`train.device=auto`).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from pcalm.algorithms import BP, Algorithm, make_algorithm
+from pcalm.config import DTYPES
+from pcalm.data import Dataset
+from pcalm.diagnostics import grad_alignment
+from pcalm.model import ResidualMLP
+
+EVAL_CHUNK = 2000
+ALIGNMENT_BATCH = 64
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("bad value train.device='cuda': no CUDA device here; allowed: auto, cpu")
+    return torch.device(name)
+
+
+def learning_rate(cfg: dict) -> float:
+    """Adam lr = η0 · γ0² · sqrt(N/L) (SPEC §4), the same for BP, PC and PC-ALM."""
+    m = cfg["model"]
+    return cfg["train"]["eta0"] * m["gamma0"] ** 2 * math.sqrt(m["width"] / m["depth"])
+
+
+def stack_key(cfg: dict) -> str:
+    """Configs with equal keys can train as one stack: all but the seed agree."""
+    import json
+
+    rest = {k: v for k, v in cfg.items() if k not in ("train", "name", "logger", "results_dir")}
+    train = {k: v for k, v in cfg["train"].items() if k != "seed"}
+    return json.dumps({"rest": rest, "train": train}, sort_keys=True, default=str)
+
+
+def build_algorithm(cfg: dict) -> Algorithm:
+    options = {k: v for k, v in cfg["algo"].items() if k != "name"}
+    return make_algorithm(cfg["algo"]["name"], **options)
+
+
+def build_net(cfg: dict, input_dim: int, seeds: list[int], device, num_classes=10):
+    m = cfg["model"]
+    return ResidualMLP(
+        input_dim, m["width"], m["depth"], output_dim=num_classes, activation=m["activation"],
+        param=m["param"], gamma0=m["gamma0"], seed=seeds, dtype=DTYPES[cfg["train"]["dtype"]],
+        device=device,
+    )
+
+
+def evaluation_steps(steps_per_epoch: int, epochs: int, evals_per_epoch: int) -> set[int]:
+    """Step 0 and `evals_per_epoch` evenly spaced steps per epoch, the last one included."""
+    points = {0}
+    for epoch in range(epochs):
+        for k in range(1, evals_per_epoch + 1):
+            points.add(epoch * steps_per_epoch + round(k * steps_per_epoch / evals_per_epoch))
+    return points
+
+
+@torch.no_grad()
+def evaluate(net: ResidualMLP, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Test accuracy, MSE (½‖ŷ−y‖²) and cross-entropy of softmax(ŷ), one value per model."""
+    correct = mse = ce = 0.0
+    for start in range(0, len(x), EVAL_CHUNK):
+        xb, lb = x[start : start + EVAL_CHUNK], labels[start : start + EVAL_CHUNK]
+        y_hat = net(xb)  # [M, n, C]
+        y = F.one_hot(lb, y_hat.shape[-1]).to(y_hat.dtype)
+        correct = correct + (y_hat.argmax(-1) == lb).sum(-1).to(torch.float64)
+        mse = mse + 0.5 * (y_hat - y).pow(2).sum((-2, -1)).double()
+        logp = torch.log_softmax(y_hat.double(), -1)
+        ce = ce - logp.gather(-1, lb.expand(*y_hat.shape[:-1]).unsqueeze(-1)).sum((-2, -1))
+    n = len(x)
+    return {"test_acc": correct / n, "test_mse": mse / n, "test_ce": ce / n}
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs besides the config (saved in checkpoints)."""
+
+    step: int = 0
+    rows: list[list[dict]] = field(default_factory=list)  # per model, one row per evaluation
+    loss_sum: list[float] = field(default_factory=list)
+    loss_count: int = 0
+    diverged_step: list[int | None] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains a stack of configs (equal but for the seed) on one dataset.
+
+    Hooks: `on_eval(model_index, row)` after each evaluation (wandb logging),
+    `save_checkpoint(payload)` every `train.checkpoint_every` steps.
+    """
+
+    def __init__(self, configs: list[dict], dataset: Dataset, device: torch.device | None = None):
+        keys = {stack_key(c) for c in configs}
+        if len(keys) != 1:
+            raise ValueError("a stack's configs must differ only in train.seed")
+        self.configs = configs
+        self.cfg = configs[0]
+        self.data = dataset
+        self.device = device or resolve_device(self.cfg["train"]["device"])
+        self.seeds = [c["train"]["seed"] for c in configs]
+        dtype = DTYPES[self.cfg["train"]["dtype"]]
+        self.net = build_net(self.cfg, dataset.input_dim, self.seeds, self.device,
+                             dataset.num_classes)
+        self.algo = build_algorithm(self.cfg)
+        self.optimizer = torch.optim.Adam(
+            self.net.parameters(), lr=learning_rate(self.cfg), betas=(0.9, 0.999), eps=1e-8
+        )
+        self.x_train = dataset.x_train.to(self.device, dtype)
+        self.y_train = dataset.y_train.to(self.device)
+        self.x_test = dataset.x_test.to(self.device, dtype)
+        self.y_test = dataset.y_test.to(self.device)
+        t = self.cfg["train"]
+        self.batch = t["batch_size"]
+        self.steps_per_epoch = len(self.x_train) // self.batch  # drop the last partial batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"bad value train.batch_size={self.batch}: larger than the {len(self.x_train)} "
+                "training samples"
+            )
+        self.total_steps = self.steps_per_epoch * t["epochs"]
+        self.eval_steps = evaluation_steps(self.steps_per_epoch, t["epochs"], t["evals_per_epoch"])
+        m = len(configs)
+        self.state = TrainState(rows=[[] for _ in range(m)], loss_sum=[0.0] * m,
+                                diverged_step=[None] * m)
+        self._order_epoch, self._order = -1, None
+
+    # -- checkpoints -------------------------------------------------------------------
+    def checkpoint_payload(self) -> dict:
+        return {"seeds": self.seeds, "net": self.net.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "state": self.state.__dict__}
+
+    def restore(self, payload: dict) -> None:
+        if payload.get("seeds") != self.seeds:
+            raise ValueError("checkpoint belongs to another stack")
+        self.net.load_state_dict(payload["net"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.state = TrainState(**payload["state"])
+
+    # -- the loop ----------------------------------------------------------------------
+    def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model m's batch at `step`: epochs shuffle with a generator seeded seed + epoch."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        if epoch != self._order_epoch:
+            orders = [torch.randperm(len(self.x_train), generator=torch.Generator()
+                                     .manual_seed(s + epoch)) for s in self.seeds]
+            self._order, self._order_epoch = torch.stack(orders).to(self.device), epoch
+        idx = self._order[:, index * self.batch : (index + 1) * self.batch]  # [M, B]
+        x = self.x_train[idx]
+        y = F.one_hot(self.y_train[idx], self.data.num_classes).to(x.dtype)
+        return x, y
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One step for every model; returns the forward-pass training loss per model."""
+        g_in, g_hidden, g_out, loss = self.algo.stacked_weight_grads(self.net, x, y)
+        # A run diverges when its loss or its gradients stop being finite (e.g. η_h far
+        # above 2/λ_max blows the states up); such a model's loss is reported as NaN.
+        grads_finite = torch.isfinite(
+            g_in.sum((-2, -1)) + g_hidden.sum((-3, -2, -1)) + g_out.sum((-2, -1))
+        )
+        loss = torch.where(grads_finite, loss, torch.nan)
+        for p, g in zip((self.net.w_in, self.net.w_hidden, self.net.w_out),
+                        (g_in, g_hidden, g_out)):
+            p.grad = g
+        self.optimizer.step()
+        return loss
+
+    def run(self, on_eval: Callable[[int, dict], None] | None = None,
+            save_checkpoint: Callable[[dict], None] | None = None,
+            progress: bool = False) -> list[dict]:
+        """Train to the end (or from a restored state); returns one summary per model."""
+        started = time.time()
+        s = self.state
+        if s.step == 0 and not s.rows[0]:
+            self._evaluate(0, on_eval)
+        every = self.cfg["train"]["checkpoint_every"]
+        bar = _progress_bar(self.total_steps, s.step, progress, self.cfg)
+        while s.step < self.total_steps and not all(d is not None for d in s.diverged_step):
+            x, y = self.batch_at(s.step)
+            loss = self.train_step(x, y)
+            s.step += 1
+            self._track_loss(loss)
+            if s.step in self.eval_steps:
+                self._evaluate(s.step, on_eval)
+                if bar is not None:
+                    bar.set_postfix(test_acc=f"{s.rows[0][-1]['test_acc']:.4f}")
+            if save_checkpoint is not None and s.step % every == 0 and s.step < self.total_steps:
+                save_checkpoint(self.checkpoint_payload())
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return self._summaries(time.time() - started)
+
+    def _track_loss(self, loss: torch.Tensor) -> None:
+        s = self.state
+        values = loss.detach().double().cpu().tolist()
+        for m, v in enumerate(values):
+            if s.diverged_step[m] is None and not math.isfinite(v):
+                s.diverged_step[m] = s.step
+            s.loss_sum[m] += v
+        s.loss_count += 1
+
+    def _evaluate(self, step: int, on_eval) -> None:
+        s = self.state
+        metrics = {k: v.cpu().tolist() for k, v in evaluate(self.net, self.x_test, self.y_test)
+                   .items()}
+        for m in range(len(self.seeds)):
+            row = {"step": step, "epoch": step / self.steps_per_epoch,
+                   "samples": step * self.batch,
+                   "train_loss": s.loss_sum[m] / s.loss_count if s.loss_count else math.nan}
+            row.update({k: v[m] for k, v in metrics.items()})
+            if s.diverged_step[m] is not None:
+                row.update(test_acc=math.nan, test_mse=math.nan, test_ce=math.nan)
+            s.rows[m].append(row)
+            if on_eval is not None:
+                on_eval(m, row)
+        s.loss_sum, s.loss_count = [0.0] * len(self.seeds), 0
+
+    def _alignment(self) -> list[dict | None]:
+        """Gradient alignment to BP on the first test batch, after training (per model)."""
+        if isinstance(self.algo, BP):
+            return [None] * len(self.seeds)
+        x = self.x_test[:ALIGNMENT_BATCH]
+        y = F.one_hot(self.y_test[:ALIGNMENT_BATCH], self.data.num_classes).to(x.dtype)
+        grads = self.algo.weight_grads(self.net, x, y)
+        reference = BP().weight_grads(self.net, x, y)
+        return [grad_alignment([g[m] for g in grads], [r[m] for r in reference])
+                for m in range(len(self.seeds))]
+
+    def _summaries(self, seconds: float) -> list[dict]:
+        s = self.state
+        alignment = self._alignment()
+        summaries = []
+        for m in range(len(self.seeds)):
+            last = s.rows[m][-1] if s.rows[m] else {}
+            diverged = s.diverged_step[m] is not None
+            summary = {
+                "status": "diverged" if diverged else "complete",
+                "diverged": diverged,
+                "diverged_step": s.diverged_step[m],
+                "steps": s.step,
+                "test_acc": math.nan if diverged else last.get("test_acc", math.nan),
+                "test_mse": math.nan if diverged else last.get("test_mse", math.nan),
+                "test_ce": math.nan if diverged else last.get("test_ce", math.nan),
+                "train_loss": last.get("train_loss", math.nan),
+                "lr": learning_rate(self.cfg),
+                "wall_time_s": seconds,
+                "device": str(self.device),
+                "models_in_stack": len(self.seeds),
+            }
+            if alignment[m] is not None and not diverged:
+                a = alignment[m]
+                summary.update(grad_cosine=a["cosine"], grad_rel_error=a["rel_error"],
+                               grad_cosine_per_layer=a["cosine_per_layer"])
+            summaries.append(summary)
+        return summaries
+
+
+def _progress_bar(total: int, initial: int, progress, cfg: dict):
+    mode = cfg["train"]["progress"]
+    show = mode == "on" or (mode == "auto" and progress and sys.stderr.isatty())
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    m = cfg["model"]
+    desc = f"{cfg['algo']['name']} N={m['width']} L={m['depth']} {m['activation']}"
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
