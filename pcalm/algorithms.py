@@ -113,9 +113,8 @@ class PCALM(PC):
             raise ValueError(f"alpha must be a number >= 0, got {self.alpha!r}")
         _check_positive_int("inner_steps", self.inner_steps)
         if self.weight_credit not in WEIGHT_CREDITS:
-            raise ValueError(
-                f"unknown weight_credit {self.weight_credit!r}: allowed: {', '.join(WEIGHT_CREDITS)}"
-            )
+            allowed = ", ".join(WEIGHT_CREDITS)
+            raise ValueError(f"unknown weight_credit {self.weight_credit!r}: allowed: {allowed}")
 
     def infer(self, net, x, y, observer: Observer | None = None) -> InferenceState:
         return run_inference(

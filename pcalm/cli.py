@@ -14,7 +14,7 @@ from pcalm.config import ConfigError, resolve_run_config
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "configs"
 ETA_TABLE = CONFIG_DIR / "eta_table.csv"
-RUN_SECTIONS = ("name", "model", "algo", "data", "train", "logger", "results_dir")
+RUN_SECTIONS = ("name", "task", "model", "algo", "data", "train", "logger", "results_dir")
 
 
 def run_config(cfg: DictConfig | dict) -> dict:

@@ -110,9 +110,28 @@ def _resolve_algo(cfg: dict, eta_table: Path | None) -> None:
             algo[key] = float(algo[key])
 
 
+def _resolve_task(cfg: dict) -> None:
+    from pcalm.tasks import TASKS
+
+    task = cfg.setdefault("task", {"name": "train"})
+    if not isinstance(task, dict) or task.get("name") not in TASKS:
+        name = task.get("name") if isinstance(task, dict) else task
+        raise _fail("task.name", name, f"allowed: {', '.join(TASKS)}")
+    known = TASKS[task["name"]].params
+    unknown = sorted(set(task) - {"name"} - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown key task.{unknown[0]} for task {task['name']}: "
+            f"allowed: {', '.join(known) or 'none'}"
+        )
+    for key, default in known.items():
+        task.setdefault(key, default)
+
+
 def resolve_run_config(raw: dict, eta_table: Path | str | None = None) -> dict:
     """Validate `raw` (a plain nested dict) and return the resolved copy; ConfigError if bad."""
     cfg = copy.deepcopy(raw)
+    _resolve_task(cfg)
     _check_sections(cfg)
     _int(cfg, "model", "width", 1)
     _int(cfg, "model", "depth", 2)

@@ -76,7 +76,9 @@ def weight_grads(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Batch-mean ∂𝓛/∂W of SPEC §3 at fixed (z, ε, e), shaped like (w_in, w_hidden, w_out)::
 
-        ∂𝓛/∂W_1 = −a_in ε_1 xᵀ,   ∂𝓛/∂W_l = −a_hidden ε_l φ(z_{l-1})ᵀ,   ∂𝓛/∂W_L = a_out e φ(z_{L-1})ᵀ
+        ∂𝓛/∂W_1 = −a_in ε_1 xᵀ
+        ∂𝓛/∂W_l = −a_hidden ε_l φ(z_{l-1})ᵀ        2 ≤ l ≤ L-1
+        ∂𝓛/∂W_L =  a_out e φ(z_{L-1})ᵀ
     """
     batch = z.shape[-2]
     phi_below = net.act.fn(z[..., :-1, :, :])

@@ -53,6 +53,7 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "summary.json"
+ARRAYS_FILE = "arrays.npz"
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,6 +190,22 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
         f.write("\n")
 
     _atomic_write(path, write, binary=False)
+
+
+def atomic_save_arrays(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
+    """``numpy.savez`` the named arrays to ``path`` atomically (a task's traces, curves...)."""
+    import numpy as np
+
+    _atomic_write(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}),
+                  binary=True)
+
+
+def load_arrays(folder: str | os.PathLike) -> dict:
+    """The arrays a diagnostic task stored in a run folder (``arrays.npz``), as a dict."""
+    import numpy as np
+
+    with np.load(Path(folder) / ARRAYS_FILE) as data:
+        return {k: data[k] for k in data.files}
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:

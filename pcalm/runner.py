@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from pcalm.config import Cell
 from pcalm.data import Dataset, load_dataset
-from pcalm.results import RunFolder
+from pcalm.results import ARRAYS_FILE, RunFolder, atomic_save_arrays
+from pcalm.tasks import TASKS
 from pcalm.tracking import open_tracker
 from pcalm.train import Trainer, resolve_device, stack_key
 
@@ -68,13 +69,34 @@ def execute(
         else:
             pending.append(cfg)
     datasets: dict[tuple, Dataset] = {}
-    trained = []
-    for stack in _stacks(pending, max(1, max_stack)):
-        key = _dataset_key(stack[0])
+
+    def dataset_for(cfg: dict) -> Dataset:
+        key = _dataset_key(cfg)
         if key not in datasets:
-            datasets[key] = load_run_dataset(stack[0])
-        trained += train_stack(stack, datasets[key], progress=progress, say=say)
+            datasets[key] = load_run_dataset(cfg)
+        return datasets[key]
+
+    trained = []
+    to_train = [c for c in pending if c["task"]["name"] == "train"]
+    for cfg in pending:
+        if cfg["task"]["name"] != "train":
+            needs_data = TASKS[cfg["task"]["name"]].needs_data
+            trained.append(run_task(cfg, dataset_for(cfg) if needs_data else None, say=say))
+    for stack in _stacks(to_train, max(1, max_stack)):
+        trained += train_stack(stack, dataset_for(stack[0]), progress=progress, say=say)
     return Outcome(trained, skipped)
+
+
+def run_task(cfg: dict, dataset: Dataset | None, say: Callable[[str], None] = print) -> dict:
+    """Run a diagnostic task (pcalm/tasks.py): arrays.npz, then summary.json last."""
+    folder = RunFolder(cfg["results_dir"], cfg).prepare()
+    summary, arrays = TASKS[cfg["task"]["name"]].fn(cfg, dataset)
+    if arrays:
+        atomic_save_arrays(folder.path / ARRAYS_FILE, arrays)
+    summary = {"run_id": folder.id, "status": "complete", **summary}
+    folder.write_summary(summary)
+    say(f"{cfg['task']['name']} done | {Cell.of(cfg)} | {folder.path}")
+    return summary
 
 
 def train_stack(stack: list[dict], dataset: Dataset, *, progress: bool = True,
@@ -89,7 +111,9 @@ def train_stack(stack: list[dict], dataset: Dataset, *, progress: bool = True,
         say(f"resuming {lead.id} at step {trainer.state.step}")
     trackers = [open_tracker(c["logger"], f.id, _run_name(c), c["logger"].get("group") or
                              c.get("name"), c, f.path) for c, f in zip(stack, folders)]
+    exit_code = 1
     try:
+
         def on_eval(m: int, row: dict) -> None:
             folders[m].write_metrics(trainer.state.rows[m])
             trackers[m].log(row, step=row["step"])
@@ -105,10 +129,11 @@ def train_stack(stack: list[dict], dataset: Dataset, *, progress: bool = True,
             folder.write_summary(summary)
             say(_final_line(cfg, folder, summary))
             results.append(summary)
+        exit_code = 0
         return results
     finally:
         for tracker in trackers:
-            tracker.finish()
+            tracker.finish(exit_code=exit_code)
 
 
 def _run_name(cfg: dict) -> str:
