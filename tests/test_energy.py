@@ -18,7 +18,9 @@ def _grads(scalar, net):
 
 def _setup(act, depth, rho_lam=True, seed=0, width=5, batch=4, models=None):
     seeds = 0 if models is None else list(range(models))
-    net = ResidualMLP(7, width, depth, output_dim=3, activation=act, seed=seeds, dtype=torch.float64)
+    net = ResidualMLP(
+        7, width, depth, output_dim=3, activation=act, seed=seeds, dtype=torch.float64
+    )
     gen = torch.Generator().manual_seed(seed + 100)
     lead = () if models is None else (models,)
     x = torch.randn(*lead, batch, 7, generator=gen, dtype=torch.float64)

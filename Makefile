@@ -1,0 +1,66 @@
+# pcalm — every command a user needs. `make help` lists them.
+#   make setup && make test                    set up and check (fresh clone)
+#   make figure2 SCALE=smoke LAUNCHER=local    run what is missing, collect, plot
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU wheel by default; on a CUDA machine: make setup TORCH="torch==2.13.0" (PyPI's CUDA build)
+TORCH ?= torch==2.13.0
+EXP ?= figure2
+SCALE ?= smoke
+LAUNCHER ?= local
+ARGS ?=
+DATA ?= fashion_mnist
+FIGURES := figure1 figure2 figure2_mnist figure3 figure4 figure5 figure6 figure7 figure8 \
+           figure9 figure10 figure_eta
+
+.PHONY: help setup test test-slow lint data eta-table sweep collect figures report bench \
+        clean-results $(FIGURES)
+
+help:  ## list the commands
+	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
+
+setup:  ## create .venv and install everything (CPU torch here; see README for CUDA)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --upgrade --quiet pip
+	$(VENV)/bin/pip install --quiet "$(TORCH)" -e ".[dev]"
+
+test:  ## the default test suite (fast; CPU only)
+	$(PY) -m pytest
+
+test-slow:  ## the longer end-to-end checks too
+	$(PY) -m pytest -m "slow or not slow"
+
+lint:
+	$(VENV)/bin/ruff check .
+
+data:  ## download MNIST + Fashion-MNIST with torchvision (needs internet; see DATA.md)
+	$(PY) scripts/fetch_data.py
+
+eta-table:  ## per-cell activity step η_h = 1/λ_max → configs/eta_table.csv (DATA=, SCALE=)
+	$(PY) scripts/eta_table.py --data $(DATA) --scale $(SCALE)
+
+sweep:  ## run an experiment's sweep, skipping finished runs (EXP=, SCALE=, LAUNCHER=)
+	$(PY) experiments/sweep.py experiment=$(EXP) scale=$(SCALE) sweep.launcher=$(LAUNCHER) $(ARGS)
+
+collect:  ## gather an experiment's runs into results/tables/EXP-SCALE.csv
+	$(PY) scripts/collect.py experiment=$(EXP) scale=$(SCALE) $(ARGS)
+
+$(FIGURES):  ## figureN: run what is missing, collect, plot → figures/figureN.{pdf,png}
+	$(MAKE) sweep EXP=$@
+	$(MAKE) collect EXP=$@
+	$(PY) scripts/plot_$@.py --scale $(SCALE)
+
+figures: $(FIGURES)  ## every figure
+
+report:  ## reproduction scorecard → results/report-SCALE.md
+	$(PY) scripts/report.py --scale $(SCALE)
+
+bench:  ## speed table → results/bench.csv
+	$(PY) scripts/bench.py
+
+clean-results:  ## delete every run folder (asks first)
+	@read -p "delete results/runs? [y/N] " ok && [ "$$ok" = y ] && rm -rf results/runs || true

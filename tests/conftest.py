@@ -1,0 +1,56 @@
+"""Shared fixtures: real-format data made by the tests, isolated results, no network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pcalm.data import make_fake_idx_root
+
+REPO = Path(__file__).resolve().parent.parent
+REAL_DATA = os.environ.get("PCALM_DATA")
+
+# wandb must never reach the network from a test, whatever the user's environment says.
+os.environ["WANDB_MODE"] = "disabled"
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ["WANDB_DISABLE_GIT"] = "true"
+
+
+@pytest.fixture(scope="session")
+def fake_data_root(tmp_path_factory) -> Path:
+    """Small MNIST / Fashion-MNIST in the real IDX format and torchvision's layout."""
+    return make_fake_idx_root(tmp_path_factory.mktemp("data"), n_train=1000, n_test=300)
+
+
+@pytest.fixture
+def results_dir(tmp_path, monkeypatch) -> Path:
+    """A fresh results folder; PCALM_RESULTS points at it for subprocesses too."""
+    path = tmp_path / "results"
+    monkeypatch.setenv("PCALM_RESULTS", str(path))
+    return path
+
+
+def base_config(data_root: Path, results: Path, **sections) -> dict:
+    """A complete run config (the configs/ defaults), small enough for a test."""
+    cfg = {
+        "name": "test",
+        "task": {"name": "train"},
+        "model": {"width": 16, "depth": 4, "activation": "relu", "param": "mupc", "gamma0": 1.0},
+        "algo": {"name": "pcalm", "budget": 8, "state_lr": 0.25, "rho": 1.0, "alpha": 1.0,
+                 "inner_steps": 1, "weight_credit": "pre_dual"},
+        "data": {"name": "fashion_mnist", "root": str(data_root), "train_size": None,
+                 "test_size": None},
+        "train": {"epochs": 1, "batch_size": 32, "eta0": 0.001, "seed": 0, "device": "cpu",
+                  "dtype": "float32", "evals_per_epoch": 4, "threads": None, "progress": "off",
+                  "checkpoint_every": 10},
+        "logger": {"mode": "none", "project": "pcalm", "entity": None, "group": None},
+        "results_dir": str(results),
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict) and section in cfg and isinstance(cfg[section], dict):
+            cfg[section].update(values)
+        else:
+            cfg[section] = values
+    return cfg
