@@ -1,0 +1,69 @@
+"""Shared look of every figure: one colour per algorithm, labelled axes, settings on the
+figure, PDF + PNG out. Plot scripts read collected tables only (results/tables/), never train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are files
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+TABLES = REPO / "results" / "tables"
+FIGURES = REPO / "figures"
+
+ALGO_COLORS = {"bp": "#222222", "pc": "#1f77b4", "pcalm": "#d62728"}
+ALGO_LABELS = {"bp": "BP", "pc": "PC", "pcalm": "PC-ALM"}
+ACTIVATION_LABELS = {"identity": "linear", "linear": "linear", "tanh": "tanh", "relu": "ReLU"}
+
+plt.rcParams.update({
+    "figure.dpi": 110, "savefig.dpi": 150, "font.size": 9, "axes.titlesize": 9,
+    "axes.labelsize": 9, "legend.fontsize": 8, "axes.spines.top": False,
+    "axes.spines.right": False,
+})
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    """The common CLI of plot scripts: --scale picks the table, --out the figure path."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--scale", default="smoke", choices=("smoke", "paper"))
+    parser.add_argument("--tables", type=Path, default=TABLES, help="collected tables folder")
+    parser.add_argument("--out", type=Path, default=None, help="figure path without suffix")
+    return parser.parse_args()
+
+
+def read_table(tables: Path, experiment: str, scale: str, kind: str = "") -> pd.DataFrame:
+    """results/tables/<experiment>-<scale>[-kind].csv, or a one-line exit saying how to make it."""
+    suffix = f"-{kind}" if kind else ""
+    path = Path(tables) / f"{experiment}-{scale}{suffix}.csv"
+    if not path.is_file():
+        sys.exit(f"error: no table {path}: run `make {experiment} SCALE={scale}` "
+                 f"(or `make collect EXP={experiment} SCALE={scale}`)")
+    frame = pd.read_csv(path)
+    if frame.empty:
+        sys.exit(f"error: table {path} has no complete runs yet: run `make sweep "
+                 f"EXP={experiment} SCALE={scale}`")
+    return frame
+
+
+def settings_note(fig, text: str, scale: str) -> None:
+    """Write the scale and key settings on the figure (bottom-left, small)."""
+    fig.text(0.005, 0.005, f"scale={scale} | {text}", fontsize=7, color="0.35",
+             ha="left", va="bottom")
+
+
+def save(fig, name: str, out: Path | None = None) -> Path:
+    """Save figures/<name>.pdf and .png (or at `out`); returns the PNG path."""
+    base = Path(out) if out is not None else FIGURES / name
+    base.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(base.with_suffix(".pdf"), bbox_inches="tight")
+    fig.savefig(base.with_suffix(".png"), bbox_inches="tight")
+    plt.close(fig)
+    print(f"wrote {base.with_suffix('.pdf')} and .png")
+    return base.with_suffix(".png")
