@@ -40,8 +40,8 @@ lint:
 data:  ## download MNIST + Fashion-MNIST with torchvision (needs internet; see DATA.md)
 	$(PY) scripts/fetch_data.py
 
-eta-table:  ## per-cell activity step η_h = 1/λ_max → configs/eta_table.csv (DATA=, SCALE=)
-	$(PY) scripts/eta_table.py --data $(DATA) --scale $(SCALE)
+eta-table:  ## per-cell activity step η_h = 1/λ_max → configs/eta_table.csv (ARGS=...)
+	$(PY) scripts/eta_table.py $(ARGS)
 
 sweep:  ## run an experiment's sweep, skipping finished runs (EXP=, SCALE=, LAUNCHER=)
 	$(PY) experiments/sweep.py experiment=$(EXP) scale=$(SCALE) sweep.launcher=$(LAUNCHER) $(ARGS)

@@ -33,7 +33,10 @@ def results_dir(tmp_path, monkeypatch) -> Path:
 
 
 def base_config(data_root: Path, results: Path, **sections) -> dict:
-    """A complete run config (the configs/ defaults), small enough for a test."""
+    """A complete run config (the configs/ defaults), small enough for a test.
+
+    Keyword sections update the defaults key by key; `algo` replaces the whole section.
+    """
     cfg = {
         "name": "test",
         "task": {"name": "train"},
@@ -49,7 +52,7 @@ def base_config(data_root: Path, results: Path, **sections) -> dict:
         "results_dir": str(results),
     }
     for section, values in sections.items():
-        if isinstance(values, dict) and section in cfg and isinstance(cfg[section], dict):
+        if section != "algo" and isinstance(values, dict) and isinstance(cfg.get(section), dict):
             cfg[section].update(values)
         else:
             cfg[section] = values

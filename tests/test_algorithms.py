@@ -1,0 +1,182 @@
+"""BP, PC and PC-ALM weight gradients: exact identities of SPEC §4–5."""
+
+import pytest
+import torch
+
+from pcalm import energy
+from pcalm.algorithms import make_algorithm
+from pcalm.diagnostics import (
+    alignment_to_bp,
+    hessian_lambda_max,
+    iteration_matrix,
+    linear_system,
+    spectral_radius,
+)
+from pcalm.model import ResidualMLP
+
+
+def _batch(d=12, c=10, batch=5, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, d, generator=gen, dtype=torch.float64)
+    y = torch.nn.functional.one_hot(torch.randint(0, c, (batch,), generator=gen), c).double()
+    return x, y
+
+
+def _net(act="identity", width=6, depth=5, seed=0):
+    return ResidualMLP(12, width, depth, activation=act, seed=seed, dtype=torch.float64)
+
+
+def test_bp_equals_autograd_of_the_loss():
+    net = _net("tanh")
+    x, y = _batch()
+    auto = torch.autograd.grad(energy.mse_loss(net(x), y), list(net.parameters()))
+    grads = make_algorithm("bp").weight_grads(net, x, y)
+    assert len(grads) == net.depth == len(net.weights)
+    torch.testing.assert_close(grads[0], auto[0])
+    torch.testing.assert_close(torch.stack(grads[1:-1]), auto[1])
+    torch.testing.assert_close(grads[-1], auto[2])
+    for g, w in zip(grads, net.weights):
+        assert g.shape == w.shape
+
+
+def test_linear_pcalm_reaches_bp_and_pc_does_not():
+    """SPEC §5: linear PC-ALM's fixed point is BP; PC's is the minimiser of F."""
+    net = _net("identity")
+    x, y = _batch()
+    eta = 1 / hessian_lambda_max(net, x)
+    # The iteration converges: spectral radius of M below 1 at η_h = 1/λ_max.
+    assert spectral_radius(iteration_matrix(net, eta)) < 1
+    pcalm = alignment_to_bp(make_algorithm("pcalm", budget=3000, state_lr=eta), net, x, y)
+    pc = alignment_to_bp(make_algorithm("pc", budget=3000, state_lr=eta), net, x, y)
+    assert pcalm["cosine"] >= 1 - 1e-9
+    assert pcalm["rel_error"] < 1e-5
+    assert min(pcalm["cosine_per_layer"]) >= 1 - 1e-9
+    assert pc["cosine"] < 0.99  # clearly below 1: PC's gradients are not BP's
+    assert pc["rel_error"] > 0.05
+
+
+def test_pcalm_fixed_point_multipliers_are_minus_the_adjoint():
+    net = _net("identity", depth=4)
+    x, y = _batch(batch=3)
+    eta = 1 / hessian_lambda_max(net, x)
+    state = make_algorithm("pcalm", budget=3000, state_lr=eta).infer(net, x, y)
+    h, delta, _ = energy.backprop(net, x, y)
+    torch.testing.assert_close(state.z, h, atol=1e-8, rtol=1e-6)
+    torch.testing.assert_close(state.lam, -delta, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("act", ["identity", "tanh", "relu"])
+def test_pcalm_with_one_step_is_pc_with_one_step(act):
+    net = _net(act)
+    x, y = _batch()
+    a = make_algorithm("pcalm", budget=1, state_lr=0.2, rho=1.0, alpha=0.7).weight_grads(net, x, y)
+    b = make_algorithm("pc", budget=1, state_lr=0.2).weight_grads(net, x, y)
+    for ga, gb in zip(a, b):
+        torch.testing.assert_close(ga, gb, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("act", ["identity", "tanh", "relu"])
+def test_pcalm_without_multiplier_updates_is_pc(act):
+    net = _net(act)
+    x, y = _batch()
+    a = make_algorithm("pcalm", budget=20, state_lr=0.2, rho=1.0, alpha=0.0).weight_grads(net, x, y)
+    b = make_algorithm("pc", budget=20, state_lr=0.2).weight_grads(net, x, y)
+    for ga, gb in zip(a, b):
+        torch.testing.assert_close(ga, gb, rtol=1e-12, atol=1e-14)
+
+
+def test_pc_steps_follow_the_energy_gradient():
+    """One PC step is z − η_h · B · ∂F/∂z of the batch-mean energy (a per-sample step)."""
+    net = _net("tanh")
+    x, y = _batch()
+    eta = 0.1
+    h, _ = net.forward_states(x)
+    h = h + 0.01 * torch.randn_like(h)  # off the forward pass so the step is not trivial
+    z = h.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(energy.pc_energy(net, x, y, z), z)
+    expected = h - eta * x.shape[0] * grad
+    r = energy.residuals(net, net.bottom_prediction(x), h)
+    e = net.readout(h[-1]) - y
+    stepped = h - eta * energy.state_grad(net, h, r, e)
+    torch.testing.assert_close(stepped, expected)
+
+
+def test_nonlinear_pcalm_reaches_bp_at_a_large_budget():
+    """SPEC §5 holds for any φ: a smooth (tanh) net's PC-ALM gradients converge to BP's."""
+    net = _net("tanh", width=16, depth=8)
+    x, y = _batch(batch=16)
+    eta = 1 / hessian_lambda_max(net, x)
+    pcalm = alignment_to_bp(make_algorithm("pcalm", budget=4000, state_lr=eta), net, x, y)
+    pc = alignment_to_bp(make_algorithm("pc", budget=4000, state_lr=eta), net, x, y)
+    assert min(pcalm["cosine_per_layer"]) > 1 - 1e-5
+    assert pc["cosine"] < 0.99
+
+
+def test_post_dual_and_inner_steps_change_the_result():
+    net = _net("relu")
+    x, y = _batch()
+    base = make_algorithm("pcalm", budget=4, state_lr=0.2).weight_grads(net, x, y)
+    post = make_algorithm("pcalm", budget=4, state_lr=0.2, weight_credit="post_dual")
+    inner = make_algorithm("pcalm", budget=4, state_lr=0.2, inner_steps=2)
+    assert not torch.allclose(base[1], post.weight_grads(net, x, y)[1])
+    assert not torch.allclose(base[1], inner.weight_grads(net, x, y)[1])
+
+
+def test_linear_system_matches_the_residuals():
+    net = _net("identity", width=3, depth=4)
+    x, _ = _batch(batch=1)
+    sys = linear_system(net)
+    z = torch.randn(net.depth - 1, 1, net.width, dtype=torch.float64)
+    flat = z.reshape(-1)
+    c = torch.zeros_like(flat)
+    c[: net.width] = net.bottom_prediction(x).reshape(-1)
+    r = energy.residuals(net, net.bottom_prediction(x), z).reshape(-1)
+    torch.testing.assert_close(sys["R"] @ flat - c, r)
+    torch.testing.assert_close(sys["P"] @ flat, net.readout(z[-1]).reshape(-1))
+
+
+@pytest.mark.parametrize(
+    "name, options, fragment",
+    [
+        ("adam", {}, "unknown algorithm 'adam': allowed: bp, pc, pcalm"),
+        ("pc", {"rho": 2.0}, "unknown option(s) rho for algorithm 'pc'"),
+        ("bp", {"budget": 3}, "allowed: none"),
+        ("pcalm", {"budget": 0}, "budget must be an integer >= 1, got 0"),
+        ("pcalm", {"state_lr": -1.0}, "state_lr must be a number > 0"),
+        ("pcalm", {"weight_credit": "later"}, "allowed: pre_dual, post_dual"),
+        ("pcalm", {"alpha": -0.5}, "alpha must be a number >= 0"),
+    ],
+)
+def test_bad_algorithm_input_is_one_clear_line(name, options, fragment):
+    with pytest.raises(ValueError) as err:
+        make_algorithm(name, **options)
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"depth": 1}, "depth must be an integer >= 2, got 1"),
+        ({"width": 0}, "width must be an integer >= 1, got 0"),
+        ({"activation": "gelu"}, "unknown activation 'gelu': allowed: identity, tanh, relu, linear"),
+        ({"param": "ntk"}, "unknown param 'ntk'"),
+    ],
+)
+def test_bad_model_input_is_one_clear_line(kwargs, fragment):
+    args = {"input_dim": 4, "width": 3, "depth": 3, **kwargs}
+    with pytest.raises(ValueError) as err:
+        ResidualMLP(**args)
+    assert fragment in str(err.value)
+
+
+def test_linear_alias_and_weights_layout():
+    net = ResidualMLP(7, 4, 5, output_dim=3, activation="linear")
+    assert net.act.name == "identity"
+    shapes = [tuple(w.shape) for w in net.weights]
+    assert shapes == [(4, 7), (4, 4), (4, 4), (4, 4), (3, 4)]
+    # muPC scales (SPEC §1)
+    assert net.a_in == pytest.approx(7**-0.5)
+    assert net.a_hidden == pytest.approx((4 * 5) ** -0.5)
+    assert net.a_out == pytest.approx(1 / 4)
+    assert net.weights[1].data_ptr() == net.w_hidden[0].data_ptr()  # a view, not a copy
