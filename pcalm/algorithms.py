@@ -3,23 +3,53 @@
     algo = make_algorithm("pcalm", budget=64, state_lr=0.25)
     grads = algo.weight_grads(net, x, y)      # list shaped like net.weights
 
-PC and PC-ALM share one inference loop. Each primal step is two batched matmuls over all
-hidden layers: one for the residuals r (which are at once the dual update of the step
-before and the errors of this one) and one for ∂𝓛/∂z. No autograd, no loop over layers.
+PC and PC-ALM share one inference loop (`run_inference`, THE hot path). Each primal step is
+two batched matmuls over all hidden layers: one for ∂𝓛/∂z and one for the residuals r, which
+are at once the dual update of this step and the errors of the next. No autograd, no loop
+over layers, no allocation per step. How it is made fast (ARCHITECTURE "Performance"):
+
+- Layout: the loop works on layer-major buffers ``[L-1, M, B, N]`` (M models, 1 if the net
+  is not stacked), so the L-2 hidden layers of all M models form one contiguous batch of
+  ``(L-2)·M`` matrices for ``torch.bmm``. The predictions f_l(z_{l-1}) live in one buffer
+  whose first slot is the fixed a_in W_1 x, so r = z − f is one ``baddbmm`` and one
+  subtraction (computed exactly as the forward pass, so r = 0 there bit for bit), and the
+  credit buffer has an extra zero slot ``E[L-1] = 0`` (ε_l − ε_{l+1} is one subtraction).
+- The readout is folded into the same step: ∂ℓ/∂z_{L-1} fills the top slot of the matmul
+  output Q (Q_l = a_h ε_{l+1} W_{l+1}, Q_{L-1} = −a_out e W_L), so z ← z + η(D ⊙ Q + ε_next − ε)
+  with D = φ'(z) for every layer at once.
+- φ(z) and φ'(z) are computed once per step, in place; every op writes into a buffer
+  (``bmm(out=)``, ``baddbmm_``, ``addcmul_``, ``add_``), which also makes the loop capturable
+  in a CUDA graph.
+- ``compile``: ``off`` = the eager loop above; ``on`` = a torch.compile'd functional step
+  (elementwise work fused around the two matmuls), cached per shape, dtype, device and
+  activation; on CUDA the whole training step (forward, T steps, weight grads) is captured
+  once in a CUDA graph (static buffers) and replayed. ``auto`` = compiled + CUDA graph on
+  CUDA, and on CPU whatever `CPU_AUTO_COMPILE` says (measured: see its comment).
+- With an ``observer`` (diagnostics) the eager loop runs and hands out copies of the state.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
 
-from pcalm import energy
+from pcalm import energy, naive
 from pcalm.model import ResidualMLP
 
 WEIGHT_CREDITS = ("pre_dual", "post_dual")
+COMPILE_MODES = ("auto", "on", "off")
+
+# What `compile=auto` picks on a CPU. Measured with scripts/bench.py on the 2-core CPU box
+# (torch 2.13, inductor + gcc 12), N=32, L=64, B=64, T=64, ReLU, float32, one PC-ALM
+# weight-gradient computation: eager fast loop ≈ 40 ms, compiled step ≈ 40 ms (no gain:
+# the two matmuls dominate once the elementwise work is in place), and the first compile
+# of a shape costs ≈ 20 s. So auto = eager on CPU; `train.compile=on` still compiles.
+CPU_AUTO_COMPILE = False
 
 
 @dataclass
@@ -34,14 +64,19 @@ class InferenceState:
 
 
 # observer(step, state) sees the state after every primal step (step 0 = forward pass);
-# diagnostics use it for credit traces. None on the hot path.
+# diagnostics use it for credit traces. None on the hot path. The state is a copy.
 Observer = Callable[[int, InferenceState], None]
 
 
 class Algorithm:
-    """Base class: one rule for the weight gradient of a batch."""
+    """Base class: one rule for the weight gradient of a batch.
+
+    ``compile_mode`` (auto | on | off, not an algorithm option: it changes no number beyond
+    float tolerance) picks the execution path; the Trainer sets it from ``train.compile``.
+    """
 
     name = ""
+    compile_mode = "auto"
 
     def stacked_weight_grads(self, net: ResidualMLP, x, y):
         """(g_in, g_hidden, g_out, forward_loss): grads shaped like the stacked parameters."""
@@ -63,10 +98,8 @@ class BP(Algorithm):
     name = "bp"
 
     def stacked_weight_grads(self, net, x, y):
-        with torch.no_grad():
-            h, delta, e = energy.backprop(net, x, y)
-            loss = energy.mse_loss(e + y, y)
-            return (*energy.weight_grads(net, x, h, -delta, e), loss)
+        out = _execute(net, x, y, _Plan("bp"), self.compile_mode)
+        return out.grads + (out.loss,)
 
 
 @dataclass
@@ -81,14 +114,16 @@ class PC(Algorithm):
         _check_positive_int("budget", self.budget)
         _check_positive_float("state_lr", self.state_lr)
 
+    def _plan(self) -> _Plan:
+        return _Plan("pc", self.budget, float(self.state_lr))
+
     def infer(self, net, x, y, observer: Observer | None = None) -> InferenceState:
-        return run_inference(
-            net, x, y, budget=self.budget, state_lr=self.state_lr, observer=observer
-        )
+        out = _execute(net, x, y, self._plan(), self.compile_mode, observer, want_state=True)
+        return out.state
 
     def stacked_weight_grads(self, net, x, y):
-        s = self.infer(net, x, y)
-        return (*energy.weight_grads(net, x, s.z, s.eps, s.e), s.forward_loss)
+        out = _execute(net, x, y, self._plan(), self.compile_mode)
+        return out.grads + (out.loss,)
 
 
 @dataclass
@@ -116,12 +151,9 @@ class PCALM(PC):
             allowed = ", ".join(WEIGHT_CREDITS)
             raise ValueError(f"unknown weight_credit {self.weight_credit!r}: allowed: {allowed}")
 
-    def infer(self, net, x, y, observer: Observer | None = None) -> InferenceState:
-        return run_inference(
-            net, x, y, budget=self.budget, state_lr=self.state_lr, rho=self.rho,
-            alpha=self.alpha, inner_steps=self.inner_steps,
-            post_dual=self.weight_credit == "post_dual", observer=observer,
-        )
+    def _plan(self) -> _Plan:
+        return _Plan("pcalm", self.budget, float(self.state_lr), float(self.rho),
+                     float(self.alpha), self.inner_steps, self.weight_credit == "post_dual")
 
 
 def run_inference(
@@ -136,38 +168,475 @@ def run_inference(
     inner_steps: int = 1,
     post_dual: bool = False,
     observer: Observer | None = None,
+    compile: str = "auto",
 ) -> InferenceState:
     """Inference from the forward pass. alpha=None is PC (no multipliers at all).
 
     PC-ALM: λ ← 0; for t = 1..T: `inner_steps` primal steps z ← z − η_h ∂𝓛/∂z, then
     (except after the last, unless post_dual) λ ← λ + α r with r after the primal step.
+    `compile`: auto | on | off (see the module docstring); an observer forces eager.
     """
+    kind = "pc" if alpha is None else "pcalm"
+    plan = _Plan(kind, budget, float(state_lr), float(rho),
+                 None if alpha is None else float(alpha), inner_steps, post_dual)
+    return _execute(net, x, y, plan, compile, observer, want_state=True).state
+
+
+# -- the fast path -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one training step computes: BP, or PC / PC-ALM inference with its options."""
+
+    kind: str  # bp | pc | pcalm
+    budget: int = 0
+    state_lr: float = 0.0
+    rho: float = 1.0
+    alpha: float | None = None  # None: no multipliers (PC)
+    inner_steps: int = 1
+    post_dual: bool = False
+
+    @property
+    def has_lam(self) -> bool:
+        return self.kind == "pcalm"
+
+
+@dataclass
+class _Output:
+    grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+    loss: torch.Tensor
+    state: InferenceState | None = None
+
+
+def _fast_shapes_ok(net: ResidualMLP, x: torch.Tensor, y: torch.Tensor) -> bool:
+    """The fast loop takes x [B, D] (or [M, B, D] for a stack of M) and y like it."""
+    m = net.num_models
+    dims_ok = x.dim() == 2 or (m is not None and x.dim() == 3 and x.shape[0] == m)
+    return (
+        dims_ok and y.dim() == x.dim() and x.shape[-1] == net.input_dim
+        and y.shape[-1] == net.output_dim and y.shape[:-1] == x.shape[:-1]
+        and x.dtype == y.dtype == net.w_in.dtype and x.device == net.w_in.device
+        and x.shape[-2] >= 1
+    )
+
+
+def _execute(net: ResidualMLP, x, y, plan: _Plan, mode: str, observer: Observer | None = None,
+             want_state: bool = False) -> _Output:
+    """One training step's computation (grads, loss; the final state if asked) on the best path."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {mode!r}: allowed: {', '.join(COMPILE_MODES)}")
     with torch.no_grad():
-        bottom = net.bottom_prediction(x)
-        z, y_hat = net.forward_states(x)
-        forward_loss = energy.mse_loss(y_hat, y)
-        lam = torch.zeros_like(z) if alpha is not None else None
-        r = energy.residuals(net, bottom, z)
-        e = y_hat - y
+        if not _fast_shapes_ok(net, x, y):
+            return _reference(net, x, y, plan, observer)
+        path = "eager" if observer is not None else _resolve_path(mode, x.device)
+        if path == "graph":
+            try:
+                return _graph_runner(net, x, y, plan).run(x, y, want_state)
+            except Exception as err:  # a failed capture must not stop a run: fall back
+                _disable("graph", err)
+                path = "compiled" if _available["compiled"] else "eager"
+        ws = _Workspace(net, x, y, plan)
+        ws.prepare_weights()
+        ws.forward(observer)
+        if plan.kind != "bp":
+            if path == "compiled":
+                try:
+                    ws.loop_compiled()
+                except Exception as err:
+                    _disable("compiled", err)
+                    ws.forward(None)
+                    ws.loop_eager(None)
+            else:
+                ws.loop_eager(observer)
+        return ws.output(want_state)
 
-        def credit():
-            return rho * r + lam if lam is not None else (r if rho == 1 else rho * r)
 
+_available = {"compiled": True, "graph": True}
+
+
+def _disable(path: str, err: Exception) -> None:
+    if _available[path]:
+        warnings.warn(f"pcalm: the {path} inference path failed ({type(err).__name__}: "
+                      f"{err}); falling back to eager for this process", stacklevel=3)
+    _available[path] = False
+
+
+def _resolve_path(mode: str, device: torch.device) -> str:
+    """eager | compiled | graph. CPU runs never touch a CUDA API."""
+    if mode == "off":
+        return "eager"
+    if device.type == "cuda":
+        if _available["graph"]:
+            return "graph"
+        return "compiled" if _available["compiled"] else "eager"
+    want = mode == "on" or CPU_AUTO_COMPILE
+    return "compiled" if want and _available["compiled"] else "eager"
+
+
+def _reference(net, x, y, plan: _Plan, observer) -> _Output:
+    """Any input shape the fast loop does not take: the previous stacked eager path."""
+    if plan.kind == "bp":
+        h, delta, e = energy.backprop(net, x, y)
+        grads = energy.weight_grads(net, x, h, -delta, e)
+        return _Output(grads, energy.mse_loss(e + y, y))
+    obs = None
+    if observer is not None:
+        def obs(step, s):
+            observer(step, InferenceState(*s))
+    z, lam, eps, e, loss = naive.stacked_eager_inference(
+        net, x, y, budget=plan.budget, state_lr=plan.state_lr, rho=plan.rho, alpha=plan.alpha,
+        inner_steps=plan.inner_steps, post_dual=plan.post_dual, observer=obs,
+    )
+    grads = energy.weight_grads(net, x, z, eps, e)
+    return _Output(grads, loss, InferenceState(z, lam, eps, e, loss))
+
+
+class _Workspace:
+    """Buffers and the in-place loop for one (net, batch, plan); see the module docstring.
+
+    Layer-major buffers (M = models, 1 for a lone net; K = L-2 hidden weight layers):
+        z, F [L-1, M, B, N]  states z_1 … z_{L-1}; predictions f_l(z_{l-1}), F[0] = a_in W_1 x
+        E [L, M, B, N]     E[:L-1] = ε_1 … ε_{L-1} (r while a step is under way), E[L-1] = 0
+        P, D, Q, lam [L-1, M, B, N]   φ(z), φ'(z), matmul output, multipliers
+        e [M, B, C]        output error ŷ − y
+        W, WT [K, M, N, N] a_h W_l and W_lᵀ for l = 2 … L-1; Wo_neg = −a_out W_L, WoT = W_Lᵀ
+    """
+
+    def __init__(self, net: ResidualMLP, x: torch.Tensor, y: torch.Tensor, plan: _Plan):
+        self.net, self.plan = net, plan
+        self.stacked = net.num_models is not None
+        m = net.num_models or 1
+        L, N, C = net.depth, net.width, net.output_dim  # noqa: N806
+        K, B, D = L - 2, x.shape[-2], net.input_dim  # noqa: N806
+        self.m, self.L, self.K, self.B = m, L, K, B
+        self.act = net.act.name
+        self.a_in, self.a_h, self.a_out = net.a_in, net.a_hidden, net.a_out
+        new = _allocator(net.w_in)
+        lead = (lambda w: w) if self.stacked else (lambda w: w.unsqueeze(0))
+        # x, y: [M, B, ·], or [B, ·] shared by all models
+        self.x3 = x if x.dim() == 3 else x.unsqueeze(0).expand(m, B, D)
+        self.y3 = y if y.dim() == 3 else y.unsqueeze(0).expand(m, B, C)
+        self.w_in_t = lead(net.w_in).transpose(-1, -2)  # [M, D, N]
+        self.wh = lead(net.w_hidden).transpose(0, 1)  # [K, M, N, N], a view
+        self.w_out = lead(net.w_out)  # [M, C, N]
+        self.W, self.WT = new(K, m, N, N), new(K, m, N, N)
+        self.Wo_neg, self.WoT = new(m, C, N), new(m, N, C)
+        self.z, self.F, self.E = new(L - 1, m, B, N), new(L - 1, m, B, N), new(L, m, B, N)
+        self.Q = new(L - 1, m, B, N)
+        self.P = self.z if self.act == "identity" else new(L - 1, m, B, N)
+        self.D = None if self.act == "identity" else new(L - 1, m, B, N)
+        self.lam = new(L - 1, m, B, N) if plan.has_lam else None
+        self.e = new(m, B, C)
+        self.loss = None
+        self.one = torch.ones((), dtype=net.w_in.dtype, device=net.w_in.device)
+        # Views used every step, made once (flattened (layer, model) batches for bmm).
+        def flat(t):  # [K, M, ...] → [K·M, ...], a view (every buffer is contiguous)
+            return t.view(K * m, *t.shape[2:])
+
+        self.z_below, self.F_above = flat(self.z[:K]), flat(self.F[1:])
+        self.R = self.E[: L - 1]  # r, then ε = ρ r + λ in place
+        self.E_above = flat(self.E[1 : K + 1])  # ε_2 … ε_{L-1}, and r_2 … r_{L-1}
+        self.P_below = flat(self.P[:K])  # φ(z_1) … φ(z_{L-2})
+        self.Q_hidden, self.Q_top = flat(self.Q[:K]), self.Q[L - 2]
+        self.P_top = self.P[L - 2]
+        self.W3, self.WT3 = flat(self.W), flat(self.WT)
+
+    # -- pieces -------------------------------------------------------------------------
+    def prepare_weights(self) -> None:
+        """Scaled / transposed copies of the weights, in the loop's layout (cheap: once a call)."""
+        torch.mul(self.wh, self.a_h, out=self.W)
+        self.WT.copy_(self.wh.transpose(-1, -2))
+        torch.mul(self.w_out, -self.a_out, out=self.Wo_neg)
+        self.WoT.copy_(self.w_out.transpose(-1, -2))
+
+    def _phi(self, z: torch.Tensor, out: torch.Tensor) -> None:
+        if self.act == "relu":
+            torch.clamp_min(z, 0, out=out)
+        elif self.act == "tanh":
+            torch.tanh(z, out=out)
+        # identity: P aliases z
+
+    def _phi_all(self) -> None:
+        """P = φ(z), D = φ'(z) for every layer; φ'(0) = 0 for ReLU as autograd's."""
+        self._phi(self.z, self.P)
+        if self.act == "relu":
+            torch.sign(self.P, out=self.D)
+        elif self.act == "tanh":
+            torch.addcmul(self.one, self.P, self.P, value=-1, out=self.D)
+
+    def _readout(self) -> None:
+        """e = a_out φ(z_{L-1}) W_Lᵀ − y."""
+        torch.baddbmm(self.y3, self.P_top, self.WoT, beta=-1, alpha=self.a_out, out=self.e)
+
+    def _residuals(self) -> None:
+        """r = z − f(z_below) for all layers, into R (= E[:L-1])."""
+        if self.K:  # f_l = z_{l-1} + a_h φ(z_{l-1}) W_lᵀ, exactly as in `forward`
+            torch.baddbmm(self.z_below, self.P_below, self.WT3, alpha=self.a_h, out=self.F_above)
+        torch.sub(self.z, self.F, out=self.R)
+
+    def _credit(self, dual: bool) -> None:
+        """R holds r: dual ascent λ ← λ + α r if `dual`, then ε = ρ r + λ in place."""
+        p = self.plan
+        if self.lam is not None:
+            if dual:
+                self.lam.add_(self.R, alpha=p.alpha)
+            torch.add(self.lam, self.R, alpha=p.rho, out=self.R)
+        elif p.rho != 1:
+            self.R.mul_(p.rho)
+
+    def _observed_credit(self) -> torch.Tensor:
+        if self.lam is not None:
+            return torch.add(self.lam, self.R, alpha=self.plan.rho)
+        return self.R * self.plan.rho
+
+    def _public(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        """[L-1, M, ...] → [M, L-1, ...] (or [L-1, ...] for a lone net), as a fresh tensor."""
+        if t is None:
+            return None
+        return t.transpose(0, 1).clone() if self.stacked else t[:, 0].clone()
+
+    def _state(self, eps: torch.Tensor) -> InferenceState:
+        e = self.e.clone() if self.stacked else self.e[0].clone()
+        return InferenceState(self._public(self.z), self._public(self.lam), self._public(eps),
+                              e, self.loss)
+
+    # -- the computation ----------------------------------------------------------------
+    def forward(self, observer: Observer | None) -> None:
+        """z ← forward pass (and φ, φ', e, ℓ); ε ← ρ r (λ = 0); BP: ε ← −δ (the adjoint)."""
+        z, P, F = self.z, self.P, self.F  # noqa: N806
+        torch.baddbmm(F[0], self.x3, self.w_in_t, beta=0, alpha=self.a_in, out=F[0])
+        z[0].copy_(F[0])
+        for l in range(self.K):  # sequential by nature
+            self._phi(z[l], P[l])
+            torch.baddbmm(z[l], P[l], self.WT[l], alpha=self.a_h, out=z[l + 1])
+        self._phi_all()
+        self._readout()
+        self.loss = 0.5 * self.e.pow(2).sum(-1).mean(-1)
+        if not self.stacked:
+            self.loss = self.loss[0]
+        self.E[self.L - 1].zero_()
+        if self.plan.kind == "bp":
+            self._backprop()
+            return
+        self._residuals()
+        if self.lam is not None:
+            self.lam.zero_()
+        self._credit(False)
         if observer is not None:
-            observer(0, InferenceState(z, lam, credit(), e, forward_loss))
-        step = 0
-        for t in range(budget):
-            for _ in range(inner_steps):
-                z = z - state_lr * energy.state_grad(net, z, credit(), e)
-                r = energy.residuals(net, bottom, z)
-                e = net.readout(z[..., -1, :, :]) - y
-                step += 1
-                if observer is not None:
-                    observer(step, InferenceState(z, lam, credit(), e, forward_loss))
-            if lam is not None and (t < budget - 1 or post_dual):
-                lam = lam + alpha * r
-        return InferenceState(z, lam, credit(), e, forward_loss)
+            observer(0, self._state(self.R))
 
+    def _backprop(self) -> None:
+        """E[l] = −δ_l: −δ_{L-1} = −a_out φ' ⊙ W_Lᵀ e; −δ_l = −δ_{l+1} + a_h φ' ⊙ W_{l+1}ᵀ(−δ_{l+1})."""
+        E, D, Q = self.E, self.D, self.Q  # noqa: N806
+        top = self.L - 2
+        torch.bmm(self.e, self.Wo_neg, out=Q[top])
+        if D is None:
+            E[top].copy_(Q[top])
+        else:
+            torch.mul(D[top], Q[top], out=E[top])
+        for l in range(self.K - 1, -1, -1):
+            torch.bmm(E[l + 1], self.W[l], out=Q[l])
+            if D is None:
+                torch.add(E[l + 1], Q[l], out=E[l])
+            else:
+                torch.addcmul(E[l + 1], D[l], Q[l], out=E[l])
+
+    def primal_step(self) -> None:
+        """z ← z − η ∂𝓛/∂z (all layers, readout included); then φ, φ', r, e at the new z."""
+        eta = self.plan.state_lr
+        if self.K:
+            torch.bmm(self.E_above, self.W3, out=self.Q_hidden)  # a_h ε_{l+1} W_{l+1}
+        torch.bmm(self.e, self.Wo_neg, out=self.Q_top)  # −a_out e W_L
+        z = self.z
+        if self.D is None:
+            z.add_(self.Q, alpha=eta)
+        else:
+            z.addcmul_(self.D, self.Q, value=eta)
+        z.add_(self.E[1:], alpha=eta)
+        z.sub_(self.E[:-1], alpha=eta)
+        self._phi_all()
+        self._residuals()
+        self._readout()
+
+    def loop_eager(self, observer: Observer | None) -> None:
+        p = self.plan
+        step = 0
+        for t in range(p.budget):
+            for i in range(p.inner_steps):
+                self.primal_step()
+                dual = (self.lam is not None and i == p.inner_steps - 1
+                        and (t < p.budget - 1 or p.post_dual))
+                if observer is not None:
+                    step += 1
+                    observer(step, self._state(self._observed_credit()))
+                self._credit(dual)
+
+    def loop_compiled(self) -> None:
+        """The same loop with a torch.compile'd functional step; results copied back."""
+        p = self.plan
+        dev = self.z.device
+        step = _compiled_step(self.act, p.has_lam)
+        coef = {dual: torch.tensor([p.state_lr, p.rho, (p.alpha or 0.0) if dual else 0.0,
+                                    self.a_h, self.a_out], dtype=self.z.dtype, device=dev)
+                for dual in (False, True)}
+        z, eps, lam, e = self.z, self.R, self.lam, self.e
+        weights = (self.F[0], self.W, self.WT, self.Wo_neg, self.WoT, self.y3)
+        for t in range(p.budget):
+            for i in range(p.inner_steps):
+                dual = (lam is not None and i == p.inner_steps - 1
+                        and (t < p.budget - 1 or p.post_dual))
+                z, eps, lam, e = step(z, eps, lam, e, *weights, coef[dual])
+        self.z.copy_(z)
+        self.R.copy_(eps)
+        self.e.copy_(e)
+        if lam is not None:
+            self.lam.copy_(lam)
+        self._phi_all()
+
+    def weight_grads(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """SPEC §3 at the final (z, ε, e), shaped like (w_in, w_hidden, w_out)."""
+        b, m, K = self.B, self.m, self.K  # noqa: N806
+        eps1 = self.E[0]
+        g_in = torch.matmul(eps1.transpose(-1, -2), self.x3).mul_(-self.a_in / b)
+        g_hidden = torch.bmm(self.E_above.transpose(-1, -2), self.P_below)
+        g_hidden = g_hidden.mul_(-self.a_h / b).reshape(K, m, *g_hidden.shape[1:])
+        g_out = torch.bmm(self.e.transpose(-1, -2), self.P_top).mul_(self.a_out / b)
+        if self.stacked:
+            return g_in, g_hidden.transpose(0, 1).contiguous(), g_out
+        return g_in[0], g_hidden[:, 0].contiguous(), g_out[0]
+
+    def output(self, want_state: bool) -> _Output:
+        state = self._state(self.R) if want_state and self.plan.kind != "bp" else None
+        return _Output(self.weight_grads(), self.loss, state)
+
+
+def _allocator(like: torch.Tensor):
+    def new(*shape):
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    return new
+
+
+# -- torch.compile ------------------------------------------------------------------------
+
+def _functional_step(act: str, has_lam: bool):
+    """One primal step and the credit update as a pure function, for torch.compile.
+
+    coef = [η_h, ρ, α (0 when this step has no dual update), a_h, a_out]: tensors, so one
+    graph serves every value and both kinds of step.
+    """
+
+    def phi(z):
+        return torch.relu(z) if act == "relu" else torch.tanh(z) if act == "tanh" else z
+
+    def step(z, eps, lam, e, bottom, W, WT, Wo_neg, WoT, y, coef):  # noqa: N803
+        eta, rho, alpha, a_h, a_out = coef[0], coef[1], coef[2], coef[3], coef[4]
+        q_top = torch.matmul(e, Wo_neg).unsqueeze(0)
+        q = torch.cat([torch.matmul(eps[1:], W), q_top]) if z.shape[0] > 1 else q_top
+        eps_next = torch.cat([eps[1:], torch.zeros_like(eps[:1])])
+        if act == "relu":
+            q = torch.where(z > 0, q, 0)
+        elif act == "tanh":
+            q = (1 - torch.tanh(z) ** 2) * q
+        z = z + eta * (q + eps_next - eps)
+        p = phi(z)
+        if z.shape[0] > 1:
+            below = torch.cat([bottom.unsqueeze(0), z[:-1] + a_h * torch.matmul(p[:-1], WT)])
+        else:
+            below = bottom.unsqueeze(0)
+        r = z - below
+        e = a_out * torch.matmul(p[-1], WoT) - y
+        if has_lam:
+            lam = lam + alpha * r
+            eps = rho * r + lam
+        else:
+            eps = rho * r
+        return z, eps, lam, e
+
+    return step
+
+
+_COMPILED: dict = {}
+
+
+def _compiled_step(act: str, has_lam: bool):
+    """torch.compile'd step, one per variant; dynamo caches one graph per shape/dtype/device."""
+    key = (act, has_lam)
+    if key not in _COMPILED:
+        import torch._dynamo.config as dynamo_config
+
+        # Every grid cell is a new shape: let dynamo keep them all (no silent eager fallback).
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo_config, name):
+                setattr(dynamo_config, name, max(getattr(dynamo_config, name), 256))
+        fn = _functional_step(act, has_lam)
+        _COMPILED[key] = torch.compile(fn, dynamic=False, fullgraph=True)
+    return _COMPILED[key]
+
+
+# -- CUDA graphs --------------------------------------------------------------------------
+
+_GRAPHS: OrderedDict = OrderedDict()
+GRAPH_CACHE_SIZE = 4
+
+
+class _GraphRunner:
+    """A whole training step (weights prep, forward, T inference steps, weight grads)
+    captured once in a CUDA graph on static buffers; each call copies x, y in and replays.
+
+    The graph reads the parameters in place (Adam updates them in place, so their storage
+    stays put); the cache key holds their data pointers, so new storage → a new capture.
+    """
+
+    def __init__(self, net: ResidualMLP, x, y, plan: _Plan):
+        self.x, self.y = x.clone(), y.clone()
+        self.plan = plan
+        self.ws = _Workspace(net, self.x, self.y, plan)
+        compiled = _available["compiled"] and plan.kind != "bp"
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up: compiles, cuBLAS handles, allocator pools
+                self._body(compiled)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = self._body(compiled)
+
+    def _body(self, compiled: bool):
+        ws = self.ws
+        ws.prepare_weights()
+        ws.forward(None)
+        if self.plan.kind != "bp":
+            ws.loop_compiled() if compiled else ws.loop_eager(None)
+        return ws.weight_grads(), ws.loss
+
+    def run(self, x, y, want_state: bool) -> _Output:
+        self.x.copy_(x)
+        self.y.copy_(y)
+        self.graph.replay()
+        grads, loss = self.out
+        state = None
+        if want_state and self.plan.kind != "bp":
+            state = self.ws._state(self.ws.R)
+        return _Output(tuple(g.clone() for g in grads), loss.clone(), state)
+
+
+def _graph_runner(net: ResidualMLP, x, y, plan: _Plan) -> _GraphRunner:
+    params = (net.w_in, net.w_hidden, net.w_out)
+    key = (tuple(p.data_ptr() for p in params), tuple(net.w_hidden.shape), net.act.name,
+           net.a_in, net.a_hidden, net.a_out, tuple(x.shape), tuple(y.shape), x.dtype,
+           x.device, plan, _available["compiled"])
+    runner = _GRAPHS.get(key)
+    if runner is None:
+        runner = _GraphRunner(net, x, y, plan)
+        _GRAPHS[key] = runner
+        while len(_GRAPHS) > GRAPH_CACHE_SIZE:
+            _GRAPHS.popitem(last=False)
+    _GRAPHS.move_to_end(key)
+    return runner
+
+
+# -- construction -------------------------------------------------------------------------
 
 ALGORITHMS: dict[str, type[Algorithm]] = {"bp": BP, "pc": PC, "pcalm": PCALM}
 

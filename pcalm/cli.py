@@ -5,7 +5,9 @@ report bad input in one line. The only module of the package that imports Hydra.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,16 +22,24 @@ RUN_SECTIONS = ("name", "task", "model", "algo", "data", "train", "logger", "res
 def run_config(cfg: DictConfig | dict) -> dict:
     """The resolved, validated run config of a composed Hydra config (sweep keys dropped)."""
     if isinstance(cfg, DictConfig):
-        try:
-            cfg = OmegaConf.to_container(cfg, resolve=True)
+        try:  # resolve the run's sections only: sweeps resolve thousands of cells
+            cfg = {k: _resolved(cfg[k]) for k in RUN_SECTIONS if k in cfg}
         except Exception as err:  # an interpolation error: name it, in one line
             raise ConfigError(_one_line(err)) from None
     raw = {k: cfg[k] for k in RUN_SECTIONS if k in cfg}
     return resolve_run_config(raw, ETA_TABLE)
 
 
-def compose(overrides: list[str], config_name: str = "config") -> DictConfig:
-    """Compose `configs/<config_name>.yaml` with command-line style overrides."""
+def _resolved(node):
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def compose(overrides: list[str], config_name: str = "config",
+            with_hydra: bool = False) -> DictConfig:
+    """Compose `configs/<config_name>.yaml` with command-line style overrides.
+
+    `with_hydra` keeps the `hydra` node (launcher settings) and applies `hydra.*` overrides.
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -37,9 +47,67 @@ def compose(overrides: list[str], config_name: str = "config") -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-            return hydra_compose(config_name, overrides=overrides)
-    except Exception as err:  # Hydra's errors are multi-line; users get the first line
-        raise ConfigError(_one_line(err)) from None
+            return hydra_compose(config_name, overrides=overrides, return_hydra_config=with_hydra)
+    except Exception as err:  # Hydra's errors are multi-line; users get one line
+        raise _composition_error(err) from None
+
+
+def _composition_error(err: BaseException) -> ConfigError:
+    """One line naming the bad key or group choice and what is allowed there."""
+    options, missing = getattr(err, "options", None), getattr(err, "missing_cfg_file", None)
+    if options is not None and missing and "/" in missing:  # an unknown group option
+        group, name = missing.rsplit("/", 1)
+        return ConfigError(f"bad value {group}={name!r}: allowed: {', '.join(options)}")
+    cause = err.__cause__
+    full_key, parent = getattr(cause, "full_key", None), getattr(cause, "parent_node", None)
+    if full_key and isinstance(parent, DictConfig):  # a typo'd key: list its siblings
+        head = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+        keys = [str(k) for k in parent.keys() if k != "hydra"]
+        where = f" in {head}" if head else ""
+        return ConfigError(f"unknown key {full_key}: allowed{where}: {', '.join(keys)}")
+    return ConfigError(_one_line(err))
+
+
+@dataclass(frozen=True)
+class Override:
+    """One command-line override as Hydra's grammar reads it."""
+
+    text: str
+    key: str  # dotted key or config group
+    kind: str  # change | add | force_add | del
+    value: Any  # the single value (None for a sweep or a deletion)
+    sweep: list | None  # the values of `key=a,b` or `key=range(...)`, else None
+
+
+def parse_overrides(texts: list[str]) -> list[Override]:
+    """Parse command-line overrides with Hydra's grammar; ConfigError (one line) if bad."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Override as HydraOverride
+
+    parser = OverridesParser.create()
+    parsed = []
+    for text in texts:
+        try:
+            o = parser.parse_override(text)
+        except Exception as err:
+            raise ConfigError(f"cannot parse override {text!r}: {_one_line(err)}") from None
+        sweep = None
+        if o.is_sweep_override():
+            if not o.is_discrete_sweep() or o.value_type.name == "GLOB_CHOICE_SWEEP":
+                raise ConfigError(f"cannot enumerate {text!r}: list the values (key=a,b,c) "
+                                  "or use range(start,stop,step)")
+            sweep = [HydraOverride._convert_value(v) for v in o.sweep_iterator()]
+        value = None if sweep is not None or o.is_delete() else o.value()
+        parsed.append(Override(text, o.key_or_group, o.type.name.lower(), value, sweep))
+    return parsed
+
+
+def group_options(group: str) -> list[str] | None:
+    """The choices of a config group under configs/ (None if `group` is not a group)."""
+    folder = CONFIG_DIR / group
+    if "." in group or not folder.is_dir():
+        return None
+    return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
 def _one_line(err: BaseException) -> str:
