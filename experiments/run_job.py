@@ -1,0 +1,96 @@
+"""One sweep job: train its share of a sweep's runs, listed in the sweep's manifest.
+
+experiments/sweep.py launches this as a Hydra multirun over the job index (configs/job.yaml,
+hydra/launcher=local|slurm|basic). A job skips runs already complete and resumes an
+interrupted run from its checkpoint, so a requeued job (SLURM preemption or time limit:
+submitit calls the launcher's `checkpoint`, which resubmits the same job) simply goes on.
+With --submit-only (experiments/sweep.py --no-wait) the multirun returns once SLURM has
+accepted the jobs instead of waiting for them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+# The submitting process needs neither torch nor the package: only the jobs import them.
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+log = logging.getLogger("run_job")
+SUBMIT_ONLY = "--submit-only"
+
+
+def job_threads(job: dict) -> int | None:
+    """torch threads: the manifest's (local: cores // jobs), else SLURM's allocation."""
+    if job.get("threads"):
+        return int(job["threads"])
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    return int(cpus) if cpus and cpus.isdigit() else None
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def run_job(manifest_path: str, index: int) -> None:
+    """Train every run of job `index`; a failing run does not stop the others."""
+    from pcalm.config import Cell
+    from pcalm.runner import execute
+    from pcalm.sweep import stack_units
+
+    manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
+    job = manifest["jobs"][index]
+    threads = job_threads(job)
+    max_stack = manifest.get("max_stack", 1)
+    log.info(f"job {index}: {len(job['runs'])} runs, {threads or 'default'} threads")
+    failed = []
+    for unit in stack_units(job["runs"], max_stack):
+        set_threads(unit[0]["train"]["threads"] or threads)  # a run's own setting wins
+        try:
+            outcome = execute(unit, max_stack=max_stack, progress=False, say=log.info)
+            if outcome.skipped:
+                log.info(f"already complete: {', '.join(outcome.skipped)}")
+        except Exception:  # report it and go on with the job's other runs
+            log.error(traceback.format_exc())
+            failed += [str(Cell.of(c)) for c in unit]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(job['runs'])} runs failed: {'; '.join(failed)}")
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="job", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_job(cfg.manifest, int(cfg.job))
+
+
+def submit_only() -> None:
+    """Let this (the submitting) process treat SLURM jobs as done once they are submitted.
+
+    hydra-submitit-launcher submits the array, then waits on `job.results()` of each job; here
+    that returns a completed placeholder at once. The jobs themselves are untouched: they run
+    on the cluster and write their run folders; re-running the sweep reports on them.
+    """
+    from hydra.core.utils import JobReturn, JobStatus
+    from submitit.slurm.slurm import SlurmJob
+
+    def submitted(job: SlurmJob) -> list[JobReturn]:
+        if not job.job_id.partition("_")[2].strip("0"):  # say it once per array
+            log.info(f"submitted SLURM job {job.job_id.split('_')[0]}; not waiting for it")
+        return [JobReturn(status=JobStatus.COMPLETED)]
+
+    SlurmJob.results = submitted
+
+
+if __name__ == "__main__":
+    if SUBMIT_ONLY in sys.argv:
+        sys.argv.remove(SUBMIT_ONLY)
+        submit_only()
+    main()

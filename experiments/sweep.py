@@ -1,0 +1,179 @@
+"""Run an experiment's sweep: what is missing, grouped into jobs, on a launcher.
+
+    python experiments/sweep.py experiment=figure2 scale=smoke sweep.launcher=local
+    python experiments/sweep.py experiment=figure2 scale=paper sweep.launcher=slurm \\
+        hydra.launcher.partition=gpu hydra.launcher.timeout_min=120 --no-wait
+
+Any config key is an override; `key=a,b` sets a grid axis, `key=a` pins one (pcalm/sweep.py).
+`hydra.launcher.*` overrides go to the launcher (configs/hydra/launcher/). Every run is
+validated before anything is launched. Runs already complete are skipped; if none is
+missing, nothing is launched. --dry-run stops after the plan; --no-wait (SLURM) returns once
+the jobs are submitted. Exit status: 0 all complete (or submitted), 1 runs missing, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from pcalm.cli import REPO, compose, exit_with
+from pcalm.data import DataError
+from pcalm.eta import EtaTableError
+from pcalm.results import RunFolder, atomic_write_json
+from pcalm.runner import load_run_dataset
+from pcalm.sweep import Sweep, job_count, load_sweep, plan_jobs, run_cost
+
+RUN_JOB = REPO / "experiments" / "run_job.py"
+FLAGS = ("--dry-run", "--no-wait")
+PROGRESS_EVERY_S = 30.0
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def split_args(argv: list[str]) -> tuple[set[str], list[str]]:
+    flags = {a for a in argv if a.startswith("--")}
+    unknown = sorted(flags - set(FLAGS))
+    if unknown:
+        exit_with(ValueError(f"unknown flag {unknown[0]}: allowed: {', '.join(FLAGS)}"))
+    return flags, [a for a in argv if not a.startswith("--")]
+
+
+def is_complete(cfg: dict) -> bool:
+    return RunFolder(cfg["results_dir"], cfg).exists_complete()
+
+
+def check_data(configs: list[dict]) -> None:
+    """Load each dataset the pending runs need once, so a missing file fails now, not in jobs."""
+    seen = set()
+    for cfg in configs:
+        d = cfg["data"]
+        key = (d["name"], d["root"], d["train_size"], d["test_size"])
+        if key not in seen:
+            seen.add(key)
+            load_run_dataset(cfg)
+
+
+def launcher_overrides(sweep: Sweep, name: str, results_dir: Path) -> list[str]:
+    """The multirun's launcher overrides, checked now by composing configs/job.yaml."""
+    launcher = sweep.settings["launcher"]
+    overrides = [f"hydra/launcher={launcher}", quoted("results_dir", results_dir),
+                 quoted("sweep_name", name), *sweep.hydra_overrides]
+    given = {o.split("=", 1)[0].lstrip("+") for o in sweep.hydra_overrides}
+    if launcher == "local" and "hydra.launcher.gpus_per_node" not in given:
+        import torch  # local jobs see no GPU unless told to: give them this machine's
+
+        overrides.append(f"hydra.launcher.gpus_per_node={torch.cuda.device_count()}")
+    compose(overrides + ["manifest=x", "job=0"], config_name="job", with_hydra=True)
+    return overrides
+
+
+def quoted(key: str, value) -> str:
+    """`key='value'`: a path with spaces or commas stays one value for Hydra."""
+    return f"{key}='{str(value).replace(chr(39), chr(92) + chr(39))}'"
+
+
+def sweep_name(sweep: Sweep, results_dir: Path) -> str:
+    """`<experiment>-<scale>-<time>`, unused so far under <results_dir>/sweeps."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name, n = f"{sweep.label}-{stamp}", 1
+    while (results_dir / "sweeps" / name).exists():  # two sweeps in one second
+        n += 1
+        name = f"{sweep.label}-{stamp}-{n}"
+    return name
+
+
+def write_manifest(path: Path, sweep: Sweep, jobs: list[list[dict]], threads: int | None):
+    """The sweep's manifest.json: each job's resolved run configs and torch threads."""
+    atomic_write_json(path, {
+        "experiment": sweep.name, "scale": sweep.scale, "launcher": sweep.settings["launcher"],
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "max_stack": sweep.settings["max_stack"],
+        "jobs": [{"threads": threads, "runs": job} for job in jobs],
+    })
+
+
+def launch(command: list[str], pending: list[dict]) -> int:
+    """Run the multirun; while it waits, say now and then how many runs are complete."""
+    proc = subprocess.Popen(command, cwd=REPO)
+    last, next_report = 0, time.monotonic() + PROGRESS_EVERY_S
+    try:
+        while proc.poll() is None:
+            time.sleep(1.0)
+            if time.monotonic() >= next_report:
+                done = sum(map(is_complete, pending))
+                if done != last:
+                    print(f"progress: {done} of {len(pending)} runs complete", flush=True)
+                last, next_report = done, time.monotonic() + PROGRESS_EVERY_S
+    except KeyboardInterrupt:
+        proc.terminate()  # local jobs stop; finished runs stay, the rest resume next time
+        proc.wait()
+        raise
+    return proc.returncode
+
+
+def plan(sweep: Sweep) -> tuple[list[dict], list[list[dict]]]:
+    """The runs still missing, and the jobs they go into."""
+    s = sweep.settings
+    pending = [c for c in sweep.configs if not is_complete(c)]
+    n_jobs = job_count(s["launcher"], len(pending), s["runs_per_job"], s["local_jobs"], cores())
+    return pending, plan_jobs(pending, n_jobs, s["max_stack"]) if pending else []
+
+
+def main(argv: list[str]) -> int:
+    flags, overrides = split_args(argv)
+    wait = "--no-wait" not in flags
+    try:
+        sweep = load_sweep(overrides)
+        launcher = sweep.settings["launcher"]
+        if not wait and launcher != "slurm":
+            raise ValueError(f"--no-wait needs sweep.launcher=slurm, not {launcher}")
+        results_dir = Path(sweep.configs[0]["results_dir"])
+        name = sweep_name(sweep, results_dir)
+        hydra_args = launcher_overrides(sweep, name, results_dir)
+        pending, jobs = plan(sweep)
+        check_data(pending)
+    except (ValueError, DataError, EtaTableError) as err:
+        exit_with(err)
+    print(f"{sweep.name} ({sweep.scale}): {len(sweep.configs)} runs, "
+          f"{len(sweep.configs) - len(pending)} already complete (skipped), "
+          f"{len(pending)} to run in {len(jobs)} jobs on {launcher}", flush=True)
+    if not pending:
+        return 0
+    if "--dry-run" in flags:
+        for i, job in enumerate(jobs):
+            print(f"  job {i}: {len(job)} runs, relative cost {sum(map(run_cost, job)):.3g}")
+        return 0
+    manifest = results_dir / "sweeps" / name / "manifest.json"
+    threads = max(1, cores() // len(jobs)) if launcher == "local" else None
+    write_manifest(manifest, sweep, jobs, threads)
+    command = [sys.executable, str(RUN_JOB), *([] if wait else ["--submit-only"]), "-m",
+               *hydra_args, quoted("manifest", manifest), f"job=range(0,{len(jobs)})"]
+    rc = launch(command, pending)
+    return report(sweep.configs, rc, name, results_dir, wait)
+
+
+def report(configs: list[dict], rc: int, name: str, results_dir: Path, waited: bool) -> int:
+    """What the jobs left behind: complete runs, missing ones, where to look."""
+    logs = f"{results_dir / 'submitit' / name} and {results_dir / 'sweeps' / name}"
+    if not waited and rc == 0:
+        print(f"submitted; job logs: {logs}. Re-run the same command to see what is complete "
+              "(it trains only what is missing).")
+        return 0
+    done = sum(map(is_complete, configs))
+    missing = len(configs) - done
+    print(f"done: {done} complete, {missing} missing", flush=True)
+    if missing or rc != 0:
+        print(f"error: {missing} runs missing (launcher exit status {rc}); job logs: {logs}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

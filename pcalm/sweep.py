@@ -1,0 +1,339 @@
+"""Sweeps: an experiment's grid → one resolved run config per grid point → balanced jobs.
+
+The grid is `sweep.grid` (a dotted key or a config group → a list of values; the sweep is
+their cartesian product), filled by `experiment=figureN` from `scale=smoke|paper`. The
+command line changes it with the usual overrides:
+
+    key=a,b                 sets the axis `key` (Hydra's sweep syntax; range(...) works too)
+    key=a                   pins an axis of the grid to one value (any other key: every run)
+    sweep.grid.key=[a,b]    the same as key=a,b;  ~sweep.grid.key drops the axis
+    sweep.grid={k: [...]}   replaces the whole grid
+
+Every grid point is composed and validated before anything is launched; one bad cell fails
+the whole sweep with one line naming the key, the value and the cell. Composing is slow
+(~0.4 s), so it happens once per combination of *group* choices (`algo`, `data`); value keys
+are then set on that composed config in struct mode, so a typo'd key still fails.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from pcalm import cli
+from pcalm.config import ConfigError
+from pcalm.results import RunFolder
+from pcalm.train import stack_key
+
+LAUNCHERS = ("local", "slurm", "basic")
+GRID_PREFIX = "sweep.grid."
+NOT_SWEEPABLE = ("experiment", "scale")  # they define the grid itself
+# Training-set sizes of the full splits, for the cost estimate only.
+FULL_TRAIN_SIZE = {"mnist": 60000, "fashion_mnist": 60000, "synthetic": 6000}
+INPUT_DIM, OUTPUT_DIM = 784, 10
+
+
+@dataclass
+class Sweep:
+    """An expanded sweep: its runs (validated, deduplicated) and how to launch them."""
+
+    name: str  # the experiment's name (figure2), or "default"
+    scale: str  # smoke | paper | custom
+    configs: list[dict]  # one resolved run config per distinct run, in grid order
+    settings: dict  # the `sweep` section: launcher, runs_per_job, local_jobs, max_stack
+    hydra_overrides: list[str] = field(default_factory=list)  # hydra.* → the launcher
+
+    @property
+    def label(self) -> str:
+        """`<experiment>-<scale>`: the name of its tables and sweep folders."""
+        return f"{self.name}-{self.scale}"
+
+
+def expand(overrides: list[str]) -> list[dict]:
+    """The resolved run config of every grid point (duplicates dropped), in grid order."""
+    return load_sweep(overrides).configs
+
+
+def experiment_scale(overrides: list[str]) -> tuple[str, str]:
+    """(experiment name, scale) of the sweep the overrides describe, for naming tables."""
+    base = cli.compose(_compose_part(overrides)[0])
+    return _name_scale(base)
+
+
+def load_sweep(overrides: list[str]) -> Sweep:
+    """Compose, expand and validate the sweep; ConfigError (one line) on any bad input."""
+    hydra = [o for o in overrides if o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    compose_overrides, edits = _compose_part([o for o in overrides if o not in hydra])
+    base = cli.compose(compose_overrides)
+    grid = _grid(base, edits)
+    settings = _settings(base)
+    configs = _expand_grid(base, compose_overrides, grid)
+    name, scale = _name_scale(base)
+    return Sweep(name, scale, configs, settings, hydra)
+
+
+# --------------------------------------------------------------------------- the grid
+
+
+@dataclass
+class _GridEdits:
+    """What the command line does to the experiment's grid."""
+
+    replace: dict | None = None  # sweep.grid={...}
+    axes: dict = field(default_factory=dict)  # key -> values (key=a,b or sweep.grid.key=[..])
+    drop: set = field(default_factory=set)  # ~sweep.grid.key, or a pinned key=a
+
+
+def _compose_part(overrides: list[str]) -> tuple[list[str], _GridEdits]:
+    """Split overrides into those Hydra composes and the edits of the grid (last one wins)."""
+    edits, plain = _GridEdits(), {}
+
+    def set_axis(key: str, values: list) -> None:
+        edits.axes[key] = values
+        edits.drop.discard(key)
+        plain.pop(key, None)
+
+    for o in cli.parse_overrides(overrides):
+        if o.key == "sweep.grid":
+            if o.kind == "del" or not isinstance(o.value, dict):
+                raise ConfigError(f"bad value {o.text!r}: sweep.grid takes a dict, "
+                                  "e.g. 'sweep.grid={model.width:[8,16],train.seed:[0,1]}'")
+            edits.replace, edits.axes = dict(o.value), {}
+        elif o.key.startswith(GRID_PREFIX):
+            key = o.key[len(GRID_PREFIX):]
+            if o.kind == "del":
+                edits.drop.add(key)
+                edits.axes.pop(key, None)
+            else:
+                set_axis(key, o.sweep if o.sweep is not None else _as_list(o.value))
+        elif o.sweep is not None:
+            if o.key in NOT_SWEEPABLE or o.kind != "change":
+                raise ConfigError(f"bad override {o.text!r}: {o.key} takes one value")
+            set_axis(o.key, o.sweep)
+        else:  # one value: it also pins that axis of the experiment's grid
+            plain[o.key] = o.text
+            edits.drop.add(o.key)
+            edits.axes.pop(o.key, None)
+    return list(plain.values()), edits
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _grid(base: DictConfig, edits: _GridEdits) -> dict[str, list]:
+    """The final grid: the experiment's (resolved), edited by the command line, checked."""
+    if edits.replace is not None:
+        grid = {k: _as_list(v) for k, v in edits.replace.items()}
+    else:
+        try:
+            grid = OmegaConf.to_container(base.sweep.grid, resolve=True)
+        except Exception as err:
+            raise ConfigError(f"cannot resolve sweep.grid: {cli._one_line(err)}") from None
+        grid = {str(k): _as_list(v) for k, v in grid.items()}
+    grid.update(edits.axes)
+    grid = {k: v for k, v in grid.items() if k not in edits.drop}
+    for key, values in grid.items():
+        _check_axis(base, key, values)
+    return grid
+
+
+def _check_axis(base: DictConfig, key: str, values: list) -> None:
+    if key in NOT_SWEEPABLE:
+        raise ConfigError(f"bad sweep.grid key {key}: it selects the grid and takes one value")
+    if not values:
+        raise ConfigError(f"empty sweep axis {key}: give it at least one value")
+    options = cli.group_options(key)
+    if options is not None:  # a config group: each value must be one of its files
+        for v in values:
+            if v not in options:
+                raise ConfigError(f"bad value {key}={v!r}: allowed: {', '.join(options)}")
+    else:
+        _check_key(base, key)
+
+
+def _check_key(cfg: DictConfig, key: str) -> None:
+    """A dotted key must exist in the composed config (struct mode: no silent typos)."""
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        where = ".".join(parts[:i])
+        node = OmegaConf.select(cfg, where) if where else cfg
+        if not isinstance(node, DictConfig) or part not in node:
+            allowed = ", ".join(str(k) for k in node.keys()) if isinstance(node, DictConfig) \
+                else f"none ({where} is a value)"
+            scope = f" in {where}" if where else ""
+            raise ConfigError(f"unknown key {key} in sweep.grid: allowed{scope}: {allowed}")
+
+
+def _settings(base: DictConfig) -> dict:
+    """The sweep section's launch settings, checked (one line per bad value)."""
+    s = OmegaConf.to_container(base.sweep, resolve=True)
+    if s.get("launcher") not in LAUNCHERS:
+        raise ConfigError(f"bad value sweep.launcher={s.get('launcher')!r}: "
+                          f"allowed: {', '.join(LAUNCHERS)}")
+    for key, optional in (("runs_per_job", False), ("local_jobs", True), ("max_stack", False)):
+        v = s.get(key)
+        if (v is None and not optional) or (v is not None and (
+                isinstance(v, bool) or not isinstance(v, int) or v < 1)):
+            none = " or null" if optional else ""
+            raise ConfigError(f"bad value sweep.{key}={v!r}: allowed: an integer >= 1{none}")
+    return {k: s.get(k) for k in ("launcher", "runs_per_job", "local_jobs", "max_stack")}
+
+
+def _name_scale(base: DictConfig) -> tuple[str, str]:
+    scale = OmegaConf.select(base, "sweep.scale", default=None)
+    return str(base.get("name") or "default"), str(scale or "custom")
+
+
+# ----------------------------------------------------------------------- expansion
+
+
+def _expand_grid(base: DictConfig, overrides: list[str], grid: dict[str, list]) -> list[dict]:
+    """One validated run config per grid point; points resolving to the same run kept once."""
+    groups = [k for k in grid if cli.group_options(k) is not None]
+    values = [k for k in grid if k not in groups]
+    configs, seen = [], set()
+    for group_choice in itertools.product(*(grid[k] for k in groups)):
+        choice = dict(zip(groups, group_choice))
+        cfg = base if not choice else cli.compose(
+            overrides + [f"{k}={v}" for k, v in choice.items()])
+        cells = [{**choice, **dict(zip(values, v))}
+                 for v in itertools.product(*(grid[k] for k in values))]
+        for run in _cell_configs(cfg, cells, values):
+            rid = RunFolder(run["results_dir"], run).id
+            if rid not in seen:
+                seen.add(rid)
+                configs.append(run)
+    return configs
+
+
+def _cell_configs(cfg: DictConfig, cells: list[dict], value_keys: list[str]):
+    """The resolved run config of each cell of one composed config.
+
+    Resolving interpolations costs ~10 ms a cell, so when no interpolation can see the value
+    keys, the run sections are resolved once and each cell sets its values in a plain copy.
+    """
+    for key in value_keys:
+        try:
+            _check_key(cfg, key)
+        except ConfigError as err:
+            raise ConfigError(f"{err} (cell: {describe(cells[0])})") from None
+    template = _plain_template(cfg, value_keys)
+    for cell in cells:
+        try:
+            if template is None:  # interpolations may depend on the values: let OmegaConf work
+                for key in value_keys:
+                    OmegaConf.update(cfg, key, cell[key], merge=False)
+                run = cli.run_config(cfg)
+            else:
+                run = cli.run_config(_with_values(template, cell, value_keys))
+        except ValueError as err:  # ConfigError, EtaTableError, OmegaConf's key errors
+            raise ConfigError(f"{cli._one_line(err)} (cell: {describe(cell)})") from None
+        # Jobs may run from another directory (a compute node): make paths absolute.
+        run["results_dir"] = str(Path(run["results_dir"]).expanduser().resolve())
+        run["data"]["root"] = str(Path(run["data"]["root"]).expanduser().resolve())
+        yield run
+
+
+def _plain_template(cfg: DictConfig, value_keys: list[str]) -> dict | None:
+    """The resolved run sections, or None if an interpolation might read a value key."""
+    texts = [v for v in _leaves(OmegaConf.to_container(cfg, resolve=False))
+             if isinstance(v, str) and "${" in v]
+    for key in value_keys:
+        top = key.split(".")[0]
+        if top not in cli.RUN_SECTIONS or any(top in t for t in texts):  # conservative
+            return None
+    try:
+        return {k: cli._resolved(cfg[k]) for k in cli.RUN_SECTIONS if k in cfg}
+    except Exception as err:
+        raise ConfigError(cli._one_line(err)) from None
+
+
+def _leaves(node):
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from _leaves(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _leaves(v)
+    else:
+        yield node
+
+
+def _with_values(template: dict, cell: dict, value_keys: list[str]) -> dict:
+    raw = copy.deepcopy(template)
+    for key in value_keys:
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node[part]
+        node[leaf] = copy.deepcopy(cell[key])
+    return raw
+
+
+def describe(cell: dict) -> str:
+    """`algo=pc model.width=8 ...`: a grid point as the overrides that select it."""
+    return " ".join(f"{k}={v}" for k, v in cell.items()) or "(the base config)"
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def run_cost(cfg: dict) -> float:
+    """Relative cost of a run: weights touched per pass × passes per step × steps.
+
+    ~ (D·N + N²·(L−2) + N·C) · (T·k + 1) · steps, with T = 0 for BP (one forward/backward).
+    """
+    m, a, t, d = cfg["model"], cfg["algo"], cfg["train"], cfg["data"]
+    n, depth = m["width"], m["depth"]
+    weights = INPUT_DIM * n + n * n * max(depth - 2, 0) + n * OUTPUT_DIM
+    if cfg.get("task", {}).get("name", "train") != "train":
+        return float(weights)
+    passes = a.get("budget", 0) * a.get("inner_steps", 1) + 1
+    size = d.get("train_size") or FULL_TRAIN_SIZE.get(d["name"], 60000)
+    steps = max(size // t["batch_size"], 1) * t["epochs"]
+    return float(weights * passes * steps)
+
+
+def stack_units(configs: list[dict], max_stack: int = 1) -> list[list[dict]]:
+    """Runs that train together: configs equal but for the seed, in chunks of `max_stack`."""
+    groups: dict[str, list[dict]] = {}
+    for cfg in configs:
+        groups.setdefault(stack_key(cfg), []).append(cfg)
+    step = max(1, max_stack)
+    return [g[i : i + step] for g in groups.values() for i in range(0, len(g), step)]
+
+
+def plan_jobs(configs: list[dict], n_jobs: int, max_stack: int = 1) -> list[list[dict]]:
+    """Split runs into at most `n_jobs` jobs of balanced cost (longest processing time first).
+
+    Stack-mates stay in one job. Every run lands in exactly one job; empty jobs are dropped.
+    """
+    units = stack_units(configs, max_stack)
+    units.sort(key=lambda u: -sum(run_cost(c) for c in u))
+    heap = [(0.0, j) for j in range(max(1, n_jobs))]
+    jobs: list[list[dict]] = [[] for _ in heap]
+    for unit in units:  # give the next-largest unit to the least-loaded job
+        load, j = heapq.heappop(heap)
+        jobs[j].extend(unit)
+        heapq.heappush(heap, (load + sum(run_cost(c) for c in unit), j))
+    return [job for job in jobs if job]
+
+
+def job_count(launcher: str, pending: int, runs_per_job: int, local_jobs: int | None,
+              cores: int) -> int:
+    """How many jobs: SLURM groups `runs_per_job` runs; local runs one job per core (or
+    `local_jobs`); basic runs everything in one job."""
+    if pending == 0:
+        return 0
+    if launcher == "slurm":
+        return math.ceil(pending / runs_per_job)
+    if launcher == "local":
+        return min(pending, local_jobs or cores)
+    return 1

@@ -1,0 +1,55 @@
+"""Gather an experiment's runs into tables a figure reads.
+
+    python scripts/collect.py experiment=figure2 scale=smoke [overrides...]
+
+Expands the same grid as experiments/sweep.py (same overrides, same run ids) and writes
+<results_dir>/tables/<experiment>-<scale>.csv (one row per complete run: run_id, flattened
+config, summary) and <experiment>-<scale>-metrics.csv (one row per evaluation). Missing runs
+are left out and named, so a half-finished sweep still plots.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pcalm.cli import exit_with
+from pcalm.config import Cell
+from pcalm.eta import EtaTableError
+from pcalm.results import RunFolder, atomic_write_text, collect, load_metrics
+from pcalm.sweep import load_sweep
+
+SHOW_MISSING = 3
+SWEEP_FLAGS = ("--dry-run", "--no-wait")  # sweep.py's; ignored so `make figureN ARGS=` works
+
+
+def write_tables(overrides: list[str]) -> tuple[int, int, list[str], Path]:
+    """Write both tables; returns (collected, expected, missing cells, table path)."""
+    sweep = load_sweep(overrides)
+    cells = {RunFolder(c["results_dir"], c).id: c for c in sweep.configs}
+    results_dir = Path(sweep.configs[0]["results_dir"])
+    table = results_dir / "tables" / f"{sweep.label}.csv"
+    df = collect(results_dir, list(cells), table)
+    metrics = load_metrics(results_dir, list(cells))
+    atomic_write_text(table.with_name(f"{sweep.label}-metrics.csv"), metrics.to_csv(index=False))
+    absent = set(df.attrs["missing"])
+    missing = [str(Cell.of(cfg)) for rid, cfg in cells.items() if rid in absent]  # grid order
+    return len(df), len(cells), missing, table
+
+
+def main(argv: list[str]) -> int:
+    overrides = [a for a in argv if a not in SWEEP_FLAGS]
+    try:
+        collected, expected, missing, table = write_tables(overrides)
+    except (ValueError, EtaTableError) as err:
+        exit_with(err)
+    line = f"collected {collected} of {expected} runs"
+    if missing:
+        more = ", ..." if len(missing) > SHOW_MISSING else ""
+        line += f" ({len(missing)} missing: {'; '.join(missing[:SHOW_MISSING])}{more})"
+    print(f"{line} → {table}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
