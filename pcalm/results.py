@@ -41,6 +41,7 @@ NON_NUMERIC_KEYS: tuple[str, ...] = (
     "train.threads",
     "train.progress",
     "train.checkpoint_every",
+    "train.compile",
     "logger",
     "results_dir",
     "hydra",
@@ -143,6 +144,15 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def _atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool) -> None:
     """Write ``path`` via ``write(fileobj)`` on a same-directory temp file, then rename.
 
@@ -153,6 +163,7 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from colleagues
         mode = "wb" if binary else "w"
         with os.fdopen(fd, mode, **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
             write(f)
