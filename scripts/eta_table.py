@@ -54,14 +54,15 @@ def main() -> None:
                         lam = cell_lambda_max(x_train, act, width, depth, DEFAULT_SEEDS)
                         if act == "identity":
                             linear_cache[key] = lam
-                    rows.append({"data": name, "activation": act, "width": width,
-                                 "depth": depth, "lambda_max": f"{lam:.6f}",
-                                 "state_lr": f"{1 / lam:.6f}",
-                                 "seeds": "-".join(map(str, DEFAULT_SEEDS))})
+                    row = {"data": name, "activation": act, "width": width,
+                           "depth": depth, "lambda_max": f"{lam:.6f}",
+                           "state_lr": f"{1 / lam:.6f}",
+                           "seeds": "-".join(map(str, DEFAULT_SEEDS))}
+                    rows.append(row)
+                    write_table(args.out, [row])  # cell by cell: an interrupted run keeps its work
                     print(f"{name:13s} {act:8s} N={width:<4d} L={depth:<4d} "
                           f"λ_max={lam:.4f} η_h={1 / lam:.5f} ({time.time() - started:.1f}s)",
                           flush=True)
-    write_table(args.out, rows)
     print(f"wrote {len(rows)} cells to {args.out}")
 
 
