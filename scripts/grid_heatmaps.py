@@ -1,0 +1,207 @@
+"""Width × depth grid heatmaps (Figure 2 and its MNIST twin) and the table helpers that the
+training-figure scripts and the report share.
+
+A collected table (scripts/collect.py) has one row per complete run with flattened config
+columns (`algo.name`, `model.width`, `model.depth`, `model.activation`, `train.seed`, ...)
+and summary columns (`test_acc`, `diverged`, `grad_cosine`, ...). Conventions used here:
+
+- a diverged run (non-finite loss; summary `diverged`) counts as chance accuracy (10 %);
+- a cell's value is the mean over seeds, its spread the sd over seeds;
+- a difference A − B is paired by seed (mean ± sd of A_s − B_s over seeds both have).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from plotting import ACTIVATION_LABELS, ALGO_LABELS, plt, read_table, save, settings_note
+
+CHANCE = 0.10  # 10 classes
+ACTIVATION_ORDER = ("identity", "tanh", "relu")
+ALGO_ORDER = ("bp", "pc", "pcalm")
+DATA_LABELS = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "synthetic": "synthetic"}
+KEY = ["model.activation", "model.width", "model.depth"]
+DIFFERENCES = (("pc", "bp"), ("pcalm", "bp"), ("pcalm", "pc"))  # columns 2-4 of Figure 2
+
+
+# ------------------------------------------------------------------------- table helpers
+
+
+def _bool(series: pd.Series) -> pd.Series:
+    """A CSV column of True/False (or 1/0, or missing) as booleans; missing → False."""
+    if series.dtype == bool:
+        return series
+    text = series.astype(str).str.strip().str.lower()
+    return text.isin(("true", "1", "1.0"))
+
+
+def normalise(df: pd.DataFrame) -> pd.DataFrame:
+    """Canonical activation names, boolean `diverged`, and `acc`: test accuracy with a
+    diverged (or accuracy-less) run counted as chance."""
+    df = df.copy()
+    if "model.activation" in df:
+        df["model.activation"] = df["model.activation"].replace({"linear": "identity"})
+    df["diverged"] = _bool(df["diverged"]) if "diverged" in df else False
+    acc = pd.to_numeric(df.get("test_acc", pd.Series(np.nan, index=df.index)), errors="coerce")
+    df["acc"] = acc.where(~df["diverged"] & acc.notna(), CHANCE)
+    return df
+
+
+def seed_stats(df: pd.DataFrame, keys: list[str], value: str = "acc") -> pd.DataFrame:
+    """Mean, sd, seed count and diverged count of `value` per group of `keys`."""
+    g = df.groupby(keys, dropna=False)
+    out = g[value].agg(mean="mean", sd="std", n="count")
+    out["n_diverged"] = g["diverged"].sum() if "diverged" in df else 0
+    return out.reset_index()
+
+
+def paired_difference(df: pd.DataFrame, keys: list[str], a: str, b: str,
+                      value: str = "acc") -> pd.DataFrame:
+    """Per group of `keys`: mean and sd over seeds of value(algo a) − value(algo b)."""
+    cols = [*keys, "train.seed"]
+    left = df[df["algo.name"] == a].set_index(cols)[value]
+    right = df[df["algo.name"] == b].set_index(cols)[value]
+    diff = (left - right).dropna().rename("diff").reset_index()
+    if diff.empty:
+        return pd.DataFrame(columns=[*keys, "mean", "sd", "n"])
+    return diff.groupby(keys)["diff"].agg(mean="mean", sd="std", n="count").reset_index()
+
+
+def fmt_pct(mean: float, sd: float | None = None, signed: bool = False) -> str:
+    """`78.66 ± 0.40 %`-style text of fractions (accuracy) in percent."""
+    if mean is None or not math.isfinite(mean):
+        return "–"
+    text = f"{100 * mean:+.2f}" if signed else f"{100 * mean:.2f}"
+    if sd is not None and math.isfinite(sd):
+        text += f" ± {100 * sd:.2f}"
+    return text
+
+
+# ----------------------------------------------------------------------------- figure
+
+
+def _text_colour(cmap, norm, value: float) -> str:
+    r, g, b, _ = cmap(norm(value))
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+
+
+def _heatmap(ax, cells: dict, widths, depths, cmap, norm, signed: bool, fontsize: float):
+    """One panel: cells {(width, depth): (mean, sd, n, n_diverged)}; deep rows on top."""
+    grid = np.full((len(depths), len(widths)), np.nan)
+    for (w, d), (mean, *_rest) in cells.items():
+        grid[depths.index(d), widths.index(w)] = mean
+    image = ax.imshow(np.ma.masked_invalid(grid), origin="lower", cmap=cmap, norm=norm,
+                      aspect="auto", interpolation="nearest")
+    for i, d in enumerate(depths):
+        for j, w in enumerate(widths):
+            mean, sd, n, n_div = cells.get((w, d), (math.nan, math.nan, 0, 0))
+            if not math.isfinite(mean):
+                ax.text(j, i, "missing", ha="center", va="center", fontsize=fontsize * 0.85,
+                        color="0.35")
+                continue
+            colour = _text_colour(cmap, norm, mean)
+            value = f"{100 * mean:+.1f}" if signed else f"{100 * mean:.1f}"
+            ax.text(j, i + 0.08, value, ha="center", va="center", fontsize=fontsize,
+                    color=colour, fontweight="bold")
+            spread = f"±{100 * sd:.1f}" if math.isfinite(sd) else f"n={n}"
+            ax.text(j, i - 0.22, spread, ha="center", va="center", fontsize=fontsize * 0.72,
+                    color=colour)
+            if n_div:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///",
+                                           edgecolor="0.15", linewidth=0))
+                ax.text(j + 0.46, i + 0.44, f"{n_div} div.", ha="right", va="top",
+                        fontsize=fontsize * 0.62, color=colour)
+    ax.set_xticks(range(len(widths)), [str(w) for w in widths])
+    ax.set_yticks(range(len(depths)), [str(d) for d in depths])
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_facecolor("0.88")  # missing cells
+    return image
+
+
+def _cells(stats: pd.DataFrame, activation: str) -> dict:
+    rows = stats[stats["model.activation"] == activation]
+    return {(int(r["model.width"]), int(r["model.depth"])):
+            (r["mean"], r["sd"], int(r["n"]), int(r.get("n_diverged", 0)))
+            for _, r in rows.iterrows()}
+
+
+def grid_summary(df: pd.DataFrame) -> dict:
+    """Everything the figure (and the report) needs from a normalised grid table."""
+    acc = seed_stats(df, ["algo.name", *KEY])
+    diverged = seed_stats(df, KEY)[[*KEY, "n_diverged"]]
+    diffs = {}
+    for a, b in DIFFERENCES:
+        d = paired_difference(df, KEY, a, b)
+        # a difference cell is hatched when any run of its cell (any algorithm) diverged
+        diffs[(a, b)] = d.merge(diverged, on=KEY, how="left").fillna({"n_diverged": 0})
+    return {"acc": acc, "diffs": diffs}
+
+
+def plot_grid(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
+    df = normalise(read_table(tables, experiment, scale))
+    summary = grid_summary(df)
+    activations = [a for a in ACTIVATION_ORDER if a in set(df["model.activation"])]
+    activations += sorted(set(df["model.activation"]) - set(activations))
+    widths = sorted(int(w) for w in df["model.width"].unique())
+    depths = sorted(int(d) for d in df["model.depth"].unique())
+
+    acc = summary["acc"]
+    bp = acc[acc["algo.name"] == "bp"]
+    lo = min(bp["mean"].min(), 1.0) if len(bp) else 0.0
+    hi = max(bp["mean"].max(), 0.0) if len(bp) else 1.0
+    lo, hi = (lo if math.isfinite(lo) else 0.5), (hi if math.isfinite(hi) else 0.5)
+    if hi - lo < 0.02:
+        lo, hi = lo - 0.01, hi + 0.01
+    acc_norm = plt.Normalize(lo, hi)
+    spread = [d["mean"].abs().max() for d in summary["diffs"].values() if len(d)]
+    limit = max([s for s in spread if math.isfinite(s)] + [0.01])
+    diff_norm = plt.Normalize(-limit, limit)
+    acc_cmap = plt.get_cmap("viridis").copy()
+    diff_cmap = plt.get_cmap("PuOr").copy()  # neither end looks like an algorithm's colour
+
+    n_cells = max(len(widths), len(depths))
+    panel = 0.55 + 0.42 * n_cells
+    fontsize = 8.5 if n_cells <= 3 else 7 if n_cells <= 5 else 6
+    fig, axes = plt.subplots(len(activations), 4, figsize=(4 * panel + 0.9, len(activations)
+                             * panel + 1.3), squeeze=False, layout="constrained")
+    titles = ["BP test accuracy (%)",
+              *(f"{ALGO_LABELS[a]} − {ALGO_LABELS[b]} (pp)" for a, b in DIFFERENCES)]
+    acc_image = diff_image = None
+    for r, act in enumerate(activations):
+        acc_image = _heatmap(axes[r, 0], _cells(acc[acc["algo.name"] == "bp"], act), widths,
+                             depths, acc_cmap, acc_norm, False, fontsize)
+        for c, key in enumerate(DIFFERENCES, start=1):
+            diff_image = _heatmap(axes[r, c], _cells(summary["diffs"][key], act), widths,
+                                  depths, diff_cmap, diff_norm, True, fontsize)
+        axes[r, 0].set_ylabel(f"{ACTIVATION_LABELS.get(act, act)}\n\ndepth L", fontsize=9)
+        for c in range(4):
+            axes[r, c].set_xlabel("width N" if r == len(activations) - 1 else "")
+            if r == 0:
+                axes[r, c].set_title(titles[c], fontsize=9)
+    bar = fig.colorbar(acc_image, ax=axes[:, 0], orientation="horizontal", fraction=0.05,
+                       aspect=12, pad=0.02)
+    bar.set_label("test accuracy (%)")
+    bar.ax.xaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}")
+    bar = fig.colorbar(diff_image, ax=axes[:, 1:], orientation="horizontal", fraction=0.05,
+                       aspect=40, pad=0.02)
+    bar.set_label("accuracy difference (percentage points; > 0: first method better)")
+    bar.ax.xaxis.set_major_formatter(lambda v, _: f"{100 * v:+.0f}" if abs(v) >= 0.02
+                                     else f"{100 * v:+.1f}")
+
+    data = DATA_LABELS.get(str(df["data.name"].iloc[0]), df["data.name"].iloc[0]) \
+        if "data.name" in df else "?"
+    seeds = sorted(int(s) for s in df["train.seed"].unique()) if "train.seed" in df else []
+    fig.suptitle(f"{data}: test accuracy after one epoch across width × depth "
+                 "(BP, and differences between methods)", fontsize=10)
+    batch = int(df["train.batch_size"].iloc[0]) if "train.batch_size" in df else 64
+    settings_note(fig, f"{data} | T = 2L, η_h = 1/λ_max per cell | batch {batch}, one epoch | "
+                  f"mean over seeds {seeds}, small: ± sd (differences paired by seed)\n"
+                  "hatched: a run of the cell diverged (counted as chance, 10 %) | grey: no "
+                  "complete run", scale)
+    fig.get_layout_engine().set(h_pad=0.06, rect=(0, 0.045, 1, 0.955))
+    return save(fig, experiment, out)

@@ -1,0 +1,104 @@
+"""Figure 10: training curves over one epoch, from results/tables/figure10-<scale>-metrics.csv.
+
+    python scripts/plot_figure10.py --scale smoke [--tables DIR] [--out PATH]
+
+One column per activation (linear, tanh, ReLU); top: test accuracy vs training step, bottom:
+training loss (½‖ŷ − y‖², mean over the steps since the previous evaluation). BP, PC and
+PC-ALM in their colours; line style per inference budget T. Mean ± sd band over seeds.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from grid_heatmaps import ACTIVATION_ORDER, ALGO_ORDER, CHANCE, DATA_LABELS  # noqa: E402
+from plotting import (  # noqa: E402
+    ACTIVATION_LABELS,
+    ALGO_COLORS,
+    ALGO_LABELS,
+    parse_args,
+    plt,
+    read_table,
+    save,
+    settings_note,
+)
+
+BUDGET_STYLES = ["--", "-", ":", "-."]  # smallest T dashed, next solid, ...
+
+
+def _curve(ax, rows, value: str, colour: str, style: str, label: str) -> None:
+    """Mean ± sd over seeds of `value` vs step (NaN rows — diverged, step 0 loss — skipped)."""
+    pivot = rows.pivot_table(index="step", columns="train.seed", values=value, aggfunc="mean")
+    pivot = pivot.dropna(how="all")
+    if pivot.empty:
+        return
+    steps = pivot.index.to_numpy(float)
+    mean = pivot.mean(axis=1).to_numpy(float)
+    sd = np.nan_to_num(pivot.std(axis=1).to_numpy(float))
+    ax.fill_between(steps, mean - sd, mean + sd, color=colour, alpha=0.15, linewidth=0)
+    ax.plot(steps, mean, color=colour, linestyle=style, linewidth=1.4, label=label)
+
+
+def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
+    df = read_table(tables, experiment, scale, kind="metrics")
+    df["model.activation"] = df["model.activation"].replace({"linear": "identity"})
+    if "algo.budget" not in df:
+        df["algo.budget"] = np.nan
+    activations = [a for a in ACTIVATION_ORDER if a in set(df["model.activation"])]
+    batch = int(df["train.batch_size"].iloc[0]) if "train.batch_size" in df else 64
+    budgets = sorted({int(b) for b in df["algo.budget"].dropna().unique()})
+    styles = {b: BUDGET_STYLES[i % len(BUDGET_STYLES)] for i, b in enumerate(budgets)}
+    if len(budgets) == 1:
+        styles = {budgets[0]: "-"}
+
+    fig, axes = plt.subplots(2, len(activations), figsize=(3.4 * len(activations) + 1.6, 5.6),
+                             squeeze=False, sharex=True, layout="constrained")
+    for c, act in enumerate(activations):
+        sub = df[df["model.activation"] == act]
+        for algo in [a for a in ALGO_ORDER if a in set(sub["algo.name"])]:
+            rows = sub[sub["algo.name"] == algo]
+            groups = [(None, rows)] if algo == "bp" else \
+                [(int(b), g) for b, g in rows.groupby("algo.budget")]
+            for budget, g in groups:
+                style = "-" if budget is None else styles[budget]
+                label = ALGO_LABELS[algo] + ("" if budget is None else f", T = {budget}")
+                _curve(axes[0, c], g, "test_acc", ALGO_COLORS[algo], style, label)
+                _curve(axes[1, c], g, "train_loss", ALGO_COLORS[algo], style, label)
+        axes[0, c].set_title(ACTIVATION_LABELS.get(act, act))
+        axes[0, c].axhline(CHANCE, color="0.6", linewidth=0.8, linestyle=":")
+        axes[0, c].yaxis.set_major_formatter(lambda v, _: f"{100 * v:.4g}")
+        axes[1, c].set_xlabel(f"training step (batch {batch})")
+        for r in range(2):
+            axes[r, c].grid(alpha=0.25)
+    axes[0, 0].set_ylabel("test accuracy (%)")
+    axes[1, 0].set_ylabel("training loss ½‖ŷ − y‖²")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    for ax in axes[0, 1:]:  # an activation may hold curves the first one lacks
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="outside right center", frameon=False)
+
+    first = df.iloc[0]
+    data = DATA_LABELS.get(str(first.get("data.name")), first.get("data.name"))
+    width, depth = int(first["model.width"]), int(first["model.depth"])
+    seeds = sorted(int(s) for s in df["train.seed"].unique())
+    evals = int(first.get("train.evals_per_epoch", 0) or 0)
+    fig.suptitle(f"{data}: training curves over one epoch, N = {width}, L = {depth}",
+                 fontsize=10)
+    settings_note(fig, f"{data} | N = {width}, L = {depth} | T = "
+                  f"{', '.join(map(str, budgets)) or '–'} (line style), η_h = 1/λ_max | "
+                  f"{evals} evaluations per epoch | mean ± sd over seeds {seeds}", scale)
+    fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))
+    return save(fig, experiment, out)
+
+
+if __name__ == "__main__":
+    args = parse_args(__doc__.splitlines()[0])
+    plot("figure10", args.scale, args.tables, args.out)
