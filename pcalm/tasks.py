@@ -33,3 +33,4 @@ def register(name: str, needs_data: bool = True, **params):
         return fn
 
     return wrap
+from pcalm import figure_tasks  # noqa: E402,F401  (registers the figure tasks)
