@@ -49,12 +49,15 @@ sweep:  ## run an experiment's sweep, skipping finished runs (EXP=, SCALE=, LAUN
 collect:  ## gather an experiment's runs into results/tables/EXP-SCALE.csv
 	$(PY) scripts/collect.py experiment=$(EXP) scale=$(SCALE) $(ARGS)
 
+# Diagnostic figures take seconds per run: in-process beats starting parallel jobs.
+figure1 figure3 figure4 figure5 figure8 figure9: LAUNCHER = basic
+
 $(FIGURES):  ## figureN: run what is missing, collect, plot → figures/figureN.{pdf,png}
-	$(MAKE) sweep EXP=$@
+	$(MAKE) sweep EXP=$@ LAUNCHER=$(LAUNCHER)
 	$(MAKE) collect EXP=$@
 	$(PY) scripts/plot_$@.py --scale $(SCALE)
 
-figures: $(FIGURES)  ## every figure
+figures: $(FIGURES)  ## every figure (figure1 … figure10, figure2_mnist, figure_eta)
 
 report:  ## reproduction scorecard → results/report-SCALE.md
 	$(PY) scripts/report.py --scale $(SCALE)

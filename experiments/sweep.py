@@ -26,6 +26,7 @@ from pcalm.eta import EtaTableError
 from pcalm.results import RunFolder, atomic_write_json
 from pcalm.runner import load_run_dataset
 from pcalm.sweep import Sweep, job_count, load_sweep, plan_jobs, run_cost
+from pcalm.tasks import TASKS
 
 RUN_JOB = REPO / "experiments" / "run_job.py"
 FLAGS = ("--dry-run", "--no-wait")
@@ -52,6 +53,8 @@ def check_data(configs: list[dict]) -> None:
     """Load each dataset the pending runs need once, so a missing file fails now, not in jobs."""
     seen = set()
     for cfg in configs:
+        if not TASKS[cfg["task"]["name"]].needs_data:
+            continue
         d = cfg["data"]
         key = (d["name"], d["root"], d["train_size"], d["test_size"])
         if key not in seen:

@@ -5,6 +5,7 @@ figure, PDF + PNG out. Plot scripts read collected tables only (results/tables/)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-TABLES = REPO / "results" / "tables"
+TABLES = Path(os.environ.get("PCALM_RESULTS", REPO / "results")) / "tables"
 FIGURES = REPO / "figures"
 
 ALGO_COLORS = {"bp": "#222222", "pc": "#1f77b4", "pcalm": "#d62728"}
