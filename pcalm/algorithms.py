@@ -12,7 +12,8 @@ over layers, no allocation per step. How it is made fast (ARCHITECTURE "Performa
   is not stacked), so the L-2 hidden layers of all M models form one contiguous batch of
   ``(L-2)·M`` matrices for ``torch.bmm``. The predictions f_l(z_{l-1}) live in one buffer
   whose first slot is the fixed a_in W_1 x, so r = z − f is one ``baddbmm`` and one
-  subtraction (computed exactly as the forward pass, so r = 0 there bit for bit), and the
+  subtraction (computed as the forward pass is, so on the CPU r = 0 there bit for bit and
+  credit that has not arrived yet is exactly 0, not rounding noise), and the
   credit buffer has an extra zero slot ``E[L-1] = 0`` (ε_l − ε_{l+1} is one subtraction).
 - The readout is folded into the same step: ∂ℓ/∂z_{L-1} fills the top slot of the matmul
   output Q (Q_l = a_h ε_{l+1} W_{l+1}, Q_{L-1} = −a_out e W_L), so z ← z + η(D ⊙ Q + ε_next − ε)
@@ -26,6 +27,10 @@ over layers, no allocation per step. How it is made fast (ARCHITECTURE "Performa
   once in a CUDA graph (static buffers) and replayed. ``auto`` = compiled + CUDA graph on
   CUDA, and on CPU whatever `CPU_AUTO_COMPILE` says (measured: see its comment).
 - With an ``observer`` (diagnostics) the eager loop runs and hands out copies of the state.
+- BP runs in the same buffers (forward pass, then the adjoint layer by layer), so it too is
+  captured in a CUDA graph on GPU.
+- Inputs the fast loop does not take (e.g. x with extra batch dims) run the previous stacked
+  eager loop (`pcalm.naive.stacked_eager_inference`).
 """
 
 from __future__ import annotations
@@ -45,10 +50,12 @@ WEIGHT_CREDITS = ("pre_dual", "post_dual")
 COMPILE_MODES = ("auto", "on", "off")
 
 # What `compile=auto` picks on a CPU. Measured with scripts/bench.py on the 2-core CPU box
-# (torch 2.13, inductor + gcc 12), N=32, L=64, B=64, T=64, ReLU, float32, one PC-ALM
-# weight-gradient computation: eager fast loop ≈ 40 ms, compiled step ≈ 40 ms (no gain:
-# the two matmuls dominate once the elementwise work is in place), and the first compile
-# of a shape costs ≈ 20 s. So auto = eager on CPU; `train.compile=on` still compiles.
+# (torch 2.13, inductor + gcc 12; a machine shared with other jobs, best of >= 5): N=32,
+# L=64, B=64, T=64, ReLU, float32, one PC-ALM weight-gradient computation: the eager fast
+# loop 19-25 ms wall at 2 threads (35 ms CPU time at 1 thread); the compiled step 28-49 ms
+# (its two matmuls are the same MKL calls, and the ~0.1 ms dynamo/AOT overhead of each call
+# outweighs what fusing the elementwise work saves); the first compile of a shape 5-20 s.
+# So auto = eager on a CPU; `train.compile=on` still compiles there.
 CPU_AUTO_COMPILE = False
 
 
@@ -306,8 +313,8 @@ class _Workspace:
         self.net, self.plan = net, plan
         self.stacked = net.num_models is not None
         m = net.num_models or 1
-        L, N, C = net.depth, net.width, net.output_dim  # noqa: N806
-        K, B, D = L - 2, x.shape[-2], net.input_dim  # noqa: N806
+        L, N, C = net.depth, net.width, net.output_dim
+        K, B, D = L - 2, x.shape[-2], net.input_dim
         self.m, self.L, self.K, self.B = m, L, K, B
         self.act = net.act.name
         self.a_in, self.a_h, self.a_out = net.a_in, net.a_hidden, net.a_out
@@ -329,6 +336,11 @@ class _Workspace:
         self.e = new(m, B, C)
         self.loss = None
         self.one = torch.ones((), dtype=net.w_in.dtype, device=net.w_in.device)
+        # The compiled step's coefficients [η_h, ρ, α (0: no dual update), a_h, a_out], made
+        # here so that nothing is copied to the device while a CUDA graph is captured.
+        self.coef = {dual: torch.tensor(
+            [plan.state_lr, plan.rho, (plan.alpha or 0.0) if dual else 0.0, self.a_h, self.a_out],
+            dtype=net.w_in.dtype, device=net.w_in.device) for dual in (False, True)}
         # Views used every step, made once (flattened (layer, model) batches for bmm).
         def flat(t):  # [K, M, ...] → [K·M, ...], a view (every buffer is contiguous)
             return t.view(K * m, *t.shape[2:])
@@ -393,17 +405,18 @@ class _Workspace:
         """[L-1, M, ...] → [M, L-1, ...] (or [L-1, ...] for a lone net), as a fresh tensor."""
         if t is None:
             return None
-        return t.transpose(0, 1).clone() if self.stacked else t[:, 0].clone()
+        t = t.transpose(0, 1) if self.stacked else t[:, 0]
+        return t.clone(memory_format=torch.contiguous_format)
 
     def _state(self, eps: torch.Tensor) -> InferenceState:
         e = self.e.clone() if self.stacked else self.e[0].clone()
         return InferenceState(self._public(self.z), self._public(self.lam), self._public(eps),
-                              e, self.loss)
+                              e, self.loss.clone())
 
     # -- the computation ----------------------------------------------------------------
     def forward(self, observer: Observer | None) -> None:
         """z ← forward pass (and φ, φ', e, ℓ); ε ← ρ r (λ = 0); BP: ε ← −δ (the adjoint)."""
-        z, P, F = self.z, self.P, self.F  # noqa: N806
+        z, P, F = self.z, self.P, self.F
         torch.baddbmm(F[0], self.x3, self.w_in_t, beta=0, alpha=self.a_in, out=F[0])
         z[0].copy_(F[0])
         for l in range(self.K):  # sequential by nature
@@ -426,8 +439,12 @@ class _Workspace:
             observer(0, self._state(self.R))
 
     def _backprop(self) -> None:
-        """E[l] = −δ_l: −δ_{L-1} = −a_out φ' ⊙ W_Lᵀ e; −δ_l = −δ_{l+1} + a_h φ' ⊙ W_{l+1}ᵀ(−δ_{l+1})."""
-        E, D, Q = self.E, self.D, self.Q  # noqa: N806
+        """E[l] = −δ_l (BP's adjoint, SPEC §5)::
+
+            −δ_{L-1} = −a_out φ'(h_{L-1}) ⊙ W_Lᵀ e
+            −δ_l     = −δ_{l+1} + a_h φ'(h_l) ⊙ W_{l+1}ᵀ (−δ_{l+1})
+        """
+        E, D, Q = self.E, self.D, self.Q
         top = self.L - 2
         torch.bmm(self.e, self.Wo_neg, out=Q[top])
         if D is None:
@@ -474,11 +491,8 @@ class _Workspace:
     def loop_compiled(self) -> None:
         """The same loop with a torch.compile'd functional step; results copied back."""
         p = self.plan
-        dev = self.z.device
         step = _compiled_step(self.act, p.has_lam)
-        coef = {dual: torch.tensor([p.state_lr, p.rho, (p.alpha or 0.0) if dual else 0.0,
-                                    self.a_h, self.a_out], dtype=self.z.dtype, device=dev)
-                for dual in (False, True)}
+        coef = self.coef
         z, eps, lam, e = self.z, self.R, self.lam, self.e
         weights = (self.F[0], self.W, self.WT, self.Wo_neg, self.WoT, self.y3)
         for t in range(p.budget):
@@ -495,7 +509,7 @@ class _Workspace:
 
     def weight_grads(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """SPEC §3 at the final (z, ε, e), shaped like (w_in, w_hidden, w_out)."""
-        b, m, K = self.B, self.m, self.K  # noqa: N806
+        b, m, K = self.B, self.m, self.K
         eps1 = self.E[0]
         g_in = torch.matmul(eps1.transpose(-1, -2), self.x3).mul_(-self.a_in / b)
         g_hidden = torch.bmm(self.E_above.transpose(-1, -2), self.P_below)
@@ -528,22 +542,27 @@ def _functional_step(act: str, has_lam: bool):
     def phi(z):
         return torch.relu(z) if act == "relu" else torch.tanh(z) if act == "tanh" else z
 
-    def step(z, eps, lam, e, bottom, W, WT, Wo_neg, WoT, y, coef):  # noqa: N803
-        eta, rho, alpha, a_h, a_out = coef[0], coef[1], coef[2], coef[3], coef[4]
-        q_top = torch.matmul(e, Wo_neg).unsqueeze(0)
-        q = torch.cat([torch.matmul(eps[1:], W), q_top]) if z.shape[0] > 1 else q_top
-        eps_next = torch.cat([eps[1:], torch.zeros_like(eps[:1])])
+    def dphi_times(z, q):  # φ'(z) ⊙ q
         if act == "relu":
-            q = torch.where(z > 0, q, 0)
-        elif act == "tanh":
-            q = (1 - torch.tanh(z) ** 2) * q
-        z = z + eta * (q + eps_next - eps)
-        p = phi(z)
-        if z.shape[0] > 1:
-            below = torch.cat([bottom.unsqueeze(0), z[:-1] + a_h * torch.matmul(p[:-1], WT)])
+            return torch.where(z > 0, q, 0)
+        return (1 - torch.tanh(z) ** 2) * q if act == "tanh" else q
+
+    def step(z, eps, lam, e, bottom, W, WT, Wo_neg, WoT, y, coef):
+        # No cat of matmul outputs (inductor would copy them): top and hidden layers are
+        # updated apart, and the pieces are pointwise results written straight into place.
+        eta, rho, alpha, a_h, a_out = coef[0], coef[1], coef[2], coef[3], coef[4]
+        hidden = z.shape[0] > 1
+        q_top = dphi_times(z[-1], torch.matmul(e, Wo_neg))
+        z_top = (z[-1] + eta * (q_top - eps[-1])).unsqueeze(0)
+        if hidden:
+            q = dphi_times(z[:-1], torch.matmul(eps[1:], W))
+            z = torch.cat([z[:-1] + eta * (q + eps[1:] - eps[:-1]), z_top])
         else:
-            below = bottom.unsqueeze(0)
-        r = z - below
+            z = z_top
+        p = phi(z)
+        r = (z[0] - bottom).unsqueeze(0)
+        if hidden:
+            r = torch.cat([r, z[1:] - (z[:-1] + a_h * torch.matmul(p[:-1], WT))])
         e = a_out * torch.matmul(p[-1], WoT) - y
         if has_lam:
             lam = lam + alpha * r
@@ -587,6 +606,7 @@ class _GraphRunner:
     stays put); the cache key holds their data pointers, so new storage → a new capture.
     """
 
+    @torch.no_grad()
     def __init__(self, net: ResidualMLP, x, y, plan: _Plan):
         self.x, self.y = x.clone(), y.clone()
         self.plan = plan
@@ -595,7 +615,13 @@ class _GraphRunner:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(2):  # warm-up: compiles, cuBLAS handles, allocator pools
+            if compiled:  # the first call compiles; if that fails, capture the eager loop
+                try:
+                    self._body(True)
+                except Exception as err:
+                    _disable("compiled", err)
+                    compiled = False
+            for _ in range(2):  # warm-up: cuBLAS handles, allocator pools, dynamo caches
                 self._body(compiled)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
@@ -610,6 +636,7 @@ class _GraphRunner:
             ws.loop_compiled() if compiled else ws.loop_eager(None)
         return ws.weight_grads(), ws.loss
 
+    @torch.no_grad()
     def run(self, x, y, want_state: bool) -> _Output:
         self.x.copy_(x)
         self.y.copy_(y)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from pcalm.algorithms import ALGORITHMS, algorithm_options, make_algorithm
+from pcalm.algorithms import ALGORITHMS, COMPILE_MODES, algorithm_options, make_algorithm
 from pcalm.data import DATASETS
 from pcalm.eta import lookup_state_lr
 from pcalm.model import ACTIVATIONS, PARAMETERISATIONS, get_activation
@@ -28,7 +28,7 @@ SECTION_KEYS = {
     "data": ("name", "root", "train_size", "test_size"),
     "train": (
         "epochs", "batch_size", "eta0", "seed", "device", "dtype", "evals_per_epoch",
-        "threads", "progress", "checkpoint_every",
+        "threads", "progress", "checkpoint_every", "compile",
     ),
     "logger": ("mode", "project", "entity", "group"),
 }
@@ -153,6 +153,7 @@ def resolve_run_config(raw: dict, eta_table: Path | str | None = None) -> dict:
     _choice(cfg, "train", "device", DEVICES)
     _choice(cfg, "train", "dtype", tuple(DTYPES))
     _choice(cfg, "train", "progress", PROGRESS)
+    _choice(cfg, "train", "compile", COMPILE_MODES)
     _choice(cfg, "logger", "mode", LOGGER_MODES)
     _resolve_algo(cfg, Path(eta_table) if eta_table else None)
     cfg.setdefault("name", "default")

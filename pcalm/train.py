@@ -120,6 +120,7 @@ class Trainer:
         self.net = build_net(self.cfg, dataset.input_dim, self.seeds, self.device,
                              dataset.num_classes)
         self.algo = build_algorithm(self.cfg)
+        self.algo.compile_mode = self.cfg["train"].get("compile", "auto")  # same numbers
         self.optimizer = torch.optim.Adam(
             self.net.parameters(), lr=learning_rate(self.cfg), betas=(0.9, 0.999), eps=1e-8
         )

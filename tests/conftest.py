@@ -47,7 +47,7 @@ def base_config(data_root: Path, results: Path, **sections) -> dict:
                  "test_size": None},
         "train": {"epochs": 1, "batch_size": 32, "eta0": 0.001, "seed": 0, "device": "cpu",
                   "dtype": "float32", "evals_per_epoch": 4, "threads": None, "progress": "off",
-                  "checkpoint_every": 10},
+                  "checkpoint_every": 10, "compile": "auto"},
         "logger": {"mode": "none", "project": "pcalm", "entity": None, "group": None},
         "results_dir": str(results),
     }

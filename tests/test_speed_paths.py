@@ -1,0 +1,293 @@
+"""The fast paths compute what the straightforward ones do (SPEC §3–4).
+
+- the fast in-place loop of pcalm.algorithms == pcalm.naive's per-layer version (float64),
+  for BP, PC and PC-ALM, all activations, L = 2 and L ≥ 3, inner steps, post_dual, ρ ≠ 1;
+- a stack of M models == M single-model runs (float64, tight);
+- the torch.compile'd step == the eager loop (float32 tolerance).
+"""
+
+import pytest
+import torch
+
+from pcalm import algorithms, naive
+from pcalm.algorithms import make_algorithm
+from pcalm.model import ResidualMLP
+
+ACTS = ["identity", "tanh", "relu"]
+CASES = [
+    ("bp", {}),
+    ("pc", {"budget": 7, "state_lr": 0.2}),
+    ("pcalm", {"budget": 7, "state_lr": 0.2}),
+    ("pcalm", {"budget": 5, "state_lr": 0.15, "rho": 1.7, "alpha": 0.6, "inner_steps": 2}),
+    ("pcalm", {"budget": 6, "state_lr": 0.2, "rho": 0.8, "weight_credit": "post_dual"}),
+]
+
+
+def _data(d=9, c=4, batch=5, models=None, seed=3, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    lead = () if models is None else (models,)
+    x = torch.randn(*lead, batch, d, generator=gen, dtype=dtype)
+    labels = torch.randint(0, c, (*lead, batch), generator=gen)
+    return x, torch.nn.functional.one_hot(labels, c).to(dtype)
+
+
+def _net(act, depth, width=6, seed=0, dtype=torch.float64, gamma0=1.0):
+    return ResidualMLP(9, width, depth, output_dim=4, activation=act, seed=seed, dtype=dtype,
+                       gamma0=gamma0)
+
+
+def _algo(name, options, mode="off"):
+    algo = make_algorithm(name, **options)
+    algo.compile_mode = mode
+    return algo
+
+
+def _close(got, want, rtol=1e-10, atol=1e-12):
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g, w, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("depth", [2, 3, 6])
+@pytest.mark.parametrize("name, options", CASES)
+def test_fast_loop_equals_naive_layerwise(act, depth, name, options):
+    # γ0 = 0.3 makes the output error large, so every term of the gradients matters.
+    net = _net(act, depth, gamma0=0.3)
+    x, y = _data()
+    grads = _algo(name, options).weight_grads(net, x, y)
+    want, want_loss = naive.layerwise_weight_grads(name, net, x, y, **options)
+    _close(grads, want)
+    loss = _algo(name, options).stacked_weight_grads(net, x, y)[3]
+    torch.testing.assert_close(loss, want_loss, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name, options", CASES)
+def test_fast_loop_equals_previous_stacked_path(name, options):
+    net = _net("tanh", 5)
+    x, y = _data()
+    got = _algo(name, options).stacked_weight_grads(net, x, y)
+    _close(got, naive.stacked_eager_weight_grads(name, net, x, y, **options))
+
+
+@pytest.mark.parametrize("name, options", CASES)
+@pytest.mark.parametrize("shared_x", [False, True])
+def test_stacked_models_equal_single_models(name, options, shared_x):
+    m, depth = 3, 5
+    stack = ResidualMLP(9, 6, depth, output_dim=4, activation="relu", seed=[4, 5, 6],
+                        dtype=torch.float64)
+    x, y = _data(batch=6) if shared_x else _data(batch=6, models=m)
+    got = _algo(name, options).stacked_weight_grads(stack, x, y)
+    assert got[1].shape == stack.w_hidden.shape and got[3].shape == (m,)
+    state = _algo(name, options).infer(stack, x, y) if name != "bp" else None
+    for i, seed in enumerate([4, 5, 6]):
+        single = _net("relu", depth, seed=seed)
+        xi, yi = (x, y) if shared_x else (x[i], y[i])
+        want = _algo(name, options).stacked_weight_grads(single, xi, yi)
+        _close([g[i] for g in got], want, rtol=1e-12, atol=1e-14)
+        if state is not None:
+            s = _algo(name, options).infer(single, xi, yi)
+            _close([state.z[i], state.eps[i], state.e[i]], [s.z, s.eps, s.e])
+    if state is not None:
+        assert state.z.shape == (m, depth - 1, 6, 6) and state.z.is_contiguous()
+
+
+def test_forward_residuals_are_exactly_zero():
+    """Credit that has not arrived is exactly 0 (not rounding noise) on the fast path."""
+    net = ResidualMLP(9, 6, 12, output_dim=4, activation="relu", seed=0)
+    x, y = _data(dtype=torch.float32)
+    state = _algo("pcalm", {"budget": 3, "state_lr": 0.2}).infer(net, x, y)
+    assert torch.all(state.eps[:-4] == 0)
+    assert state.eps[-1].abs().max() > 0
+
+
+def test_observer_sees_copies_of_every_step():
+    net = _net("tanh", 4)
+    x, y = _data()
+    seen = []
+    algo = _algo("pcalm", {"budget": 3, "state_lr": 0.2, "inner_steps": 2})
+    final = algo.infer(net, x, y, observer=lambda step, s: seen.append((step, s)))
+    assert [s for s, _ in seen] == list(range(7))
+    assert seen[0][1].lam.abs().max() == 0  # forward pass: λ = 0, ε = r = 0
+    torch.testing.assert_close(seen[-1][1].z, final.z)
+    torch.testing.assert_close(seen[-1][1].eps, final.eps)
+    assert not torch.equal(seen[1][1].z, seen[2][1].z)  # copies, not one reused buffer
+    # The observed state is the naive loop's state at that step.
+    want = naive.layerwise_inference(naive.LayerwiseNet(net), x, y, budget=1, state_lr=0.2,
+                                     alpha=1.0, inner_steps=2)
+    torch.testing.assert_close(seen[2][1].z, torch.stack(want["z"]))
+    torch.testing.assert_close(seen[2][1].eps, torch.stack(want["eps"]))
+
+
+def test_unusual_input_shapes_take_the_reference_path():
+    net = _net("relu", 4)
+    x, y = _data(models=2)  # a batch of batches for a lone net: the fast loop declines
+    assert not algorithms._fast_shapes_ok(net, x, y)
+    got = _algo("pc", {"budget": 3}).stacked_weight_grads(net, x, y)
+    _close(got, naive.stacked_eager_weight_grads("pc", net, x, y, budget=3))
+
+
+def test_compile_mode_is_checked():
+    net = _net("relu", 3)
+    x, y = _data()
+    with pytest.raises(ValueError, match="allowed: auto, on, off"):
+        _algo("pc", {"budget": 2}, mode="fast").weight_grads(net, x, y)
+
+
+def test_cpu_paths_never_pick_cuda_graphs():
+    cpu = torch.device("cpu")
+    assert algorithms._resolve_path("off", cpu) == "eager"
+    assert algorithms._resolve_path("on", cpu) == "compiled"
+    assert algorithms._resolve_path("auto", cpu) in ("eager", "compiled")
+
+
+def _compiled_equals_eager(act, depth, name, options, width=6, models=None):
+    net = ResidualMLP(9, width, depth, output_dim=4, activation=act, dtype=torch.float32,
+                      seed=0 if models is None else list(range(models)))
+    x, y = _data(dtype=torch.float32, models=models)
+    eager = _algo(name, options, "off").stacked_weight_grads(net, x, y)
+    compiled = _algo(name, options, "on").stacked_weight_grads(net, x, y)
+    assert algorithms._available["compiled"], "the compiled path fell back to eager"
+    _close(compiled, eager, rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_step_equals_eager_tiny():
+    _compiled_equals_eager("relu", 4, "pcalm", {"budget": 4, "state_lr": 0.2, "rho": 1.3})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("name, options", CASES[1:])
+def test_compiled_step_equals_eager(act, name, options):
+    _compiled_equals_eager(act, 5, name, options, models=2)
+    _compiled_equals_eager(act, 2, name, options)
+
+
+def test_functional_step_equals_eager_step():
+    """The function torch.compile traces, run eagerly, matches the in-place loop (float64)."""
+    for act in ACTS:
+        for name, options in CASES[1:]:
+            net = _net(act, 5)
+            x, y = _data()
+            want = _algo(name, options, "off").stacked_weight_grads(net, x, y)
+            saved = dict(algorithms._COMPILED)
+            try:  # swap the compiled steps for their plain Python functions
+                for has_lam in (False, True):
+                    algorithms._COMPILED[(act, has_lam)] = algorithms._functional_step(act, has_lam)
+                got = _algo(name, options, "on").stacked_weight_grads(net, x, y)
+            finally:
+                algorithms._COMPILED.clear()
+                algorithms._COMPILED.update(saved)
+            _close(got, want)
+
+
+class _FakeGraph:
+    """Stands in for torch.cuda.CUDAGraph on the CPU: replay re-runs the captured body and
+    writes into the outputs captured the first time (what a real replay does in place)."""
+
+    def __init__(self):
+        self.body = None
+
+    def replay(self):
+        fresh = self.body()
+        for old, new in zip(_flat(self.out), _flat(fresh)):
+            old.copy_(new)
+
+
+def _flat(out):
+    grads, loss = out
+    return [*grads, loss]
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_graph_runner_flow_on_cpu(monkeypatch, compiled):
+    """The CUDA-graph runner's logic, with CUDA stubbed out: the captured body makes no host
+    round-trip and no host-to-device copy, and replays on new (x, y) give eager's numbers."""
+    import contextlib
+
+    graphs = []
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    @contextlib.contextmanager
+    def capture(graph):
+        def forbidden(*args, **kwargs):
+            raise AssertionError("host round-trip or host-to-device copy inside the graph")
+
+        with monkeypatch.context() as m:
+            for name in ("tensor", "as_tensor"):
+                m.setattr(torch, name, forbidden)
+            for name in ("item", "tolist", "cpu", "numpy"):
+                m.setattr(torch.Tensor, name, forbidden)
+            yield
+        graphs.append(graph)
+
+    def new_graph():
+        return _FakeGraph()
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: Stream())
+    monkeypatch.setattr(torch.cuda, "graph", capture)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", new_graph)
+    monkeypatch.setitem(algorithms._available, "compiled", compiled)
+    monkeypatch.setattr(algorithms, "_GRAPHS", algorithms.OrderedDict())
+    options = {"budget": 5, "state_lr": 0.2, "rho": 1.2, "alpha": 0.8, "weight_credit": "post_dual"}
+    net = ResidualMLP(9, 6, 5, output_dim=4, activation="tanh", seed=[0, 1], dtype=torch.float32)
+    for name, opts, plan in [
+        ("pcalm", options, _algo("pcalm", options)._plan()),
+        ("bp", {}, algorithms._Plan("bp")),
+    ]:
+        runner = algorithms._graph_runner(net, *_data(models=2, dtype=torch.float32), plan)
+        graph = graphs[-1]
+        graph.out = runner.out
+        graph.body = lambda r=runner, c=compiled and name != "bp": r._body(c)
+        assert algorithms._graph_runner(net, *_data(models=2, dtype=torch.float32), plan) is runner
+        for seed in (5, 6):  # new data each call, through the static input buffers
+            x, y = _data(models=2, seed=seed, dtype=torch.float32)
+            out = runner.run(x, y, want_state=name != "bp")
+            want = _algo(name, opts).stacked_weight_grads(net, x, y)
+            _close([*out.grads, out.loss], want, rtol=1e-4, atol=1e-6)
+            if name != "bp":
+                state = _algo(name, opts).infer(net, x, y)
+                torch.testing.assert_close(out.state.eps, state.eps, rtol=1e-4, atol=1e-6)
+        first = out.grads[1].clone()
+        runner.run(*_data(models=2, seed=9, dtype=torch.float32), want_state=False)
+        torch.testing.assert_close(out.grads[1], first)  # returned grads are copies
+
+
+def test_bench_script_writes_its_table(tmp_path, monkeypatch, capsys):
+    """`make bench` end to end at toy sizes: the columns the issue asks for, atomically written."""
+    import csv
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+    spec = importlib.util.spec_from_file_location("pcalm_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "GRID", [4, 6])
+    monkeypatch.setattr(bench, "GRID_SHORT_T", 2)
+    monkeypatch.setattr(bench, "GRID_MID", (4, 4))
+    out = tmp_path / "bench.csv"
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--widths", "8", "--depths", "3", "5", "--budget", "3", "--models", "1,2",
+                    "--repeats", "1", "--min-time", "0", "--no-compiled", "--threads", "1",
+                    "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["N"], r["L"], r["T"]) for r in rows] == [("8", "3", "3"), ("8", "5", "3")]
+    for column in ("device", "B", "bp_ms", "pc_ms", "pcalm_ms", "pcalm_over_bp",
+                   "pcalm_over_T_bp", "naive_pcalm_ms", "prev_eager_pcalm_ms", "eager_pcalm_ms",
+                   "pcalm_model_steps_per_s_m1", "pcalm_model_steps_per_s_m2",
+                   "fig2_grid_projected_s", "fig2_grid_method"):
+        assert rows[0][column], column
+    assert float(rows[0]["pcalm_over_T_bp"]) == pytest.approx(
+        float(rows[0]["pcalm_ms"]) / (3 * float(rows[0]["bp_ms"])), rel=1e-3)
+    grid = list(csv.DictReader((tmp_path / "bench_grid.csv").open()))
+    assert len(grid) == 4 and {r["T"] for r in grid} == {"8", "12"}
+    assert "projected Fig. 2 grid" in capsys.readouterr().out
