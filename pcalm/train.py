@@ -142,6 +142,7 @@ class Trainer:
         self.state = TrainState(rows=[[] for _ in range(m)], loss_sum=[0.0] * m,
                                 diverged_step=[None] * m)
         self._order_epoch, self._order = -1, None
+        self._pending_losses: list[tuple[int, torch.Tensor]] = []
 
     # -- checkpoints -------------------------------------------------------------------
     def checkpoint_payload(self) -> dict:
@@ -197,29 +198,39 @@ class Trainer:
             x, y = self.batch_at(s.step)
             loss = self.train_step(x, y)
             s.step += 1
-            self._track_loss(loss)
+            self._pending_losses.append((s.step, loss.detach()))
             if s.step in self.eval_steps:
                 self._evaluate(s.step, on_eval)
                 if bar is not None:
                     bar.set_postfix(test_acc=f"{s.rows[0][-1]['test_acc']:.4f}")
             if save_checkpoint is not None and s.step % every == 0 and s.step < self.total_steps:
+                self._flush_losses()
                 save_checkpoint(self.checkpoint_payload())
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
+        self._flush_losses()
         return self._summaries(time.time() - started)
 
-    def _track_loss(self, loss: torch.Tensor) -> None:
+    def _flush_losses(self) -> None:
+        """Fold the per-step losses kept on the device into the state: one host sync per
+        evaluation or checkpoint, not per step (a per-step `.cpu()` stalls a GPU)."""
+        if not self._pending_losses:
+            return
+        steps = [step for step, _ in self._pending_losses]
+        values = torch.stack([v for _, v in self._pending_losses]).double().cpu().tolist()
+        self._pending_losses = []
         s = self.state
-        values = loss.detach().double().cpu().tolist()
-        for m, v in enumerate(values):
-            if s.diverged_step[m] is None and not math.isfinite(v):
-                s.diverged_step[m] = s.step
-            s.loss_sum[m] += v
-        s.loss_count += 1
+        for step, row in zip(steps, values):
+            for m, v in enumerate(row):
+                if s.diverged_step[m] is None and not math.isfinite(v):
+                    s.diverged_step[m] = step
+                s.loss_sum[m] += v
+            s.loss_count += 1
 
     def _evaluate(self, step: int, on_eval) -> None:
+        self._flush_losses()
         s = self.state
         metrics = {k: v.cpu().tolist() for k, v in evaluate(self.net, self.x_test, self.y_test)
                    .items()}
