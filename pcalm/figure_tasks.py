@@ -374,6 +374,15 @@ def _gradient_curve(algo, net, x, y, steps: list[int], g_bp: list[torch.Tensor],
     return out
 
 
+def _bp_reference(cfg: dict, dataset):
+    """The initialised net, its first batch, and BP's adjoints δ and weight gradients there."""
+    dtype, device = DTYPES[cfg["train"]["dtype"]], _device(cfg)
+    net = _net(cfg, dataset.input_dim, dataset.num_classes, dtype, device)
+    x, y = first_batch(cfg, dataset, dtype, device)
+    h, delta, e = energy.backprop(net, x, y)
+    return net, x, y, delta, _grad_list(energy.weight_grads(net, x, h, -delta, e))
+
+
 @register("alignment_curve", needs_data=True, steps_per_layer=32, points=40,
           pc_reference=True)
 @torch.no_grad()
@@ -396,11 +405,7 @@ def alignment_curve(cfg: dict, dataset):
     depth = cfg["model"]["depth"]
     t_max = spl * depth
     budget = min(cfg["algo"]["budget"], t_max)
-    dtype, device = DTYPES[cfg["train"]["dtype"]], _device(cfg)
-    net = _net(cfg, dataset.input_dim, dataset.num_classes, dtype, device)
-    x, y = first_batch(cfg, dataset, dtype, device)
-    h, delta, e = energy.backprop(net, x, y)
-    g_bp = _grad_list(energy.weight_grads(net, x, h, -delta, e))
+    net, x, y, delta, g_bp = _bp_reference(cfg, dataset)
     steps = log_steps(t_max, points, (budget,))
     curve = _gradient_curve(_algorithm(cfg, budget=t_max), net, x, y, steps, g_bp)
     arrays = {"step": np.array(steps, dtype=np.int64), **curve}
@@ -456,11 +461,7 @@ def credit_routes(cfg: dict, dataset):
     width, depth = cfg["model"]["width"], cfg["model"]["depth"]
     t_max = spl * depth
     budget = min(cfg["algo"]["budget"], t_max)
-    dtype, device = DTYPES[cfg["train"]["dtype"]], _device(cfg)
-    net = _net(cfg, dataset.input_dim, dataset.num_classes, dtype, device)
-    x, y = first_batch(cfg, dataset, dtype, device)
-    h, delta, e = energy.backprop(net, x, y)
-    g_bp = _grad_list(energy.weight_grads(net, x, h, -delta, e))
+    net, x, y, delta, g_bp = _bp_reference(cfg, dataset)
     multiples = tuple(depth * 2**k // 2 for k in range(int(math.log2(spl)) + 2))  # L/2, L, …
     steps = log_steps(t_max, points, (budget, *multiples))
     curve = _gradient_curve(_algorithm(cfg, budget=t_max), net, x, y, steps, g_bp,
