@@ -156,16 +156,21 @@ def linear_system(net: ResidualMLP) -> dict:
     return {"R": r, "P": p}
 
 
+def linear_hessian(net: ResidualMLP, rho: float = 1.0) -> torch.Tensor:
+    """H = PᵀP + ρ RᵀR: the inference Hessian of an identity-activation net (one sample)."""
+    sys = linear_system(net)
+    return sys["P"].T @ sys["P"] + rho * sys["R"].T @ sys["R"]
+
+
 def iteration_matrix(net: ResidualMLP, state_lr: float, rho: float = 1.0, alpha: float = 1.0):
     """The linear PC-ALM step s⁺ = M s + b on s = (z, λ) (SPEC §6, k = 1); α = 0 is PC.
 
     M = [[I − η H, −η Rᵀ], [α R (I − η H), I − α η R Rᵀ]],  H = PᵀP + ρ RᵀR.
     """
     sys = linear_system(net)
-    r, p = sys["R"], sys["P"]
-    dim = r.shape[0]
-    eye = torch.eye(dim, dtype=torch.float64)
-    hess = p.T @ p + rho * r.T @ r
+    r = sys["R"]
+    eye = torch.eye(r.shape[0], dtype=torch.float64)
+    hess = linear_hessian(net, rho)
     primal = eye - state_lr * hess
     top = torch.cat([primal, -state_lr * r.T], 1)
     bottom = torch.cat([alpha * r @ primal, eye - alpha * state_lr * r @ r.T], 1)

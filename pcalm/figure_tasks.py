@@ -149,6 +149,16 @@ def _summary_common(state_lr: float, t_max: int) -> dict:
 # --------------------------------------------------------------------- Figure 1
 
 
+def _linear_step(cfg: dict, net, rule: str):
+    """ρ, α, the linear inference Hessian H, its λ_max, and η_h (1/λ_max or the config's)."""
+    rho = float(cfg["algo"].get("rho", 1.0))
+    alpha = float(cfg["algo"].get("alpha", 0.0)) if cfg["algo"]["name"] == "pcalm" else 0.0
+    hess = diagnostics.linear_hessian(net, rho)
+    lambda_max = float(torch.linalg.eigvalsh(hess)[-1])
+    state_lr = 1 / lambda_max if rule == "inverse_lambda_max" else cfg["algo"]["state_lr"]
+    return rho, alpha, hess, lambda_max, state_lr
+
+
 @register("scalar_dynamics", needs_data=False, w1=0.8, w2=1.3, x=1.0, y=0.0,
           state_lr="inverse_lambda_max")
 @torch.no_grad()
@@ -178,12 +188,7 @@ def scalar_dynamics(cfg: dict, dataset=None):
         net.w_out.fill_(w2)
     x = torch.tensor([[x0]], dtype=dtype)
     y = torch.tensor([[y0]], dtype=dtype)
-    rho = float(cfg["algo"].get("rho", 1.0))
-    alpha = float(cfg["algo"].get("alpha", 0.0)) if cfg["algo"]["name"] == "pcalm" else 0.0
-    system = diagnostics.linear_system(net)
-    hess = system["P"].T @ system["P"] + rho * system["R"].T @ system["R"]
-    lambda_max = float(torch.linalg.eigvalsh(hess)[-1])
-    state_lr = 1 / lambda_max if rule == "inverse_lambda_max" else cfg["algo"]["state_lr"]
+    rho, alpha, hess, lambda_max, state_lr = _linear_step(cfg, net, rule)
     algo = _algorithm(cfg, state_lr=state_lr)
 
     h, delta, e_fwd = energy.backprop(net, x, y)
@@ -289,12 +294,7 @@ def linear_dynamics(cfg: dict, dataset=None):
     x = torch.randn(1, d, generator=gen, dtype=dtype)
     label = int(torch.randint(0, 10, (1,), generator=gen))
     y = F.one_hot(torch.tensor([label]), 10).to(dtype)
-    rho = float(cfg["algo"].get("rho", 1.0))
-    alpha = float(cfg["algo"].get("alpha", 0.0)) if cfg["algo"]["name"] == "pcalm" else 0.0
-    system = diagnostics.linear_system(net)
-    hess = system["P"].T @ system["P"] + rho * system["R"].T @ system["R"]
-    lambda_max = float(torch.linalg.eigvalsh(hess)[-1])
-    state_lr = 1 / lambda_max if rule == "inverse_lambda_max" else cfg["algo"]["state_lr"]
+    rho, alpha, hess, lambda_max, state_lr = _linear_step(cfg, net, rule)
     t_max = cfg["algo"]["budget"]
     algo = _algorithm(cfg, state_lr=state_lr)
     if alpha > 0:

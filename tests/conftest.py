@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import runpy
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from pcalm.data import make_fake_idx_root
 
@@ -16,6 +20,33 @@ REAL_DATA = os.environ.get("PCALM_DATA")
 os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ["WANDB_DISABLE_GIT"] = "true"
+
+
+# Small algorithm sections for tests (the full configs/ defaults, smaller budgets).
+PC_CONFIG = {"name": "pc", "budget": 8, "state_lr": 0.2}
+PCALM_CONFIG = {"name": "pcalm", "budget": 8, "state_lr": 0.2, "rho": 1.0, "alpha": 1.0,
+                "inner_steps": 1, "weight_credit": "pre_dual"}
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls on a busy 2-core machine: extra threads only add overhead."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_plot_script(script: str, tables: Path, out: Path, monkeypatch, scale="smoke") -> None:
+    """Run `python scripts/<script> --scale S --tables T --out O` in this process (a fresh
+    interpreter per script would cost more than the plotting) and check both files exist."""
+    monkeypatch.setattr(sys, "argv", [script, "--scale", scale, "--tables", str(tables),
+                                      "--out", str(out)])
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    runpy.run_path(str(REPO / "scripts" / script), run_name="__main__")
+    for suffix in (".png", ".pdf"):
+        path = out.with_suffix(suffix)
+        assert path.is_file() and path.stat().st_size > 1000, f"{path} missing or empty"
 
 
 @pytest.fixture(scope="session")
@@ -55,5 +86,5 @@ def base_config(data_root: Path, results: Path, **sections) -> dict:
         if section != "algo" and isinstance(values, dict) and isinstance(cfg.get(section), dict):
             cfg[section].update(values)
         else:
-            cfg[section] = values
+            cfg[section] = copy.deepcopy(values)  # callers may mutate; shared dicts must not
     return cfg

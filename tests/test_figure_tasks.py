@@ -12,24 +12,16 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from pcalm.config import ConfigError, resolve_run_config
 from pcalm.runner import load_run_dataset
 from pcalm.tasks import TASKS
-from tests.conftest import base_config
+from tests.conftest import PC_CONFIG, PCALM_CONFIG, base_config
 
-PC = {"name": "pc", "budget": 8, "state_lr": 0.2}
-PCALM = {"name": "pcalm", "budget": 8, "state_lr": 0.2, "rho": 1.0, "alpha": 1.0,
-         "inner_steps": 1, "weight_credit": "pre_dual"}
+PC, PCALM = PC_CONFIG, PCALM_CONFIG
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(cfg: dict, dataset=None):

@@ -10,30 +10,20 @@ from __future__ import annotations
 
 import copy
 import itertools
-import runpy
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from pcalm.config import resolve_run_config
 from pcalm.results import RunFolder, collect
 from pcalm.runner import execute
-from tests.conftest import REPO, base_config
+from tests.conftest import PC_CONFIG, PCALM_CONFIG, base_config, run_plot_script
 
 SCALE = "smoke"
-PC = {"name": "pc", "budget": 8, "state_lr": 0.2}
-PCALM = {"name": "pcalm", "budget": 8, "state_lr": 0.2, "rho": 1.0, "alpha": 1.0,
-         "inner_steps": 1, "weight_credit": "pre_dual"}
+PC, PCALM = PC_CONFIG, PCALM_CONFIG
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cells(**axes) -> list[dict]:
@@ -62,14 +52,7 @@ def run_and_collect(results: Path, experiment: str, configs: list[dict]) -> Path
 
 
 def plot(script: str, tables: Path, out: Path, monkeypatch) -> None:
-    """`python scripts/<script> --scale smoke --tables T --out O`, in this process."""
-    monkeypatch.setattr(sys, "argv", [script, "--scale", SCALE, "--tables", str(tables),
-                                      "--out", str(out)])
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    runpy.run_path(str(REPO / "scripts" / script), run_name="__main__")
-    for suffix in (".png", ".pdf"):
-        path = out.with_suffix(suffix)
-        assert path.is_file() and path.stat().st_size > 1000, f"{path} missing or empty"
+    run_plot_script(script, tables, out, monkeypatch, SCALE)
 
 
 def test_figure1_scalar_dynamics_plot(tmp_path, results_dir, monkeypatch):

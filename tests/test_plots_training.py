@@ -12,30 +12,22 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
-import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from pcalm.cli import compose, run_config
 from pcalm.config import resolve_run_config
 from pcalm.results import RunFolder, atomic_write_text, collect, load_metrics
 from pcalm.runner import execute
-from tests.conftest import REPO
+from tests.conftest import REPO, run_plot_script
 
 SCALE = "smoke"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls on a busy 2-core machine: threads only add overhead (5x here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.cache
@@ -78,15 +70,7 @@ def grid(**axes) -> list[dict]:
 
 
 def plot(script: str, tables: Path, out: Path, monkeypatch) -> None:
-    """Run a plot script as `python scripts/<script> --scale smoke --tables T --out O` would
-    (in this process: a fresh interpreter per script would cost more than the plotting)."""
-    monkeypatch.setattr(sys, "argv", [script, "--scale", SCALE, "--tables", str(tables),
-                                      "--out", str(out)])
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    runpy.run_path(str(REPO / "scripts" / script), run_name="__main__")
-    for suffix in (".png", ".pdf"):
-        path = out.with_suffix(suffix)
-        assert path.is_file() and path.stat().st_size > 1000, f"{path} missing or empty"
+    run_plot_script(script, tables, out, monkeypatch, SCALE)
 
 
 @pytest.mark.parametrize("experiment,data,activations", [

@@ -7,18 +7,11 @@ import runpy
 import sys
 
 import pytest
-import torch
 
 from tests.conftest import REPO
 from tests.test_plots_training import grid, train_and_collect
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

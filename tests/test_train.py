@@ -13,14 +13,9 @@ from pcalm.data import DataError
 from pcalm.results import RunFolder
 from pcalm.runner import execute, load_run_dataset
 from pcalm.train import Trainer
-from tests.conftest import REPO, base_config
+from tests.conftest import PC_CONFIG, PCALM_CONFIG, REPO, base_config
 
-ALGOS = {
-    "bp": {"name": "bp"},
-    "pc": {"name": "pc", "budget": 8, "state_lr": 0.2},
-    "pcalm": {"name": "pcalm", "budget": 8, "state_lr": 0.2, "rho": 1.0, "alpha": 1.0,
-              "inner_steps": 1, "weight_credit": "pre_dual"},
-}
+ALGOS = {"bp": {"name": "bp"}, "pc": PC_CONFIG, "pcalm": PCALM_CONFIG}
 
 
 def _config(fake_data_root, results_dir, algo="pcalm", **sections):
