@@ -17,7 +17,7 @@ DATA ?= fashion_mnist
 FIGURES := figure1 figure2 figure2_mnist figure3 figure4 figure5 figure6 figure7 figure8 \
            figure9 figure10 figure_eta
 
-.PHONY: help setup test test-slow lint data eta-table sweep collect figures report bench \
+.PHONY: help setup test test-slow lint data eta-table sweep collect figures report bench gpu-check \
         clean-results $(FIGURES)
 
 help:  ## list the commands
@@ -64,6 +64,11 @@ report:  ## reproduction scorecard → results/report-SCALE.md
 
 bench:  ## speed table → results/bench.csv
 	$(PY) scripts/bench.py
+
+gpu-check:  ## on a CUDA machine: the real-GPU tests, then the bench table → results/bench-cuda.csv
+	@$(PY) -c "import sys, torch; torch.cuda.is_available() or sys.exit('error: make gpu-check needs a CUDA device; torch ' + torch.__version__ + ' sees none')"
+	$(PY) -m pytest -m cuda -rs
+	$(PY) scripts/bench.py --device cuda --models 1,3,8,16,32 --out results/bench-cuda.csv
 
 clean-results:  ## delete every run folder (asks first)
 	@read -p "delete results/runs? [y/N] " ok && [ "$$ok" = y ] && rm -rf results/runs || true

@@ -25,7 +25,9 @@ over layers, no allocation per step. How it is made fast (ARCHITECTURE "Performa
   (elementwise work fused around the two matmuls), cached per shape, dtype, device and
   activation; on CUDA the whole training step (forward, T steps, weight grads) is captured
   once in a CUDA graph (static buffers) and replayed. ``auto`` = compiled + CUDA graph on
-  CUDA, and on CPU whatever `CPU_AUTO_COMPILE` says (measured: see its comment).
+  CUDA, and on CPU whatever `CPU_AUTO_COMPILE` says (measured: see its comment). Each new
+  capture is checked once against the eager loop; a failed capture or a mismatch falls back
+  to eager with a warning, so a run is slower at worst, never wrong.
 - With an ``observer`` (diagnostics) the eager loop runs and hands out copies of the state.
 - BP runs in the same buffers (forward pass, then the adjoint layer by layer), so it too is
   captured in a CUDA graph on GPU.
@@ -259,6 +261,7 @@ def _execute(net: ResidualMLP, x, y, plan: _Plan, mode: str, observer: Observer 
 
 
 _available = {"compiled": True, "graph": True}
+GRAPH_DEVICE_TYPES = ("cuda",)  # where `auto` / `on` capture CUDA graphs
 
 
 def _disable(path: str, err: Exception) -> None:
@@ -272,7 +275,7 @@ def _resolve_path(mode: str, device: torch.device) -> str:
     """eager | compiled | graph. CPU runs never touch a CUDA API."""
     if mode == "off":
         return "eager"
-    if device.type == "cuda":
+    if device.type in GRAPH_DEVICE_TYPES:
         if _available["graph"]:
             return "graph"
         return "compiled" if _available["compiled"] else "eager"
@@ -624,6 +627,7 @@ class _GraphRunner:
             for _ in range(2):  # warm-up: cuBLAS handles, allocator pools, dynamo caches
                 self._body(compiled)
         torch.cuda.current_stream().wait_stream(side)
+        self.compiled = compiled
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.out = self._body(compiled)
@@ -656,11 +660,57 @@ def _graph_runner(net: ResidualMLP, x, y, plan: _Plan) -> _GraphRunner:
     runner = _GRAPHS.get(key)
     if runner is None:
         runner = _GraphRunner(net, x, y, plan)
+        _check_first_replay(runner, net, x, y, plan)
         _GRAPHS[key] = runner
         while len(_GRAPHS) > GRAPH_CACHE_SIZE:
             _GRAPHS.popitem(last=False)
     _GRAPHS.move_to_end(key)
     return runner
+
+
+# A new capture's first replay must match the eager loop to this relative error (per
+# gradient tensor, in norm). float32 compiled vs eager differ by ~1e-5 at N=32, L=64,
+# T=128 (CPU, measured); a capture that reads a wrong buffer is off by O(1).
+REPLAY_TOLERANCE = 1e-3
+
+
+class ReplayMismatch(RuntimeError):
+    """A captured graph's replay disagrees with the eager loop."""
+
+
+@torch.no_grad()
+def _check_first_replay(runner: _GraphRunner, net: ResidualMLP, x, y, plan: _Plan) -> None:
+    """Replay once on inputs other than the captured ones and compare with the eager loop;
+    on a mismatch, turn graphs *and* compile off for the process (eager is the reference).
+
+    Once per capture (a few per run), so a faulty capture on an untested GPU / driver /
+    torch version costs speed, never a silently wrong run.
+    """
+    probe = x.flip(-1)  # a replay that ignored its new inputs would return the captured ones
+    got = runner.run(probe, y, want_state=False)
+    ws = _Workspace(net, probe, y, plan)
+    ws.prepare_weights()
+    ws.forward(None)
+    if plan.kind != "bp":
+        ws.loop_eager(None)
+    want = [*ws.weight_grads(), ws.loss]
+    for name, g, w in zip(("w_in", "w_hidden", "w_out", "loss"), [*got.grads, got.loss], want):
+        error = _relative_error(g, w)
+        if not error <= REPLAY_TOLERANCE:
+            _available["compiled"] = False
+            raise ReplayMismatch(f"the CUDA graph's {name} differs from the eager loop by "
+                                 f"{error:.1e} (relative; allowed {REPLAY_TOLERANCE:.0e})")
+
+
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """‖got − want‖ / ‖want‖ over the finite entries; inf if the non-finite ones differ
+    (a diverging run is NaN on both paths, and that is agreement)."""
+    finite = torch.isfinite(want)
+    if not torch.equal(finite, torch.isfinite(got)):
+        return math.inf
+    diff = torch.where(finite, got - want, 0).norm()
+    scale = torch.where(finite, want, 0).norm()
+    return (diff / scale.clamp_min(torch.finfo(want.dtype).tiny)).item()
 
 
 # -- construction -------------------------------------------------------------------------

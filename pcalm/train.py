@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pcalm.algorithms import BP, Algorithm, make_algorithm
-from pcalm.config import DTYPES
+from pcalm.config import DEVICES, DTYPES
 from pcalm.data import Dataset
 from pcalm.diagnostics import grad_alignment
 from pcalm.model import ResidualMLP
@@ -27,11 +27,15 @@ EVAL_CHUNK = 2000
 ALIGNMENT_BATCH = 64
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """auto (CUDA when present, else CPU), cpu or cuda; a bad value is a one-line ValueError
+    naming `option`."""
+    if name not in DEVICES:
+        raise ValueError(f"bad value {option}={name!r}: allowed: {', '.join(DEVICES)}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("bad value train.device='cuda': no CUDA device here; allowed: auto, cpu")
+        raise ValueError(f"bad value {option}='cuda': no CUDA device here; allowed: auto, cpu")
     return torch.device(name)
 
 

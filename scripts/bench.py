@@ -43,6 +43,7 @@ from pcalm import algorithms, naive  # noqa: E402
 from pcalm.algorithms import make_algorithm  # noqa: E402
 from pcalm.model import ResidualMLP  # noqa: E402
 from pcalm.results import atomic_write_text  # noqa: E402
+from pcalm.train import resolve_device  # noqa: E402
 
 INPUT_DIM, CLASSES = 784, 10
 GRID = [8, 16, 32, 64, 128]
@@ -291,10 +292,11 @@ def main(argv=None) -> None:
     clock, MIN_TIME = CLOCK[args.clock], args.min_time
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    try:
+        device = resolve_device(args.device, option="--device")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     dtype = getattr(torch, args.dtype)
     results = Path(os.environ.get("PCALM_RESULTS", REPO / "results"))
     out = args.out or results / "bench.csv"

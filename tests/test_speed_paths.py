@@ -183,14 +183,20 @@ def test_functional_step_equals_eager_step():
 
 class _FakeGraph:
     """Stands in for torch.cuda.CUDAGraph on the CPU: replay re-runs the captured body and
-    writes into the outputs captured the first time (what a real replay does in place)."""
+    writes into the outputs captured the first time (what a real replay does in place).
+    `stale=True` plays a faulty capture whose replay leaves the captured outputs as they are."""
+
+    stale = False
 
     def __init__(self):
-        self.body = None
+        self.runner = None
 
     def replay(self):
-        fresh = self.body()
-        for old, new in zip(_flat(self.out), _flat(fresh)):
+        if self.stale:
+            return
+        r = self.runner
+        fresh = r._body(r.compiled)
+        for old, new in zip(_flat(r.out), _flat(fresh)):
             old.copy_(new)
 
 
@@ -199,10 +205,10 @@ def _flat(out):
     return [*grads, loss]
 
 
-@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_graph_runner_flow_on_cpu(monkeypatch, compiled):
-    """The CUDA-graph runner's logic, with CUDA stubbed out: the captured body makes no host
-    round-trip and no host-to-device copy, and replays on new (x, y) give eager's numbers."""
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """CUDA graphs stubbed out on the CPU; returns the list of captured graphs. Inside a
+    capture, any host round-trip or host-to-device copy fails the test."""
     import contextlib
 
     graphs = []
@@ -224,26 +230,45 @@ def test_graph_runner_flow_on_cpu(monkeypatch, compiled):
             yield
         graphs.append(graph)
 
-    def new_graph():
-        return _FakeGraph()
+    real_check = algorithms._check_first_replay
+
+    def check_wired(runner, *args):  # the fake graph learns which runner it replays
+        runner.graph.runner = runner
+        real_check(runner, *args)
 
     monkeypatch.setattr(torch.cuda, "Stream", Stream)
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "current_stream", lambda: Stream())
     monkeypatch.setattr(torch.cuda, "graph", capture)
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", new_graph)
-    monkeypatch.setitem(algorithms._available, "compiled", compiled)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+    monkeypatch.setattr(algorithms, "_check_first_replay", check_wired)
     monkeypatch.setattr(algorithms, "_GRAPHS", algorithms.OrderedDict())
-    options = {"budget": 5, "state_lr": 0.2, "rho": 1.2, "alpha": 0.8, "weight_credit": "post_dual"}
-    net = ResidualMLP(9, 6, 5, output_dim=4, activation="tanh", seed=[0, 1], dtype=torch.float32)
+    monkeypatch.setattr(algorithms, "_available", {"compiled": True, "graph": True})
+    monkeypatch.setattr(algorithms, "GRAPH_DEVICE_TYPES", ("cuda", "cpu"))
+    return graphs
+
+
+GRAPH_OPTIONS = {"budget": 5, "state_lr": 0.2, "rho": 1.2, "alpha": 0.8,
+                 "weight_credit": "post_dual"}
+
+
+def _stack_net():
+    return ResidualMLP(9, 6, 5, output_dim=4, activation="tanh", seed=[0, 1],
+                       dtype=torch.float32)
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_graph_runner_flow_on_cpu(fake_cuda, compiled):
+    """The CUDA-graph runner's logic, with CUDA stubbed out: the captured body makes no host
+    round-trip and no host-to-device copy, and replays on new (x, y) give eager's numbers."""
+    algorithms._available["compiled"] = compiled
+    net = _stack_net()
     for name, opts, plan in [
-        ("pcalm", options, _algo("pcalm", options)._plan()),
+        ("pcalm", GRAPH_OPTIONS, _algo("pcalm", GRAPH_OPTIONS)._plan()),
         ("bp", {}, algorithms._Plan("bp")),
     ]:
         runner = algorithms._graph_runner(net, *_data(models=2, dtype=torch.float32), plan)
-        graph = graphs[-1]
-        graph.out = runner.out
-        graph.body = lambda r=runner, c=compiled and name != "bp": r._body(c)
+        assert fake_cuda[-1] is runner.graph and runner.compiled == (compiled and name != "bp")
         assert algorithms._graph_runner(net, *_data(models=2, dtype=torch.float32), plan) is runner
         for seed in (5, 6):  # new data each call, through the static input buffers
             x, y = _data(models=2, seed=seed, dtype=torch.float32)
@@ -256,6 +281,48 @@ def test_graph_runner_flow_on_cpu(monkeypatch, compiled):
         first = out.grads[1].clone()
         runner.run(*_data(models=2, seed=9, dtype=torch.float32), want_state=False)
         torch.testing.assert_close(out.grads[1], first)  # returned grads are copies
+    assert algorithms._available == {"compiled": compiled, "graph": True}
+
+
+def test_graph_runner_follows_in_place_weight_updates(fake_cuda):
+    """The graph reads the parameters where they live: after an in-place update (Adam's),
+    a replay without a new capture uses the new weights; new storage means a new capture."""
+    algo = _algo("pcalm", GRAPH_OPTIONS, mode="auto")
+    net = _stack_net()
+    x, y = _data(models=2, dtype=torch.float32)
+    algo.stacked_weight_grads(net, x, y)
+    with torch.no_grad():
+        net.w_hidden.mul_(1.5)
+    got = algo.stacked_weight_grads(net, x, y)
+    assert len(fake_cuda) == 1
+    _close(got, _algo("pcalm", GRAPH_OPTIONS).stacked_weight_grads(net, x, y), 1e-4, 1e-6)
+    net.w_hidden = torch.nn.Parameter(net.w_hidden.detach() * 0.5)
+    got = algo.stacked_weight_grads(net, x, y)
+    assert len(fake_cuda) == 2
+    _close(got, _algo("pcalm", GRAPH_OPTIONS).stacked_weight_grads(net, x, y), 1e-4, 1e-6)
+
+
+def test_faulty_capture_falls_back_to_eager(fake_cuda, monkeypatch):
+    """A capture whose replay disagrees with the eager loop is caught by its first-replay
+    check: one warning naming the mismatch, the eager numbers, graphs and compile off."""
+    monkeypatch.setattr(_FakeGraph, "stale", True)
+    algorithms._available["compiled"] = False  # the stale replay needs no compile to fail
+    algo = _algo("pcalm", GRAPH_OPTIONS, mode="auto")
+    net = _stack_net()
+    x, y = _data(models=2, dtype=torch.float32)
+    with pytest.warns(UserWarning, match="graph inference path failed.*ReplayMismatch.*w_in"):
+        got = algo.stacked_weight_grads(net, x, y)
+    _close(got, _algo("pcalm", GRAPH_OPTIONS).stacked_weight_grads(net, x, y), 1e-5, 1e-7)
+    assert algorithms._available == {"compiled": False, "graph": False}
+    assert not algorithms._GRAPHS  # the faulty capture is not kept
+
+
+def test_replay_check_treats_shared_nan_as_agreement():
+    want = torch.tensor([1.0, float("nan"), 2.0])
+    assert algorithms._relative_error(want.clone(), want) == 0
+    assert algorithms._relative_error(torch.tensor([1.0, 0.0, 2.0]), want) == float("inf")
+    assert algorithms._relative_error(torch.tensor([1.0, float("nan"), 2.2]), want) == (
+        pytest.approx(0.2 / 5 ** 0.5))
 
 
 def test_bench_script_writes_its_table(tmp_path, monkeypatch, capsys):
@@ -291,3 +358,20 @@ def test_bench_script_writes_its_table(tmp_path, monkeypatch, capsys):
     grid = list(csv.DictReader((tmp_path / "bench_grid.csv").open()))
     assert len(grid) == 4 and {r["T"] for r in grid} == {"8", "12"}
     assert "projected Fig. 2 grid" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("device, message", [
+    ("tpu", "error: bad value --device='tpu': allowed: auto, cpu, cuda"),
+    pytest.param("cuda",
+                 "error: bad value --device='cuda': no CUDA device here; allowed: auto, cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA")),
+])
+def test_bench_rejects_a_bad_device_in_one_line(device, message):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+    done = subprocess.run([sys.executable, str(script), "--device", device],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip() == message and not done.stdout
