@@ -45,18 +45,24 @@ def run_job(manifest_path: str, index: int) -> None:
     """Train every run of job `index`; a failing run does not stop the others."""
     from pcalm.config import Cell
     from pcalm.runner import execute
-    from pcalm.sweep import stack_units
+    from pcalm.sweep import stack_size, stack_units
+    from pcalm.train import resolve_device
 
     manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
     job = manifest["jobs"][index]
     threads = job_threads(job)
-    max_stack = manifest.get("max_stack", 1)
-    log.info(f"job {index}: {len(job['runs'])} runs, {threads or 'default'} threads")
+    try:
+        device = resolve_device(job["runs"][0]["train"]["device"]).type
+    except ValueError:  # e.g. cuda asked for and absent: each run will fail and say so
+        device = "cpu"
+    stack = stack_size(manifest.get("max_stack", 1), device) or len(job["runs"])
+    log.info(f"job {index}: {len(job['runs'])} runs, {threads or 'default'} threads, "
+             f"{device}, up to {stack} seeds per stack")
     failed = []
-    for unit in stack_units(job["runs"], max_stack):
+    for unit in stack_units(job["runs"], stack):
         set_threads(unit[0]["train"]["threads"] or threads)  # a run's own setting wins
         try:
-            outcome = execute(unit, max_stack=max_stack, progress=False, say=log.info)
+            outcome = execute(unit, max_stack=stack, progress=False, say=log.info)
             if outcome.skipped:
                 log.info(f"already complete: {', '.join(outcome.skipped)}")
         except Exception:  # report it and go on with the job's other runs

@@ -179,9 +179,11 @@ def _settings(base: DictConfig) -> dict:
                           f"allowed: {', '.join(LAUNCHERS)}")
     for key, optional in (("runs_per_job", False), ("local_jobs", True), ("max_stack", False)):
         v = s.get(key)
+        if key == "max_stack" and v == "auto":
+            continue
         if (v is None and not optional) or (v is not None and (
                 isinstance(v, bool) or not isinstance(v, int) or v < 1)):
-            none = " or null" if optional else ""
+            none = " or null" if optional else " or auto" if key == "max_stack" else ""
             raise ConfigError(f"bad value sweep.{key}={v!r}: allowed: an integer >= 1{none}")
     return {k: s.get(k) for k in ("launcher", "runs_per_job", "local_jobs", "max_stack")}
 
@@ -301,16 +303,31 @@ def run_cost(cfg: dict) -> float:
     return float(weights * passes * steps)
 
 
-def stack_units(configs: list[dict], max_stack: int = 1) -> list[list[dict]]:
+def stack_size(max_stack: int | str, device_type: str | None) -> int | None:
+    """`sweep.max_stack` as a number (None: no limit) for runs on `device_type`.
+
+    auto: every seed of a cell in one stack on a GPU, where small nets are bound by kernel
+    launches and M models cost about what one does; 1 on a CPU, where stacking measured at
+    most 1.2x (`make bench`) and the local launcher already gives every core its own job.
+    None as `device_type` (planning jobs before knowing their device): as on a GPU, so that
+    stack-mates land in one job.
+    """
+    if max_stack != "auto":
+        return max(1, int(max_stack))
+    return 1 if device_type == "cpu" else None
+
+
+def stack_units(configs: list[dict], max_stack: int | str = 1,
+                device_type: str | None = None) -> list[list[dict]]:
     """Runs that train together: configs equal but for the seed, in chunks of `max_stack`."""
     groups: dict[str, list[dict]] = {}
     for cfg in configs:
         groups.setdefault(stack_key(cfg), []).append(cfg)
-    step = max(1, max_stack)
+    step = stack_size(max_stack, device_type) or max(map(len, groups.values()), default=1)
     return [g[i : i + step] for g in groups.values() for i in range(0, len(g), step)]
 
 
-def plan_jobs(configs: list[dict], n_jobs: int, max_stack: int = 1) -> list[list[dict]]:
+def plan_jobs(configs: list[dict], n_jobs: int, max_stack: int | str = 1) -> list[list[dict]]:
     """Split runs into at most `n_jobs` jobs of balanced cost (longest processing time first).
 
     Stack-mates stay in one job. Every run lands in exactly one job; empty jobs are dropped.

@@ -17,7 +17,15 @@ import pytest
 
 from pcalm import cli, sweep
 from pcalm.results import RunFolder, load
-from pcalm.sweep import expand, experiment_scale, job_count, plan_jobs, run_cost, stack_units
+from pcalm.sweep import (
+    expand,
+    experiment_scale,
+    job_count,
+    plan_jobs,
+    run_cost,
+    stack_size,
+    stack_units,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 # Tiny cells: 200 training samples, 4 steps, one evaluation; η_h fixed (no eta table needed).
@@ -121,6 +129,17 @@ def test_plan_jobs_balanced_every_run_once(data_env):
         assert all(len(unit) == 2 for unit in stack_units(job, 2))
 
 
+def test_max_stack_auto_stacks_seeds_on_a_gpu_only(data_env):
+    configs = expand(FIG2)  # seeds 0 and 1 of every cell
+    assert stack_size("auto", "cpu") == 1 and stack_size("auto", "cuda") is None
+    assert stack_size(3, "cpu") == stack_size(3, "cuda") == 3
+    assert {len(u) for u in stack_units(configs, "auto", "cpu")} == {1}
+    gpu_units = stack_units(configs, "auto", "cuda")
+    assert {len(u) for u in gpu_units} == {2} and len(gpu_units) == len(configs) // 2
+    for job in plan_jobs(configs, 5, max_stack="auto"):  # planned before the device is known
+        assert {len(u) for u in stack_units(job, "auto", "cuda")} == {2}
+
+
 def test_job_counts():
     assert job_count("slurm", 10, 3, None, 2) == 4
     assert job_count("local", 10, 3, None, 2) == 2
@@ -143,6 +162,8 @@ BAD_INPUT = {
     "typo'd launcher key": (FIG2 + ["hydra.launcher.partitoin=gpu"],
                             ["hydra.launcher.partitoin", "timeout_min"]),
     "bad launcher": (FIG2 + ["sweep.launcher=pbs"], ["sweep.launcher='pbs'", "local, slurm"]),
+    "bad max_stack": (FIG2 + ["sweep.max_stack=many"],
+                      ["sweep.max_stack='many'", "integer >= 1 or auto"]),
 }
 
 
