@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 log = logging.getLogger("run_job")
 SUBMIT_ONLY = "--submit-only"
+RECORD_SLURM_JOBS = "PCALM_SLURM_JOBS"  # set by experiments/sweep.py: where to record job ids
 
 
 def job_threads(job: dict) -> int | None:
@@ -95,7 +96,43 @@ def submit_only() -> None:
     SlurmJob.results = submitted
 
 
+def record_slurm_jobs(path: str) -> None:
+    """In the submitting process: write which SLURM job got which manifest job to `path`
+    (JSON {job id: job index}, merged over Hydra's batches), so that pcalm/slurm.py can tell
+    a later sweep which runs are still queued. The jobs themselves are untouched."""
+    import submitit
+
+    submit = submitit.AutoExecutor.map_array
+
+    def map_array(self, fn, *iterables):
+        jobs = submit(self, fn, *iterables)
+        if self.cluster == "slurm":  # iterables[0]: each Hydra job's overrides, with job=K
+            indices = [next(int(o.split("=", 1)[1]) for o in overrides if o.startswith("job="))
+                       for overrides in iterables[0]]
+            merge_json(Path(path), {job.job_id: k for job, k in zip(jobs, indices)})
+        return jobs
+
+    submitit.AutoExecutor.map_array = map_array
+
+
+def merge_json(path: Path, entries: dict) -> None:
+    """path ← its JSON object updated with `entries`, replaced atomically."""
+    import tempfile
+
+    current = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    current.update(entries)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(current, f, indent=1)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # as any file the user makes (mkstemp's is 0600)
+    os.replace(tmp, path)
+
+
 if __name__ == "__main__":
+    if os.environ.get(RECORD_SLURM_JOBS):
+        record_slurm_jobs(os.environ[RECORD_SLURM_JOBS])
     if SUBMIT_ONLY in sys.argv:
         sys.argv.remove(SUBMIT_ONLY)
         submit_only()

@@ -20,15 +20,17 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from pcalm import slurm
 from pcalm.cli import REPO, compose, exit_with
 from pcalm.data import DataError
 from pcalm.eta import EtaTableError
 from pcalm.results import RunFolder, atomic_write_json
 from pcalm.runner import load_run_dataset
-from pcalm.sweep import Sweep, job_count, load_sweep, plan_jobs, run_cost
+from pcalm.sweep import Sweep, job_count, load_sweep, plan_jobs, run_cost, stack_size
 from pcalm.tasks import TASKS
 
 RUN_JOB = REPO / "experiments" / "run_job.py"
+RECORD_SLURM_JOBS = "PCALM_SLURM_JOBS"  # tells run_job.py where to record SLURM job ids
 FLAGS = ("--dry-run", "--no-wait")
 PROGRESS_EVERY_S = 30.0
 
@@ -62,18 +64,31 @@ def check_data(configs: list[dict]) -> None:
             load_run_dataset(cfg)
 
 
-def launcher_overrides(sweep: Sweep, name: str, results_dir: Path) -> list[str]:
-    """The multirun's launcher overrides, checked now by composing configs/job.yaml."""
+def launcher_overrides(sweep: Sweep, name: str, results_dir: Path) -> tuple[list[str], bool]:
+    """The multirun's launcher overrides, checked now by composing configs/job.yaml, and
+    whether its jobs will have a GPU (SLURM: gpus_per_node or gres asked for)."""
     launcher = sweep.settings["launcher"]
     overrides = [f"hydra/launcher={launcher}", quoted("results_dir", results_dir),
                  quoted("sweep_name", name), *sweep.hydra_overrides]
     given = {o.split("=", 1)[0].lstrip("+") for o in sweep.hydra_overrides}
-    if launcher == "local" and "hydra.launcher.gpus_per_node" not in given:
+    if launcher != "slurm":
         import torch  # local jobs see no GPU unless told to: give them this machine's
 
-        overrides.append(f"hydra.launcher.gpus_per_node={torch.cuda.device_count()}")
-    compose(overrides + ["manifest=x", "job=0"], config_name="job", with_hydra=True)
-    return overrides
+        gpus = torch.cuda.device_count()
+        if launcher == "local" and "hydra.launcher.gpus_per_node" not in given:
+            overrides.append(f"hydra.launcher.gpus_per_node={gpus}")
+    cfg = compose(overrides + ["manifest=x", "job=0"], config_name="job", with_hydra=True)
+    if launcher == "slurm":
+        gpus = cfg.hydra.launcher.get("gpus_per_node") or cfg.hydra.launcher.get("gres")
+    return overrides, bool(gpus)
+
+
+def planning_device(configs: list[dict], jobs_have_gpu: bool) -> str:
+    """Where the jobs will train (cpu | cuda), for `sweep.max_stack=auto` when grouping runs."""
+    asked = {c["train"]["device"] for c in configs}
+    if asked == {"cpu"}:
+        return "cpu"
+    return "cuda" if jobs_have_gpu else "cpu"
 
 
 def quoted(key: str, value) -> str:
@@ -101,9 +116,9 @@ def write_manifest(path: Path, sweep: Sweep, jobs: list[list[dict]], threads: in
     })
 
 
-def launch(command: list[str], pending: list[dict]) -> int:
+def launch(command: list[str], pending: list[dict], env: dict[str, str]) -> int:
     """Run the multirun; while it waits, say now and then how many runs are complete."""
-    proc = subprocess.Popen(command, cwd=REPO)
+    proc = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env})
     last, next_report = 0, time.monotonic() + PROGRESS_EVERY_S
     try:
         while proc.poll() is None:
@@ -120,12 +135,32 @@ def launch(command: list[str], pending: list[dict]) -> int:
     return proc.returncode
 
 
-def plan(sweep: Sweep) -> tuple[list[dict], list[list[dict]]]:
-    """The runs still missing, and the jobs they go into."""
+def in_flight(results_dir: Path) -> dict[str, str]:
+    """Run id → the queued or running SLURM job (of an earlier sweep) that will train it."""
+    try:
+        live = slurm.live_jobs()
+    except slurm.QueueUnknown as err:
+        print(f"warning: {err}; runs of queued SLURM jobs may be submitted again",
+              file=sys.stderr)
+        return {}
+    return slurm.in_flight_runs(results_dir, live) if live else {}
+
+
+def plan(sweep: Sweep, queued: dict[str, str], device: str) -> tuple[list[dict], list[list[dict]]]:
+    """The runs still missing and not `queued` in SLURM, and the jobs they go into (seeds
+    that will train as one stack on `device` stay in one job)."""
     s = sweep.settings
-    pending = [c for c in sweep.configs if not is_complete(c)]
+    pending = [c for c in sweep.configs
+               if not is_complete(c) and RunFolder(c["results_dir"], c).id not in queued]
     n_jobs = job_count(s["launcher"], len(pending), s["runs_per_job"], s["local_jobs"], cores())
-    return pending, plan_jobs(pending, n_jobs, s["max_stack"]) if pending else []
+    stack = stack_size(s["max_stack"], device) or len(pending)
+    return pending, plan_jobs(pending, n_jobs, stack) if pending else []
+
+
+def waiting_on(configs: list[dict], queued: dict[str, str]) -> dict[str, str]:
+    """Of these runs, the incomplete ones a queued SLURM job will train: run id → job id."""
+    folders = (RunFolder(c["results_dir"], c) for c in configs)
+    return {f.id: queued[f.id] for f in folders if f.id in queued and not f.exists_complete()}
 
 
 def main(argv: list[str]) -> int:
@@ -138,16 +173,19 @@ def main(argv: list[str]) -> int:
             raise ValueError(f"--no-wait needs sweep.launcher=slurm, not {launcher}")
         results_dir = Path(sweep.configs[0]["results_dir"])
         name = sweep_name(sweep, results_dir)
-        hydra_args = launcher_overrides(sweep, name, results_dir)
-        pending, jobs = plan(sweep)
+        hydra_args, jobs_have_gpu = launcher_overrides(sweep, name, results_dir)
+        queued = in_flight(results_dir)
+        pending, jobs = plan(sweep, queued, planning_device(sweep.configs, jobs_have_gpu))
         check_data(pending)
     except (ValueError, DataError, EtaTableError) as err:
         exit_with(err)
+    elsewhere = waiting_on(sweep.configs, queued)
+    in_slurm = f", {len(elsewhere)} in queued or running SLURM jobs (skipped)" if elsewhere else ""
     print(f"{sweep.name} ({sweep.scale}): {len(sweep.configs)} runs, "
-          f"{len(sweep.configs) - len(pending)} already complete (skipped), "
-          f"{len(pending)} to run in {len(jobs)} jobs on {launcher}", flush=True)
+          f"{len(sweep.configs) - len(pending) - len(elsewhere)} already complete (skipped)"
+          f"{in_slurm}, {len(pending)} to run in {len(jobs)} jobs on {launcher}", flush=True)
     if not pending:
-        return 0
+        return still_queued(elsewhere, wait)
     if "--dry-run" in flags:
         for i, job in enumerate(jobs):
             print(f"  job {i}: {len(job)} runs, relative cost {sum(map(run_cost, job)):.3g}")
@@ -157,23 +195,40 @@ def main(argv: list[str]) -> int:
     write_manifest(manifest, sweep, jobs, threads)
     command = [sys.executable, str(RUN_JOB), *([] if wait else ["--submit-only"]), "-m",
                *hydra_args, quoted("manifest", manifest), f"job=range(0,{len(jobs)})"]
-    rc = launch(command, pending)
-    return report(sweep.configs, rc, name, results_dir, wait)
+    record = {RECORD_SLURM_JOBS: str(manifest.parent / slurm.JOBS_FILE)}
+    rc = launch(command, pending, record if launcher == "slurm" else {})
+    return report(sweep.configs, rc, name, results_dir, wait, queued)
 
 
-def report(configs: list[dict], rc: int, name: str, results_dir: Path, waited: bool) -> int:
+def still_queued(elsewhere: dict[str, str], wait: bool) -> int:
+    """Nothing to launch: 0 if all is complete; else say which SLURM jobs the missing runs
+    wait for (exit status 1 when asked to wait: a figure must not be drawn from half a grid)."""
+    if not elsewhere:
+        return 0
+    print(f"{len(elsewhere)} runs wait for SLURM jobs {slurm.describe(set(elsewhere.values()))}"
+          " of an earlier sweep: re-run the same command when they are done (or scancel them "
+          "to submit their runs again)", file=sys.stderr if wait else sys.stdout)
+    return 1 if wait else 0
+
+
+def report(configs: list[dict], rc: int, name: str, results_dir: Path, waited: bool,
+           queued: dict[str, str]) -> int:
     """What the jobs left behind: complete runs, missing ones, where to look."""
     logs = f"{results_dir / 'submitit' / name} and {results_dir / 'sweeps' / name}"
     if not waited and rc == 0:
         print(f"submitted; job logs: {logs}. Re-run the same command to see what is complete "
-              "(it trains only what is missing).")
+              "(it trains only what is missing and not already queued).")
         return 0
     done = sum(map(is_complete, configs))
     missing = len(configs) - done
     print(f"done: {done} complete, {missing} missing", flush=True)
     if missing or rc != 0:
-        print(f"error: {missing} runs missing (launcher exit status {rc}); job logs: {logs}",
-              file=sys.stderr)
+        elsewhere = waiting_on(configs, queued)
+        jobs = set(elsewhere.values())
+        note = (f", {len(elsewhere)} of them wait for SLURM jobs {slurm.describe(jobs)} of an "
+                "earlier sweep" if elsewhere else "")
+        print(f"error: {missing} runs missing{note} (launcher exit status {rc}); job logs: "
+              f"{logs}", file=sys.stderr)
         return 1
     return 0
 

@@ -87,6 +87,12 @@ log = os.environ["FAKE_SLURM_DIR"]
 name = os.path.basename(sys.argv[0])
 with open(os.path.join(log, name + ".calls"), "a") as f:
     f.write(" ".join(sys.argv[1:]) + "\\n")
+if name == "squeue":  # the queue a test wrote to squeue.out; squeue.fail: slurmctld is down
+    if os.path.exists(os.path.join(log, "squeue.fail")):
+        sys.exit("squeue: error: slurm_load_jobs error: Socket timed out")
+    queue = os.path.join(log, "squeue.out")
+    if os.path.exists(queue):
+        print(open(queue).read(), end="")
 if name == "sacct":  # a task is RUNNING while its process lives, then COMPLETED
     print("JobID|State|NodeList")
     for pid_file in sorted(f for f in os.listdir(log) if f.startswith("task-")):
@@ -165,9 +171,46 @@ def test_slurm_submission_groups_runs_into_an_array(fake_slurm, data_env, capsys
     assert planned == sorted(RunFolder(data_env, c).id for c in expand(GRID))
     assert not (data_env / "runs").exists()  # the fake SLURM ran nothing
 
-    # Nothing ran, so a re-run would submit the same 12 runs again.
+    # Which SLURM job got which manifest job, for the next sweep to ask squeue about.
+    record = json.loads((manifest.parent / "slurm_jobs.json").read_text())
+    assert record == {f"{FIRST_JOB_ID}_{k}": k for k in range(tasks)}
+
+
+def test_rerun_skips_runs_of_queued_slurm_jobs(fake_slurm, data_env, capsys):
+    """A sweep re-run while its jobs are queued submits nothing twice: runs of jobs squeue
+    still lists are skipped; once a job has left the queue its missing runs go again."""
+    sweep_py = load_script("experiments/sweep.py")
+    assert sweep_py.main([*GRID, "--no-wait"]) == 0
+    (manifest,) = data_env.glob("sweeps/figure2-smoke-*/manifest.json")
+    jobs = json.loads(manifest.read_text())["jobs"]
+    capsys.readouterr()
+    queue = fake_slurm / "squeue.out"
+
+    queue.write_text("".join(f"{FIRST_JOB_ID}_{k}\n" for k in range(4)) + "999_7\n")
+    assert sweep_py.main([*GRID, "--no-wait"]) == 0  # nothing to submit
+    out = capsys.readouterr().out
+    assert "0 already complete (skipped), 12 in queued or running SLURM jobs (skipped), " \
+           "0 to run in 0 jobs on slurm" in out
+    assert f"12 runs wait for SLURM jobs {FIRST_JOB_ID}_0, {FIRST_JOB_ID}_1" in out
+    assert len(list(fake_slurm.glob("sbatch-*.sh"))) == 1
+    assert sweep_py.main(GRID) == 1  # waiting for them here would draw half a grid
+    assert "re-run the same command when they are done" in capsys.readouterr().err
+    (call,) = {c for c in (fake_slurm / "squeue.calls").read_text().splitlines()}
+    assert "--array" in call.split() and "--noheader" in call.split() and "--user=" in call
+
+    queue.write_text(f"{FIRST_JOB_ID}_2\n")  # tasks 0, 1, 3 ended without finishing
     assert sweep_py.main([*GRID, "--dry-run"]) == 0
-    assert "12 to run in 4 jobs on slurm" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{len(jobs[2]['runs'])} in queued or running SLURM jobs (skipped), " \
+           f"{12 - len(jobs[2]['runs'])} to run" in out
+
+    (fake_slurm / "squeue.fail").write_text("")  # no answer: warn, and plan as if none queued
+    assert sweep_py.main([*GRID, "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "12 to run in 4 jobs on slurm" in captured.out
+    assert captured.err.strip() == ("warning: squeue failed (exit status 1): squeue: error: "
+                                    "slurm_load_jobs error: Socket timed out; runs of queued "
+                                    "SLURM jobs may be submitted again")
 
 
 @pytest.mark.slow
@@ -185,3 +228,17 @@ def test_slurm_jobs_run_and_complete(fake_slurm, data_env, monkeypatch):
     logs = list(data_env.glob("submitit/figure2-smoke-*/*_log.out"))
     assert len(logs) == 2
     assert all("1 threads" in log.read_text() for log in logs)  # SLURM_CPUS_PER_TASK
+
+
+@pytest.mark.parametrize("gpus, device, even", [("1", "auto", True), ("null", "auto", False),
+                                                ("1", "cpu", False)])
+def test_seeds_of_a_cell_share_a_job_when_jobs_have_gpus(fake_slurm, data_env, capsys, gpus,
+                                                         device, even):
+    """sweep.max_stack=auto: seed-mates are planned into one job (to train as one stack) when
+    the SLURM jobs ask for a GPU and may use it, and spread like any runs otherwise."""
+    sweep_py = load_script("experiments/sweep.py")
+    grid = [a.replace("train.device=cpu", f"train.device={device}") for a in GRID]
+    assert sweep_py.main([*grid, f"hydra.launcher.gpus_per_node={gpus}", "--dry-run"]) == 0
+    sizes = [int(n) for n in re.findall(r"job \d+: (\d+) runs", capsys.readouterr().out)]
+    assert sum(sizes) == 12
+    assert all(n % 2 == 0 for n in sizes) == even  # the grid has seeds 0 and 1 of each cell
