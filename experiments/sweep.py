@@ -185,7 +185,7 @@ def main(argv: list[str]) -> int:
           f"{len(sweep.configs) - len(pending) - len(elsewhere)} already complete (skipped)"
           f"{in_slurm}, {len(pending)} to run in {len(jobs)} jobs on {launcher}", flush=True)
     if not pending:
-        return still_queued(elsewhere, wait)
+        return still_queued(elsewhere, wait and "--dry-run" not in flags)
     if "--dry-run" in flags:
         for i, job in enumerate(jobs):
             print(f"  job {i}: {len(job)} runs, relative cost {sum(map(run_cost, job)):.3g}")

@@ -195,6 +195,7 @@ def test_rerun_skips_runs_of_queued_slurm_jobs(fake_slurm, data_env, capsys):
     assert len(list(fake_slurm.glob("sbatch-*.sh"))) == 1
     assert sweep_py.main(GRID) == 1  # waiting for them here would draw half a grid
     assert "re-run the same command when they are done" in capsys.readouterr().err
+    assert sweep_py.main([*GRID, "--dry-run"]) == 0  # a plan, not a wait
     (call,) = {c for c in (fake_slurm / "squeue.calls").read_text().splitlines()}
     assert "--array" in call.split() and "--noheader" in call.split() and "--user=" in call
 
