@@ -23,11 +23,12 @@ over layers, no allocation per step. How it is made fast (ARCHITECTURE "Performa
   in a CUDA graph.
 - ``compile``: ``off`` = the eager loop above; ``on`` = a torch.compile'd functional step
   (elementwise work fused around the two matmuls), cached per shape, dtype, device and
-  activation; on CUDA the whole training step (forward, T steps, weight grads) is captured
-  once in a CUDA graph (static buffers) and replayed. ``auto`` = compiled + CUDA graph on
-  CUDA, and on CPU whatever `CPU_AUTO_COMPILE` says (measured: see its comment). Each new
-  capture is checked once against the eager loop; a failed capture or a mismatch falls back
-  to eager with a warning, so a run is slower at worst, never wrong.
+  activation. On CUDA (``auto`` or ``on``) the whole training step (forward, T steps, weight
+  grads) is captured once in a CUDA graph (static buffers) and replayed: the eager loop for
+  ``auto``, the compiled step for ``on`` (see `CUDA_AUTO_COMPILE`); on CPU ``auto`` is what
+  `CPU_AUTO_COMPILE` says (measured: see its comment). Each new capture is checked once
+  against the eager loop; a failed capture or a mismatch falls back to eager with a
+  warning, so a run is slower at worst, never wrong.
 - With an ``observer`` (diagnostics) the eager loop runs and hands out copies of the state.
 - BP runs in the same buffers (forward pass, then the adjoint layer by layer), so it too is
   captured in a CUDA graph on GPU.
@@ -59,6 +60,14 @@ COMPILE_MODES = ("auto", "on", "off")
 # outweighs what fusing the elementwise work saves); the first compile of a shape 5-20 s.
 # So auto = eager on a CPU; `train.compile=on` still compiles there.
 CPU_AUTO_COMPILE = False
+# What `compile=auto` picks on CUDA, where the whole step is captured in a CUDA graph either
+# way: the eager loop's ~13 small kernels per inference step, or the compiled step's fewer,
+# fused ones. Not measured on a GPU yet (`make gpu-check` reports both: `pcalm_ms` and
+# `compiled_pcalm_ms`, and `compile_s`). Chosen by arithmetic: every grid cell is a new shape,
+# and one inductor compile per shape (5-20 s on the CPU above) outweighs what fusing can save
+# in a one-epoch run (937 steps x T = 2L inference steps: at most ~240k steps at L = 128, a few
+# seconds of kernels); with graphs, launch overhead is gone without it.
+CUDA_AUTO_COMPILE = False
 
 
 @dataclass
@@ -238,12 +247,13 @@ def _execute(net: ResidualMLP, x, y, plan: _Plan, mode: str, observer: Observer 
         if not _fast_shapes_ok(net, x, y):
             return _reference(net, x, y, plan, observer)
         path = "eager" if observer is not None else _resolve_path(mode, x.device)
-        if path == "graph":
+        if path in ("graph", "compiled_graph"):
+            compiled = path == "compiled_graph"
             try:
-                return _graph_runner(net, x, y, plan).run(x, y, want_state)
+                return _graph_runner(net, x, y, plan, compiled).run(x, y, want_state)
             except Exception as err:  # a failed capture must not stop a run: fall back
                 _disable("graph", err)
-                path = "compiled" if _available["compiled"] else "eager"
+                path = "compiled" if compiled and _available["compiled"] else "eager"
         ws = _Workspace(net, x, y, plan)
         ws.prepare_weights()
         ws.forward(observer)
@@ -272,15 +282,16 @@ def _disable(path: str, err: Exception) -> None:
 
 
 def _resolve_path(mode: str, device: torch.device) -> str:
-    """eager | compiled | graph. CPU runs never touch a CUDA API."""
+    """eager | compiled | graph (the eager loop captured) | compiled_graph. CPU runs never
+    touch a CUDA API."""
     if mode == "off":
         return "eager"
-    if device.type in GRAPH_DEVICE_TYPES:
-        if _available["graph"]:
-            return "graph"
-        return "compiled" if _available["compiled"] else "eager"
-    want = mode == "on" or CPU_AUTO_COMPILE
-    return "compiled" if want and _available["compiled"] else "eager"
+    graphs = device.type in GRAPH_DEVICE_TYPES
+    want = mode == "on" or (CUDA_AUTO_COMPILE if graphs else CPU_AUTO_COMPILE)
+    compiled = want and _available["compiled"]
+    if graphs and _available["graph"]:
+        return "compiled_graph" if compiled else "graph"
+    return "compiled" if compiled else "eager"
 
 
 def _reference(net, x, y, plan: _Plan, observer) -> _Output:
@@ -610,11 +621,11 @@ class _GraphRunner:
     """
 
     @torch.no_grad()
-    def __init__(self, net: ResidualMLP, x, y, plan: _Plan):
+    def __init__(self, net: ResidualMLP, x, y, plan: _Plan, compiled: bool):
         self.x, self.y = x.clone(), y.clone()
         self.plan = plan
         self.ws = _Workspace(net, self.x, self.y, plan)
-        compiled = _available["compiled"] and plan.kind != "bp"
+        compiled = compiled and _available["compiled"] and plan.kind != "bp"
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -652,14 +663,14 @@ class _GraphRunner:
         return _Output(tuple(g.clone() for g in grads), loss.clone(), state)
 
 
-def _graph_runner(net: ResidualMLP, x, y, plan: _Plan) -> _GraphRunner:
+def _graph_runner(net: ResidualMLP, x, y, plan: _Plan, compiled: bool) -> _GraphRunner:
     params = (net.w_in, net.w_hidden, net.w_out)
     key = (tuple(p.data_ptr() for p in params), tuple(net.w_hidden.shape), net.act.name,
            net.a_in, net.a_hidden, net.a_out, tuple(x.shape), tuple(y.shape), x.dtype,
-           x.device, plan, _available["compiled"])
+           x.device, plan, compiled and _available["compiled"])
     runner = _GRAPHS.get(key)
     if runner is None:
-        runner = _GraphRunner(net, x, y, plan)
+        runner = _GraphRunner(net, x, y, plan, compiled)
         _check_first_replay(runner, net, x, y, plan)
         _GRAPHS[key] = runner
         while len(_GRAPHS) > GRAPH_CACHE_SIZE:

@@ -1,8 +1,9 @@
 """The CUDA paths on a real GPU (skipped where there is none; `make gpu-check` runs them).
 
-- the CUDA-graph path (`compile=auto`: capture, first-replay check, replays on new batches)
-  and the compiled path without graphs give the eager loop's numbers, for BP, PC and
-  PC-ALM, every activation, one model and a stack, with no fallback warning;
+- the CUDA-graph paths (`compile=auto`: the eager loop captured; `on`: the compiled step
+  captured; capture, first-replay check, replays on new batches) and the compiled path
+  without graphs give the eager loop's numbers, for BP, PC and PC-ALM, every activation,
+  one model and a stack, with no fallback warning;
 - the graph follows Adam's in-place updates over several training steps;
 - a short training run on the GPU learns and reports its device.
 
@@ -64,8 +65,9 @@ def _assert_close(got, want):
 @pytest.mark.parametrize("act", ["identity", "tanh", "relu"])
 @pytest.mark.parametrize("models", [None, 3])
 @pytest.mark.parametrize("name, options", CASES)
-@pytest.mark.parametrize("graphs", [True, False], ids=["graph", "compiled"])
-def test_gpu_paths_equal_eager(act, models, name, options, graphs):
+@pytest.mark.parametrize("mode, graphs", [("auto", True), ("on", True), ("on", False)],
+                         ids=["graph", "compiled_graph", "compiled"])
+def test_gpu_paths_equal_eager(act, models, name, options, mode, graphs):
     algorithms._available["graph"] = graphs
     seeds = 0 if models is None else list(range(models))
     net = ResidualMLP(20, 16, 7, output_dim=5, activation=act, seed=seeds, device="cuda")
@@ -73,7 +75,7 @@ def test_gpu_paths_equal_eager(act, models, name, options, graphs):
         warnings.filterwarnings("error", message=FALLBACK)  # the path did not run
         for seed in (1, 2, 3):  # the first call captures; the others replay on new data
             x, y = _batch(models, seed)
-            _assert_close(_grads(name, options, "auto", net, x, y),
+            _assert_close(_grads(name, options, mode, net, x, y),
                           _grads(name, options, "off", net, x, y))
     assert algorithms._available == {"compiled": True, "graph": graphs}
     if graphs:

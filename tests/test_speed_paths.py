@@ -141,6 +141,19 @@ def test_cpu_paths_never_pick_cuda_graphs():
     assert algorithms._resolve_path("auto", cpu) in ("eager", "compiled")
 
 
+def test_cuda_paths(monkeypatch):
+    """On CUDA: auto = the eager loop in a CUDA graph, on = the compiled step in one; what is
+    left when a path has failed in this process."""
+    cuda = torch.device("cuda")  # a device name: nothing here touches CUDA
+    monkeypatch.setattr(algorithms, "_available", {"compiled": True, "graph": True})
+    paths = {mode: algorithms._resolve_path(mode, cuda) for mode in ("auto", "on", "off")}
+    assert paths == {"auto": "graph", "on": "compiled_graph", "off": "eager"}
+    algorithms._available["graph"] = False
+    assert [algorithms._resolve_path(m, cuda) for m in ("auto", "on")] == ["eager", "compiled"]
+    algorithms._available["compiled"] = False
+    assert algorithms._resolve_path("on", cuda) == "eager"
+
+
 def _compiled_equals_eager(act, depth, name, options, width=6, models=None):
     net = ResidualMLP(9, width, depth, output_dim=4, activation=act, dtype=torch.float32,
                       seed=0 if models is None else list(range(models)))
@@ -261,15 +274,15 @@ def _stack_net():
 def test_graph_runner_flow_on_cpu(fake_cuda, compiled):
     """The CUDA-graph runner's logic, with CUDA stubbed out: the captured body makes no host
     round-trip and no host-to-device copy, and replays on new (x, y) give eager's numbers."""
-    algorithms._available["compiled"] = compiled
     net = _stack_net()
     for name, opts, plan in [
         ("pcalm", GRAPH_OPTIONS, _algo("pcalm", GRAPH_OPTIONS)._plan()),
         ("bp", {}, algorithms._Plan("bp")),
     ]:
-        runner = algorithms._graph_runner(net, *_data(models=2, dtype=torch.float32), plan)
+        x0, y0 = _data(models=2, dtype=torch.float32)
+        runner = algorithms._graph_runner(net, x0, y0, plan, compiled)
         assert fake_cuda[-1] is runner.graph and runner.compiled == (compiled and name != "bp")
-        assert algorithms._graph_runner(net, *_data(models=2, dtype=torch.float32), plan) is runner
+        assert algorithms._graph_runner(net, x0, y0, plan, compiled) is runner
         for seed in (5, 6):  # new data each call, through the static input buffers
             x, y = _data(models=2, seed=seed, dtype=torch.float32)
             out = runner.run(x, y, want_state=name != "bp")
@@ -281,7 +294,7 @@ def test_graph_runner_flow_on_cpu(fake_cuda, compiled):
         first = out.grads[1].clone()
         runner.run(*_data(models=2, seed=9, dtype=torch.float32), want_state=False)
         torch.testing.assert_close(out.grads[1], first)  # returned grads are copies
-    assert algorithms._available == {"compiled": compiled, "graph": True}
+    assert algorithms._available == {"compiled": True, "graph": True}
 
 
 def test_graph_runner_follows_in_place_weight_updates(fake_cuda):
