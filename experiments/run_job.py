@@ -56,9 +56,9 @@ def run_job(manifest_path: str, index: int) -> None:
         device = resolve_device(job["runs"][0]["train"]["device"]).type
     except ValueError:  # e.g. cuda asked for and absent: each run will fail and say so
         device = "cpu"
-    stack = stack_size(manifest.get("max_stack", 1), device) or len(job["runs"])
+    stack = stack_size(manifest.get("max_stack", 1), device)
     log.info(f"job {index}: {len(job['runs'])} runs, {threads or 'default'} threads, "
-             f"{device}, up to {stack} seeds per stack")
+             f"{device}, up to {stack} models per stack")
     failed = []
     for unit in stack_units(job["runs"], stack):
         set_threads(unit[0]["train"]["threads"] or threads)  # a run's own setting wins

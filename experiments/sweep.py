@@ -153,7 +153,7 @@ def plan(sweep: Sweep, queued: dict[str, str], device: str) -> tuple[list[dict],
     pending = [c for c in sweep.configs
                if not is_complete(c) and RunFolder(c["results_dir"], c).id not in queued]
     n_jobs = job_count(s["launcher"], len(pending), s["runs_per_job"], s["local_jobs"], cores())
-    stack = stack_size(s["max_stack"], device) or len(pending)
+    stack = stack_size(s["max_stack"], device)
     return pending, plan_jobs(pending, n_jobs, stack) if pending else []
 
 

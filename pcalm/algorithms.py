@@ -174,6 +174,54 @@ class PCALM(PC):
                      float(self.alpha), self.inner_steps, self.weight_credit == "post_dual")
 
 
+@dataclass
+class Stacked(Algorithm):
+    """PC / PC-ALM members of a model stack that differ in η_h, ρ or α (one member per model,
+    in stack order): one inference loop with those options as per-model tensors. A PC
+    member is PC-ALM with α = 0 and ρ = 1 (λ stays 0: ε = r, exactly PC). Built by
+    `stack_algorithms`, which checks that the members share budget, inner steps and
+    weight credit."""
+
+    members: tuple[Algorithm, ...] = ()
+    name = "stacked"
+
+    def _plan(self) -> _Plan:
+        first = _as_pcalm(self.members[0])
+        forms = [_as_pcalm(a) for a in self.members]
+        return _Plan("pcalm", first.budget, tuple(float(a.state_lr) for a in forms),
+                     tuple(float(a.rho) for a in forms), tuple(float(a.alpha) for a in forms),
+                     first.inner_steps, first.weight_credit == "post_dual")
+
+    infer = PC.infer
+    stacked_weight_grads = PC.stacked_weight_grads
+
+
+def _as_pcalm(algo: Algorithm) -> PCALM:
+    """PC as the PC-ALM that computes exactly what it does; PC-ALM as it is."""
+    if isinstance(algo, PCALM):
+        return algo
+    if isinstance(algo, PC):
+        return PCALM(budget=algo.budget, state_lr=algo.state_lr, rho=1.0, alpha=0.0)
+    raise ValueError(f"algorithm {algo.name!r} cannot share a stack with PC / PC-ALM members")
+
+
+def stack_algorithms(algos: list[Algorithm]) -> Algorithm:
+    """One algorithm for a model stack whose m-th model trains with ``algos[m]``.
+
+    Equal members: that algorithm. PC / PC-ALM members that differ only in η_h, ρ, α (or
+    PC vs PC-ALM): a `Stacked` one. Anything else (BP beside PC, other budgets, inner steps
+    or weight credit) is a ValueError naming the difference.
+    """
+    if all(a == algos[0] for a in algos):
+        return algos[0]
+    forms = [_as_pcalm(a) for a in algos]
+    for key in ("budget", "inner_steps", "weight_credit"):
+        values = sorted({str(getattr(f, key)) for f in forms})
+        if len(values) > 1:
+            raise ValueError(f"a stack's algorithms must share {key}, got {', '.join(values)}")
+    return Stacked(members=tuple(algos))
+
+
 def run_inference(
     net: ResidualMLP,
     x: torch.Tensor,
@@ -208,15 +256,20 @@ class _Plan:
 
     kind: str  # bp | pc | pcalm
     budget: int = 0
-    state_lr: float = 0.0
-    rho: float = 1.0
-    alpha: float | None = None  # None: no multipliers (PC)
+    state_lr: float | tuple[float, ...] = 0.0  # a tuple: one value per model of a stack
+    rho: float | tuple[float, ...] = 1.0
+    alpha: float | tuple[float, ...] | None = None  # None: no multipliers (PC)
     inner_steps: int = 1
     post_dual: bool = False
 
     @property
     def has_lam(self) -> bool:
         return self.kind == "pcalm"
+
+    @property
+    def per_model(self) -> bool:
+        """Options that differ between the models of a stack (`stack_algorithms`)."""
+        return isinstance(self.state_lr, tuple)
 
 
 @dataclass
@@ -247,6 +300,8 @@ def _execute(net: ResidualMLP, x, y, plan: _Plan, mode: str, observer: Observer 
         if not _fast_shapes_ok(net, x, y):
             return _reference(net, x, y, plan, observer)
         path = "eager" if observer is not None else _resolve_path(mode, x.device)
+        if plan.per_model:  # the compiled step takes scalar options only
+            path = {"compiled": "eager", "compiled_graph": "graph"}.get(path, path)
         if path in ("graph", "compiled_graph"):
             compiled = path == "compiled_graph"
             try:
@@ -296,6 +351,9 @@ def _resolve_path(mode: str, device: torch.device) -> str:
 
 def _reference(net, x, y, plan: _Plan, observer) -> _Output:
     """Any input shape the fast loop does not take: the previous stacked eager path."""
+    if plan.per_model:
+        raise ValueError(f"a stack with per-model options takes x of shape [M, B, "
+                         f"{net.input_dim}] or [B, {net.input_dim}], not {list(x.shape)}")
     if plan.kind == "bp":
         h, delta, e = energy.backprop(net, x, y)
         grads = energy.weight_grads(net, x, h, -delta, e)
@@ -350,11 +408,18 @@ class _Workspace:
         self.e = new(m, B, C)
         self.loss = None
         self.one = torch.ones((), dtype=net.w_in.dtype, device=net.w_in.device)
-        # The compiled step's coefficients [η_h, ρ, α (0: no dual update), a_h, a_out], made
+        # Per-model η_h, ρ, α of a mixed stack as [1, M, 1, 1] tensors (None: scalars); and
+        # the compiled step's coefficients [η_h, ρ, α (0: no dual update), a_h, a_out]. Made
         # here so that nothing is copied to the device while a CUDA graph is captured.
-        self.coef = {dual: torch.tensor(
-            [plan.state_lr, plan.rho, (plan.alpha or 0.0) if dual else 0.0, self.a_h, self.a_out],
-            dtype=net.w_in.dtype, device=net.w_in.device) for dual in (False, True)}
+        self.eta_m = self.rho_m = self.alpha_m = None
+        if plan.per_model:
+            self.eta_m, self.rho_m, self.alpha_m = (
+                self._per_model(v) for v in (plan.state_lr, plan.rho, plan.alpha))
+        else:
+            self.coef = {dual: torch.tensor(
+                [plan.state_lr, plan.rho, (plan.alpha or 0.0) if dual else 0.0, self.a_h,
+                 self.a_out], dtype=net.w_in.dtype, device=net.w_in.device)
+                for dual in (False, True)}
         # Views used every step, made once (flattened (layer, model) batches for bmm).
         def flat(t):  # [K, M, ...] → [K·M, ...], a view (every buffer is contiguous)
             return t.view(K * m, *t.shape[2:])
@@ -366,6 +431,12 @@ class _Workspace:
         self.Q_hidden, self.Q_top = flat(self.Q[:K]), self.Q[L - 2]
         self.P_top = self.P[L - 2]
         self.W3, self.WT3 = flat(self.W), flat(self.WT)
+
+    def _per_model(self, values: tuple[float, ...]) -> torch.Tensor:
+        if len(values) != self.m:
+            raise ValueError(f"per-model options for {len(values)} models, but the net is a "
+                             f"stack of {self.m}")
+        return torch.tensor(values, dtype=self.z.dtype, device=self.z.device).view(1, -1, 1, 1)
 
     # -- pieces -------------------------------------------------------------------------
     def prepare_weights(self) -> None:
@@ -403,7 +474,11 @@ class _Workspace:
     def _credit(self, dual: bool) -> None:
         """R holds r: dual ascent λ ← λ + α r if `dual`, then ε = ρ r + λ in place."""
         p = self.plan
-        if self.lam is not None:
+        if self.rho_m is not None:  # a mixed stack (always with λ; a PC member has α = 0)
+            if dual:
+                self.lam.addcmul_(self.R, self.alpha_m)
+            torch.addcmul(self.lam, self.R, self.rho_m, out=self.R)
+        elif self.lam is not None:
             if dual:
                 self.lam.add_(self.R, alpha=p.alpha)
             torch.add(self.lam, self.R, alpha=p.rho, out=self.R)
@@ -411,6 +486,8 @@ class _Workspace:
             self.R.mul_(p.rho)
 
     def _observed_credit(self) -> torch.Tensor:
+        if self.rho_m is not None:
+            return torch.addcmul(self.lam, self.R, self.rho_m)
         if self.lam is not None:
             return torch.add(self.lam, self.R, alpha=self.plan.rho)
         return self.R * self.plan.rho
@@ -479,12 +556,18 @@ class _Workspace:
             torch.bmm(self.E_above, self.W3, out=self.Q_hidden)  # a_h ε_{l+1} W_{l+1}
         torch.bmm(self.e, self.Wo_neg, out=self.Q_top)  # −a_out e W_L
         z = self.z
-        if self.D is None:
-            z.add_(self.Q, alpha=eta)
+        if self.eta_m is not None:  # a mixed stack: Q ← D ⊙ Q + ε_next − ε, z ← z + η_m Q
+            if self.D is not None:
+                self.Q.mul_(self.D)
+            self.Q.add_(self.E[1:]).sub_(self.E[:-1])
+            z.addcmul_(self.Q, self.eta_m)
         else:
-            z.addcmul_(self.D, self.Q, value=eta)
-        z.add_(self.E[1:], alpha=eta)
-        z.sub_(self.E[:-1], alpha=eta)
+            if self.D is None:
+                z.add_(self.Q, alpha=eta)
+            else:
+                z.addcmul_(self.D, self.Q, value=eta)
+            z.add_(self.E[1:], alpha=eta)
+            z.sub_(self.E[:-1], alpha=eta)
         self._phi_all()
         self._residuals()
         self._readout()

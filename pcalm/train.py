@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from pcalm.algorithms import BP, Algorithm, make_algorithm
+from pcalm.algorithms import BP, Algorithm, make_algorithm, stack_algorithms
 from pcalm.config import DEVICES, DTYPES
 from pcalm.data import Dataset
 from pcalm.diagnostics import grad_alignment
 from pcalm.model import ResidualMLP
+from pcalm.optim import make_adam
 
 EVAL_CHUNK = 2000
 ALIGNMENT_BATCH = 64
@@ -45,13 +46,26 @@ def learning_rate(cfg: dict) -> float:
     return cfg["train"]["eta0"] * m["gamma0"] ** 2 * math.sqrt(m["width"] / m["depth"])
 
 
+# What the models of one stack may differ in: the seed; Adam's η0 (pcalm.optim.StackedAdam);
+# η_h, ρ, α and PC vs PC-ALM (pcalm.algorithms.Stacked: per-model tensors in the loop).
+PER_MODEL_TRAIN_KEYS = ("seed", "eta0")
+PER_MODEL_ALGO_KEYS = ("state_lr", "rho", "alpha")
+
+
 def stack_key(cfg: dict) -> str:
-    """Configs with equal keys can train as one stack: all but the seed agree."""
+    """Configs with equal keys can train as one stack: all agree but for what a stack's
+    models may differ in (above)."""
     import json
 
-    rest = {k: v for k, v in cfg.items() if k not in ("train", "name", "logger", "results_dir")}
-    train = {k: v for k, v in cfg["train"].items() if k != "seed"}
-    return json.dumps({"rest": rest, "train": train}, sort_keys=True, default=str)
+    rest = {k: v for k, v in cfg.items()
+            if k not in ("train", "algo", "name", "logger", "results_dir")}
+    train = {k: v for k, v in cfg["train"].items() if k not in PER_MODEL_TRAIN_KEYS}
+    algo = dict(cfg["algo"])
+    if algo["name"] in ("pc", "pcalm"):  # PC stacks as PC-ALM with α = 0 (and ρ = 1)
+        algo = {"name": "pc|pcalm", "budget": algo["budget"],
+                "inner_steps": algo.get("inner_steps", 1),
+                "weight_credit": algo.get("weight_credit", "pre_dual")}
+    return json.dumps({"rest": rest, "train": train, "algo": algo}, sort_keys=True, default=str)
 
 
 def build_algorithm(cfg: dict) -> Algorithm:
@@ -114,7 +128,8 @@ class Trainer:
     def __init__(self, configs: list[dict], dataset: Dataset, device: torch.device | None = None):
         keys = {stack_key(c) for c in configs}
         if len(keys) != 1:
-            raise ValueError("a stack's configs must differ only in train.seed")
+            raise ValueError("a stack's configs may differ only in train.seed, train.eta0, "
+                             "algo.state_lr, algo.rho, algo.alpha and pc vs pcalm")
         self.configs = configs
         self.cfg = configs[0]
         self.data = dataset
@@ -123,11 +138,9 @@ class Trainer:
         dtype = DTYPES[self.cfg["train"]["dtype"]]
         self.net = build_net(self.cfg, dataset.input_dim, self.seeds, self.device,
                              dataset.num_classes)
-        self.algo = build_algorithm(self.cfg)
+        self.algo = stack_algorithms([build_algorithm(c) for c in configs])
         self.algo.compile_mode = self.cfg["train"].get("compile", "auto")  # same numbers
-        self.optimizer = torch.optim.Adam(
-            self.net.parameters(), lr=learning_rate(self.cfg), betas=(0.9, 0.999), eps=1e-8
-        )
+        self.optimizer = make_adam(self.net.parameters(), [learning_rate(c) for c in configs])
         self.x_train = dataset.x_train.to(self.device, dtype)
         self.y_train = dataset.y_train.to(self.device)
         self.x_test = dataset.x_test.to(self.device, dtype)
@@ -277,7 +290,7 @@ class Trainer:
                 "test_mse": math.nan if diverged else last.get("test_mse", math.nan),
                 "test_ce": math.nan if diverged else last.get("test_ce", math.nan),
                 "train_loss": last.get("train_loss", math.nan),
-                "lr": learning_rate(self.cfg),
+                "lr": learning_rate(self.configs[m]),
                 "wall_time_s": seconds,
                 "device": str(self.device),
                 "models_in_stack": len(self.seeds),

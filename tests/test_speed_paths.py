@@ -92,6 +92,65 @@ def test_stacked_models_equal_single_models(name, options, shared_x):
         assert state.z.shape == (m, depth - 1, 6, 6) and state.z.is_contiguous()
 
 
+MIXED = {  # stacks whose models differ in η_h, ρ, α, or PC vs PC-ALM (one entry per model)
+    "pc and pcalm twins": [("pc", {"budget": 6, "state_lr": 0.2}),
+                           ("pcalm", {"budget": 6, "state_lr": 0.2})],
+    "state_lr, rho, alpha": [("pcalm", {"budget": 5, "state_lr": 0.1, "rho": 1.4}),
+                             ("pcalm", {"budget": 5, "state_lr": 0.25, "alpha": 0.5}),
+                             ("pc", {"budget": 5, "state_lr": 0.15})],
+    "post_dual, inner steps": [
+        ("pcalm", {"budget": 4, "state_lr": 0.2, "inner_steps": 2, "weight_credit": "post_dual"}),
+        ("pcalm", {"budget": 4, "state_lr": 0.1, "alpha": 0.3, "inner_steps": 2,
+                   "weight_credit": "post_dual"})],
+}
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("case", list(MIXED))
+def test_mixed_stack_equals_single_models(act, case):
+    """A stack of models with their own η_h, ρ, α (PC as PC-ALM with α = 0) computes what
+    each model computes alone: gradients, loss and final state, float64."""
+    members = [_algo(name, opts) for name, opts in MIXED[case]]
+    stacked = algorithms.stack_algorithms(members)
+    assert isinstance(stacked, algorithms.Stacked)
+    stacked.compile_mode = "off"
+    seeds = list(range(len(members)))
+    net = ResidualMLP(9, 6, 5, output_dim=4, activation=act, seed=seeds, dtype=torch.float64,
+                      gamma0=0.3)
+    x, y = _data(batch=6, models=len(members))
+    got = stacked.stacked_weight_grads(net, x, y)
+    state = stacked.infer(net, x, y)
+    for i, (seed, algo) in enumerate(zip(seeds, members)):
+        single = _net(act, 5, seed=seed, gamma0=0.3)
+        _close([g[i] for g in got], algo.stacked_weight_grads(single, x[i], y[i]),
+               rtol=1e-12, atol=1e-14)
+        alone = algo.infer(single, x[i], y[i])
+        _close([state.z[i], state.eps[i]], [alone.z, alone.eps], rtol=1e-12, atol=1e-14)
+        if alone.lam is None:  # a PC member: its multipliers stay exactly zero
+            assert not state.lam[i].any()
+
+
+def test_stack_algorithms_rules():
+    pc = make_algorithm("pc", budget=4, state_lr=0.2)
+    assert algorithms.stack_algorithms([pc, make_algorithm("pc", budget=4, state_lr=0.2)]) == pc
+    bad = {
+        "bp beside pc": ([make_algorithm("bp"), pc], "'bp' cannot share a stack"),
+        "budgets": ([pc, make_algorithm("pcalm", budget=5, state_lr=0.2)],
+                    "must share budget, got 4, 5"),
+        "inner steps": ([pc, make_algorithm("pcalm", budget=4, state_lr=0.2, inner_steps=2)],
+                        "must share inner_steps, got 1, 2"),
+        "weight credit": ([make_algorithm("pcalm", budget=4, weight_credit="post_dual"), pc],
+                          "must share weight_credit, got post_dual, pre_dual"),
+    }
+    for members, message in bad.values():
+        with pytest.raises(ValueError, match=message):
+            algorithms.stack_algorithms(members)
+    mixed = algorithms.stack_algorithms([pc, make_algorithm("pc", budget=4, state_lr=0.3)])
+    net = ResidualMLP(9, 6, 4, output_dim=4, seed=[0, 1, 2], dtype=torch.float64)
+    with pytest.raises(ValueError, match="options for 2 models, but the net is a stack of 3"):
+        mixed.weight_grads(net, *_data())
+
+
 def test_forward_residuals_are_exactly_zero():
     """Credit that has not arrived is exactly 0 (not rounding noise) on the fast path."""
     net = ResidualMLP(9, 6, 12, output_dim=4, activation="relu", seed=0)
@@ -295,6 +354,32 @@ def test_graph_runner_flow_on_cpu(fake_cuda, compiled):
         runner.run(*_data(models=2, seed=9, dtype=torch.float32), want_state=False)
         torch.testing.assert_close(out.grads[1], first)  # returned grads are copies
     assert algorithms._available == {"compiled": True, "graph": True}
+
+
+def test_mixed_stack_through_the_graph_path(fake_cuda):
+    members = [_algo(name, opts) for name, opts in MIXED["state_lr, rho, alpha"]]
+    stacked = algorithms.stack_algorithms(members)
+    stacked.compile_mode = "on"  # the compiled step takes scalars only: the eager loop is captured
+    net = ResidualMLP(9, 6, 5, output_dim=4, activation="tanh", seed=[0, 1, 2],
+                      dtype=torch.float32)
+    for seed in (1, 2):
+        x, y = _data(models=3, seed=seed, dtype=torch.float32)
+        got = stacked.stacked_weight_grads(net, x, y)
+        for i, algo in enumerate(members):
+            want = algo.stacked_weight_grads(_single_of(net, i), x[i], y[i])
+            _close([g[i] for g in got], want, rtol=1e-4, atol=1e-6)
+    (runner,) = algorithms._GRAPHS.values()
+    assert not runner.compiled and algorithms._available == {"compiled": True, "graph": True}
+
+
+def _single_of(stack: ResidualMLP, i: int) -> ResidualMLP:
+    """Model i of a stack as a lone net with the same weights."""
+    single = ResidualMLP(stack.input_dim, stack.width, stack.depth, output_dim=stack.output_dim,
+                         activation=stack.act.name, seed=0, dtype=stack.w_in.dtype)
+    with torch.no_grad():
+        for name in ("w_in", "w_hidden", "w_out"):
+            getattr(single, name).copy_(getattr(stack, name)[i])
+    return single
 
 
 def test_graph_runner_follows_in_place_weight_updates(fake_cuda):

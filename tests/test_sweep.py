@@ -18,6 +18,7 @@ import pytest
 from pcalm import cli, sweep
 from pcalm.results import RunFolder, load
 from pcalm.sweep import (
+    AUTO_GPU_STACK,
     expand,
     experiment_scale,
     job_count,
@@ -129,15 +130,20 @@ def test_plan_jobs_balanced_every_run_once(data_env):
         assert all(len(unit) == 2 for unit in stack_units(job, 2))
 
 
-def test_max_stack_auto_stacks_seeds_on_a_gpu_only(data_env):
-    configs = expand(FIG2)  # seeds 0 and 1 of every cell
-    assert stack_size("auto", "cpu") == 1 and stack_size("auto", "cuda") is None
+def test_max_stack_auto_stacks_a_cell_on_a_gpu_only(data_env):
+    configs = expand(FIG2)  # BP, PC and PC-ALM, seeds 0 and 1, of every cell
+    assert stack_size("auto", "cpu") == 1 and stack_size("auto", "cuda") == AUTO_GPU_STACK
     assert stack_size(3, "cpu") == stack_size(3, "cuda") == 3
     assert {len(u) for u in stack_units(configs, "auto", "cpu")} == {1}
     gpu_units = stack_units(configs, "auto", "cuda")
-    assert {len(u) for u in gpu_units} == {2} and len(gpu_units) == len(configs) // 2
+    members = {tuple(sorted((c["algo"]["name"], c["train"]["seed"]) for c in u))
+               for u in gpu_units}  # BP apart; PC and PC-ALM twins together
+    assert members == {(("bp", 0), ("bp", 1)), (("pc", 0), ("pc", 1), ("pcalm", 0), ("pcalm", 1))}
+    for unit in gpu_units:  # one cell per stack
+        assert len({(c["model"]["width"], c["model"]["depth"], c["model"]["activation"])
+                    for c in unit}) == 1
     for job in plan_jobs(configs, 5, max_stack="auto"):  # planned before the device is known
-        assert {len(u) for u in stack_units(job, "auto", "cuda")} == {2}
+        assert {len(u) for u in stack_units(job, "auto", "cuda")} <= {2, 4}
 
 
 def test_job_counts():

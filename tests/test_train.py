@@ -75,6 +75,38 @@ def test_a_stack_of_seeds_trains_like_lone_runs(fake_data_root, results_dir, alg
         assert summary["train_loss"] == pytest.approx(alone["train_loss"], rel=1e-4)
 
 
+def test_a_mixed_stack_trains_like_lone_runs(fake_data_root, results_dir):
+    """Twins and learning-rate variants of one cell (PC / PC-ALM, own η_h, α, ρ, η0) train
+    as one stack — per-model options in the loop and in Adam — exactly as each alone
+    (float64, so that only rounding differs)."""
+    variants = [
+        ("pc", {}, {"seed": 0}),
+        ("pcalm", {"alpha": 0.5, "rho": 1.5}, {"seed": 0}),
+        ("pcalm", {"state_lr": 0.1}, {"seed": 1, "eta0": 0.003}),
+        ("pc", {"state_lr": 0.3}, {"seed": 1, "eta0": 0.0005}),
+    ]
+    cfgs = [resolve_run_config(base_config(
+        fake_data_root, results_dir, algo={**ALGOS[name], **algo},
+        train={"epochs": 1, "dtype": "float64", **train})) for name, algo, train in variants]
+    data = load_run_dataset(cfgs[0])
+    trainer = Trainer(cfgs, data)
+    assert trainer.algo.name == "stacked"
+    stacked = trainer.run()
+    for cfg, summary in zip(cfgs, stacked):
+        alone = Trainer([cfg], data).run()[0]
+        assert summary["models_in_stack"] == 4 and summary["lr"] == alone["lr"]
+        for key in ("test_mse", "train_loss", "grad_cosine"):
+            assert summary[key] == pytest.approx(alone[key], rel=1e-9), key
+    assert len({s["test_mse"] for s in stacked}) == 4  # the variants do differ
+
+
+def test_configs_that_cannot_share_a_stack_are_refused(fake_data_root, results_dir):
+    a = _config(fake_data_root, results_dir, "pc")
+    b = _config(fake_data_root, results_dir, "pc", model={"width": 8})
+    with pytest.raises(ValueError, match="may differ only in train.seed, train.eta0"):
+        Trainer([a, b], load_run_dataset(a))
+
+
 def test_divergence_is_recorded_not_raised(fake_data_root, results_dir):
     # η_h = 2 is 5× the stability limit 2/λ_max ≈ 0.4: states grow ~8× per step and
     # overflow float32 within the T = 64 steps of the first batch.
