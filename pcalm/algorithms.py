@@ -30,6 +30,9 @@ over layers, no allocation per step. How it is made fast (ARCHITECTURE "Performa
   against the eager loop; a failed capture or a mismatch falls back to eager with a
   warning, so a run is slower at worst, never wrong.
 - With an ``observer`` (diagnostics) the eager loop runs and hands out copies of the state.
+- A stack whose models differ in η_h, ρ or α (`stack_algorithms`; PC members as PC-ALM with
+  α = 0) carries them as ``[1, M, 1, 1]`` tensors: the same loop with one more elementwise
+  op per step, eager or CUDA-graph captured (the compiled step takes scalars only).
 - BP runs in the same buffers (forward pass, then the adjoint layer by layer), so it too is
   captured in a CUDA graph on GPU.
 - Inputs the fast loop does not take (e.g. x with extra batch dims) run the previous stacked
@@ -186,11 +189,11 @@ class Stacked(Algorithm):
     name = "stacked"
 
     def _plan(self) -> _Plan:
-        first = _as_pcalm(self.members[0])
         forms = [_as_pcalm(a) for a in self.members]
-        return _Plan("pcalm", first.budget, tuple(float(a.state_lr) for a in forms),
+        shared = forms[0]  # budget, inner steps and weight credit agree (stack_algorithms)
+        return _Plan("pcalm", shared.budget, tuple(float(a.state_lr) for a in forms),
                      tuple(float(a.rho) for a in forms), tuple(float(a.alpha) for a in forms),
-                     first.inner_steps, first.weight_credit == "post_dual")
+                     shared.inner_steps, shared.weight_credit == "post_dual")
 
     infer = PC.infer
     stacked_weight_grads = PC.stacked_weight_grads
