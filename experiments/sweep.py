@@ -85,10 +85,8 @@ def launcher_overrides(sweep: Sweep, name: str, results_dir: Path) -> tuple[list
 
 def planning_device(configs: list[dict], jobs_have_gpu: bool) -> str:
     """Where the jobs will train (cpu | cuda), for `sweep.max_stack=auto` when grouping runs."""
-    asked = {c["train"]["device"] for c in configs}
-    if asked == {"cpu"}:
-        return "cpu"
-    return "cuda" if jobs_have_gpu else "cpu"
+    cpu_only = all(c["train"]["device"] == "cpu" for c in configs)
+    return "cuda" if jobs_have_gpu and not cpu_only else "cpu"
 
 
 def quoted(key: str, value) -> str:

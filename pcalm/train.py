@@ -60,11 +60,9 @@ def stack_key(cfg: dict) -> str:
     rest = {k: v for k, v in cfg.items()
             if k not in ("train", "algo", "name", "logger", "results_dir")}
     train = {k: v for k, v in cfg["train"].items() if k not in PER_MODEL_TRAIN_KEYS}
-    algo = dict(cfg["algo"])
-    if algo["name"] in ("pc", "pcalm"):  # PC stacks as PC-ALM with α = 0 (and ρ = 1)
-        algo = {"name": "pc|pcalm", "budget": algo["budget"],
-                "inner_steps": algo.get("inner_steps", 1),
-                "weight_credit": algo.get("weight_credit", "pre_dual")}
+    algo = {k: v for k, v in cfg["algo"].items() if k not in PER_MODEL_ALGO_KEYS}
+    if algo["name"] in ("pc", "pcalm"):  # PC stacks as PC-ALM with α = 0 and ρ = 1
+        algo = {"inner_steps": 1, "weight_credit": "pre_dual", **algo, "name": "pc|pcalm"}
     return json.dumps({"rest": rest, "train": train, "algo": algo}, sort_keys=True, default=str)
 
 
