@@ -8,7 +8,6 @@ the whole path — manifest, pickled job, run_job under SLURM — runs on this m
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -22,21 +21,13 @@ import pytest
 
 from pcalm.results import RunFolder
 from pcalm.sweep import expand
+from tests.conftest import REPO, load_script
 
-REPO = Path(__file__).resolve().parent.parent
 FIRST_JOB_ID = 4242
 SMALL = ["data.train_size=200", "data.test_size=100", "train.batch_size=50",
          "train.evals_per_epoch=1", "inference.state_lr=0.25", "inference.budget=4",
          "train.progress=off", "train.device=cpu"]
 
-
-def load_script(relative: str):
-    """experiments/sweep.py as a module, to call its `main` in-process."""
-    path = REPO / relative
-    spec = importlib.util.spec_from_file_location(path.stem + "_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 SBATCH = """\
 import os, re, subprocess, sys

@@ -12,6 +12,7 @@ import torch
 from pcalm import algorithms, naive
 from pcalm.algorithms import make_algorithm
 from pcalm.model import ResidualMLP
+from tests.conftest import load_script
 
 ACTS = ["identity", "tanh", "relu"]
 CASES = [
@@ -426,13 +427,8 @@ def test_replay_check_treats_shared_nan_as_agreement():
 def test_bench_script_writes_its_table(tmp_path, monkeypatch, capsys):
     """`make bench` end to end at toy sizes: the columns the issue asks for, atomically written."""
     import csv
-    import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
-    spec = importlib.util.spec_from_file_location("pcalm_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("scripts/bench.py")
     monkeypatch.setattr(bench, "GRID", [4, 6])
     monkeypatch.setattr(bench, "GRID_SHORT_T", 2)
     monkeypatch.setattr(bench, "GRID_MID", (4, 4))

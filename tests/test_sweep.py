@@ -7,7 +7,6 @@ scripts' `main` in-process (same code, no interpreter start-up).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -27,22 +26,13 @@ from pcalm.sweep import (
     stack_size,
     stack_units,
 )
+from tests.conftest import REPO, load_script
 
-REPO = Path(__file__).resolve().parent.parent
 # Tiny cells: 200 training samples, 4 steps, one evaluation; η_h fixed (no eta table needed).
 SMALL = ["data.train_size=200", "data.test_size=100", "train.batch_size=50",
          "train.evals_per_epoch=1", "inference.state_lr=0.25", "inference.budget=4",
          "train.progress=off", "train.device=cpu"]
 FIG2 = ["experiment=figure2", "scale=smoke", "inference.state_lr=0.25"]
-
-
-def load_script(relative: str):
-    """An entry-point script as a module, to call its `main` in-process."""
-    path = REPO / relative
-    spec = importlib.util.spec_from_file_location(path.stem + "_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
