@@ -37,6 +37,10 @@ class StackedAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        loss = None
+        if closure is not None:  # torch.optim's contract: re-evaluate the loss first
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
@@ -57,4 +61,4 @@ class StackedAdam(torch.optim.Optimizer):
                 denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
                 lr = state["lr"].view(-1, *([1] * (p.dim() - 1))) / (1 - beta1**t)
                 p.sub_(m / denom * lr)
-        return None
+        return loss
