@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from pcalm.algorithms import ALGORITHMS, COMPILE_MODES, algorithm_options, make_algorithm
-from pcalm.data import DATASETS
-from pcalm.eta import lookup_state_lr
+from pcalm.data import DATASETS, IMAGE_DATASETS, DataError, files_checksum
+from pcalm.eta import SOURCE_CONFIG, lookup_state_lr
 from pcalm.model import ACTIVATIONS, PARAMETERISATIONS, get_activation
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -25,7 +25,7 @@ PROGRESS = ("auto", "on", "off")
 
 SECTION_KEYS = {
     "model": ("width", "depth", "activation", "param", "gamma0"),
-    "data": ("name", "root", "train_size", "test_size"),
+    "data": ("name", "root", "train_size", "test_size", "verify"),
     "train": (
         "epochs", "batch_size", "eta0", "seed", "device", "dtype", "evals_per_epoch",
         "threads", "progress", "checkpoint_every", "compile",
@@ -80,7 +80,25 @@ def _check_sections(cfg: dict) -> None:
             raise ConfigError(f"missing key {section}.{missing[0]}")
 
 
-def _resolve_algo(cfg: dict, eta_table: Path | None) -> None:
+def _resolve_data_identity(cfg: dict) -> None:
+    """What data a run sees is part of its identity. `verify: true` (the default) admits only
+    the official MNIST / Fashion-MNIST files (MD5-checked when loaded), so their root is not;
+    `verify: false` admits any real-format files and records their checksum, read now. Files
+    that cannot be read now leave it out: such a run stops at loading (pcalm.runner)."""
+    from pcalm.tasks import TASKS
+
+    data = cfg["data"]
+    if data["name"] not in IMAGE_DATASETS or data["verify"]:
+        return
+    if not TASKS[cfg["task"]["name"]].needs_data:
+        return
+    try:
+        data["checksum"] = files_checksum(data["name"], data["root"])
+    except DataError:
+        pass
+
+
+def _resolve_algo(cfg: dict, eta_table: Path | None, authors_table: Path | None) -> None:
     algo = cfg.get("algo")
     if not isinstance(algo, dict) or "name" not in algo:
         raise ConfigError("missing config key algo.name")
@@ -97,9 +115,12 @@ def _resolve_algo(cfg: dict, eta_table: Path | None) -> None:
     if algo.get("budget") == "2L":  # the paper's grid rule T = 2L (SPEC §4)
         algo["budget"] = 2 * model["depth"]
     if algo.get("state_lr") == "table":  # the paper's grid rule η_h = 1/λ_max (SPEC §4)
-        algo["state_lr"] = lookup_state_lr(
-            eta_table, cfg["data"]["name"], model["activation"], model["width"], model["depth"]
+        algo["state_lr"], cfg["state_lr_source"] = lookup_state_lr(
+            eta_table, cfg["data"]["name"], model["activation"], model["width"], model["depth"],
+            authors_table,
         )
+    elif "state_lr" in algo:
+        cfg["state_lr_source"] = SOURCE_CONFIG
     options = {k: v for k, v in algo.items() if k != "name"}
     try:
         make_algorithm(name, **options)
@@ -128,9 +149,16 @@ def _resolve_task(cfg: dict) -> None:
         task.setdefault(key, default)
 
 
-def resolve_run_config(raw: dict, eta_table: Path | str | None = None) -> dict:
-    """Validate `raw` (a plain nested dict) and return the resolved copy; ConfigError if bad."""
+def resolve_run_config(raw: dict, eta_table: Path | str | None = None,
+                       authors_table: Path | str | None = None) -> dict:
+    """Validate `raw` (a plain nested dict) and return the resolved copy; ConfigError if bad.
+
+    `algo.state_lr: table` reads η_h from `authors_table` where it has the cell, else from
+    `eta_table` (pcalm.eta); the resolved config says which in `state_lr_source`.
+    """
     cfg = copy.deepcopy(raw)
+    if isinstance(cfg.get("data"), dict):  # derived, recomputed below: resolving is idempotent
+        cfg["data"].pop("checksum", None)
     _resolve_task(cfg)
     _check_sections(cfg)
     _int(cfg, "model", "width", 1)
@@ -143,6 +171,8 @@ def resolve_run_config(raw: dict, eta_table: Path | str | None = None) -> dict:
     _choice(cfg, "model", "param", PARAMETERISATIONS)
     _number(cfg, "model", "gamma0")
     _choice(cfg, "data", "name", DATASETS)
+    _choice(cfg, "data", "verify", (True, False))
+    _resolve_data_identity(cfg)
     _int(cfg, "data", "train_size", 10, optional=True)
     _int(cfg, "data", "test_size", 10, optional=True)
     for key, minimum in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("evals_per_epoch", 1),
@@ -155,7 +185,8 @@ def resolve_run_config(raw: dict, eta_table: Path | str | None = None) -> dict:
     _choice(cfg, "train", "progress", PROGRESS)
     _choice(cfg, "train", "compile", COMPILE_MODES)
     _choice(cfg, "logger", "mode", LOGGER_MODES)
-    _resolve_algo(cfg, Path(eta_table) if eta_table else None)
+    _resolve_algo(cfg, Path(eta_table) if eta_table else None,
+                  Path(authors_table) if authors_table else None)
     cfg.setdefault("name", "default")
     cfg.setdefault("results_dir", "results")
     return cfg

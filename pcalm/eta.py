@@ -1,14 +1,28 @@
 """The paper's per-cell activity step η_h = 1/λ_max (SPEC §4 grid rule).
 
-λ_max is the top eigenvalue of the Gauss–Newton inference Hessian in z of the freshly
+Two tables feed `algo.state_lr: table`, in this order:
+
+1. the authors' published table (configs/authors_eta_best_by_cell.csv, shipped unchanged:
+   150 cells, both datasets × linear/ReLU/tanh × N, L ∈ {8 … 128}); its `eta_best` is used
+   verbatim wherever it has the cell;
+2. our recomputation (configs/eta_table.csv, `make eta-table`) for every other cell
+   (N ≥ 256, depth 4, synthetic data, ...).
+
+Every resolved run records which one it used (`state_lr_source`: authors | pcalm | config).
+
+Our λ_max is the top eigenvalue of the Gauss–Newton inference Hessian in z of the freshly
 initialised net, on the seed's first training batch of 64, maximised over the batch's
-samples and taken as the median over seeds 0–2. `make eta-table` writes the table once per
-dataset to configs/eta_table.csv; grid configs then say `algo.state_lr: table`.
+samples and taken as the median over seeds 0–2 (`cell_lambda_max`).
+
+Both tables are validated when read (header, every value finite and in range, η_h = 1/λ_max
+to the written precision): a corrupt table is a one-line EtaTableError naming the file, the
+line and the fix, never a silently different η_h.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,12 +32,21 @@ import torch
 from pcalm.model import ACTIVATION_ALIASES, ResidualMLP
 
 TABLE_COLUMNS = ("data", "activation", "width", "depth", "lambda_max", "state_lr", "seeds")
+AUTHORS_COLUMNS = ("dataset", "activation", "N", "L", "lambda_max_total_gn_median",
+                   "eta_best_1_over_lambda_median")
+AUTHORS_TABLE_NAME = "authors_eta_best_by_cell.csv"
 DEFAULT_SEEDS = (0, 1, 2)
 HESSIAN_BATCH = 64
+# η_h·λ_max must be 1 to the precision the tables are written with (6 decimals in ours, full
+# doubles in the authors'): a value cut short ("0.22" for 0.2259) fails this check.
+CONSISTENCY = 2e-5
+STATE_LR_RANGE = (1e-3, 2.0)  # η_h well outside this is no table value but a corruption
+
+SOURCE_AUTHORS, SOURCE_OURS, SOURCE_CONFIG = "authors", "pcalm", "config"
 
 
 class EtaTableError(ValueError):
-    """A missing table or cell; one line saying how to make it."""
+    """A missing, corrupt or incomplete table; one line saying how to fix it."""
 
 
 def _canonical_activation(name: str) -> str:
@@ -38,44 +61,113 @@ def first_batch(x_train: torch.Tensor, seed: int, batch: int = HESSIAN_BATCH) ->
 
 def cell_lambda_max(
     x_train: torch.Tensor, activation: str, width: int, depth: int,
-    seeds: Iterable[int] = DEFAULT_SEEDS, rho: float = 1.0,
+    seeds: Iterable[int] = DEFAULT_SEEDS, rho: float = 1.0, **solver,
 ) -> float:
-    """Median over seeds of λ_max of the inference Hessian at initialisation."""
+    """Median over seeds of λ_max of the inference Hessian at initialisation.
+
+    `solver` goes to `pcalm.diagnostics.hessian_lambda_max` (method, iters).
+    """
     from pcalm.diagnostics import hessian_lambda_max  # diagnostics imports algorithms
 
     values = []
     for seed in seeds:
         net = ResidualMLP(x_train.shape[1], width, depth, activation=activation, seed=seed,
                           dtype=torch.float64)
-        values.append(hessian_lambda_max(net, first_batch(x_train, seed).double(), rho=rho))
+        values.append(hessian_lambda_max(net, first_batch(x_train, seed).double(), rho=rho,
+                                         **solver))
     return statistics.median(values)
 
 
-def load_table(path: Path | str) -> dict[tuple, float]:
-    """{(data, activation, width, depth): state_lr} from a table CSV."""
-    path = Path(path)
+# ------------------------------------------------------------------ reading the tables
+
+
+def _rows(path: Path, columns: tuple[str, ...], fix: str):
+    """(line number, row) of a CSV whose header holds `columns`; one-line errors."""
     if not path.is_file():
-        raise EtaTableError(f"no eta table at {path}: run `make eta-table` to compute it")
+        raise EtaTableError(f"no eta table at {path}: {fix}")
     with path.open(newline="") as f:
-        return {
-            (r["data"], r["activation"], int(r["width"]), int(r["depth"])): float(r["state_lr"])
-            for r in csv.DictReader(f)
-        }
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise EtaTableError(f"{path}, line 1: bad header (missing column {missing[0]}, "
+                                f"expected {','.join(columns)}): {fix}")
+        for row in reader:
+            yield reader.line_num, row
+
+
+def _field(path: Path, line: int, row: dict, column: str, kind, fix: str):
+    text = row.get(column)
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise EtaTableError(f"{path}, line {line}: bad {column} {text!r}: {fix}") from None
+    if kind is float and not math.isfinite(value):
+        raise EtaTableError(f"{path}, line {line}: {column} {text!r} is not finite: {fix}")
+    return value
+
+
+def _cell_entry(path: Path, line: int, key: tuple, lam: float, eta: float, fix: str) -> tuple:
+    """Check one cell's (λ_max, η_h): positive, in range, and η_h = 1/λ_max."""
+    if key[2] < 1 or key[3] < 2:
+        raise EtaTableError(f"{path}, line {line}: bad cell N={key[2]} L={key[3]}: {fix}")
+    low, high = STATE_LR_RANGE
+    if not low <= eta <= high:
+        raise EtaTableError(f"{path}, line {line}: η_h {eta} outside [{low}, {high}]: {fix}")
+    if lam <= 0 or abs(eta * lam - 1) > CONSISTENCY:
+        raise EtaTableError(f"{path}, line {line}: η_h {eta} is not 1/λ_max (λ_max {lam}): "
+                            f"the file is damaged; {fix}")
+    return key
+
+
+def load_table(path: Path | str) -> dict[tuple, float]:
+    """{(data, activation, width, depth): state_lr} from our table (configs/eta_table.csv)."""
+    path = Path(path)
+    fix = "restore it (git checkout configs/eta_table.csv) or rerun `make eta-table`"
+    table = {}
+    for line, r in _rows(path, TABLE_COLUMNS, fix):
+        key = (r["data"], _canonical_activation(r["activation"] or ""),
+               _field(path, line, r, "width", int, fix), _field(path, line, r, "depth", int, fix))
+        lam = _field(path, line, r, "lambda_max", float, fix)
+        eta = _field(path, line, r, "state_lr", float, fix)
+        table[_cell_entry(path, line, key, lam, eta, fix)] = eta
+    return table
+
+
+def load_authors_table(path: Path | str) -> dict[tuple, float]:
+    """{(data, activation, width, depth): eta_best} from the authors' published table, the
+    values verbatim (`linear` is our `identity`)."""
+    path = Path(path)
+    fix = f"restore it from the project (git checkout configs/{AUTHORS_TABLE_NAME})"
+    table = {}
+    for line, r in _rows(path, AUTHORS_COLUMNS, fix):
+        key = (r["dataset"], _canonical_activation(r["activation"] or ""),
+               _field(path, line, r, "N", int, fix), _field(path, line, r, "L", int, fix))
+        lam = _field(path, line, r, "lambda_max_total_gn_median", float, fix)
+        eta = _field(path, line, r, "eta_best_1_over_lambda_median", float, fix)
+        table[_cell_entry(path, line, key, lam, eta, fix)] = eta
+    return table
 
 
 def lookup_state_lr(table_path: Path | str | None, data: str, activation: str,
-                    width: int, depth: int) -> float:
-    """η_h for a grid cell; a cell the table lacks is an error, never a silent default."""
+                    width: int, depth: int,
+                    authors_path: Path | str | None = None) -> tuple[float, str]:
+    """(η_h, source) for a grid cell: the authors' value where their table has the cell,
+    else ours; a cell neither has is an error, never a silent default."""
+    key = (data, _canonical_activation(activation), width, depth)
+    if authors_path is not None:
+        authors = load_authors_table(authors_path)
+        if key in authors:
+            return authors[key], SOURCE_AUTHORS
     if table_path is None:
         raise EtaTableError("algo.state_lr=table needs an eta table path")
     table = load_table(table_path)
-    key = (data, _canonical_activation(activation), width, depth)
     if key not in table:
         raise EtaTableError(
             f"no eta_h for cell data={data} activation={activation} N={width} L={depth} in "
             f"{table_path}: add it with `make eta-table DATA={data}` (or set algo.state_lr)"
         )
-    return table[key]
+    return table[key], SOURCE_OURS
 
 
 def write_table(path: Path | str, rows: list[dict]) -> None:
@@ -85,6 +177,7 @@ def write_table(path: Path | str, rows: list[dict]) -> None:
     path = Path(path)
     existing = {}
     if path.is_file():
+        load_table(path)  # never merge into a damaged table
         with path.open(newline="") as f:
             for r in csv.DictReader(f):
                 existing[(r["data"], r["activation"], int(r["width"]), int(r["depth"]))] = r

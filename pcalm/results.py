@@ -36,6 +36,7 @@ import yaml
 # same run. A key names its whole subtree ("logger" drops the whole logger section).
 NON_NUMERIC_KEYS: tuple[str, ...] = (
     "name",
+    "state_lr_source",  # where algo.state_lr came from; the value itself is in the id
     "data.root",
     "train.device",
     "train.threads",

@@ -70,7 +70,7 @@ def test_missing_cell_is_a_one_line_error(tmp_path, fake_data_root):
         csv.writer(f).writerows([["data", "activation", "width", "depth", "lambda_max",
                                   "state_lr", "seeds"],
                                  ["fashion_mnist", "relu", 16, 4, 4.0, 0.25, "0-1-2"]])
-    assert lookup_state_lr(table, "fashion_mnist", "relu", 16, 4) == 0.25
+    assert lookup_state_lr(table, "fashion_mnist", "relu", 16, 4) == (0.25, "pcalm")
     with pytest.raises(EtaTableError) as err:
         lookup_state_lr(table, "fashion_mnist", "relu", 16, 5)
     assert "N=16 L=5" in str(err.value) and "make eta-table" in str(err.value)
