@@ -20,7 +20,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from pcalm import slurm
+from pcalm import provenance, slurm
 from pcalm.cli import REPO, compose, exit_with
 from pcalm.data import DataError
 from pcalm.eta import EtaTableError
@@ -193,8 +193,10 @@ def main(argv: list[str]) -> int:
     write_manifest(manifest, sweep, jobs, threads)
     command = [sys.executable, str(RUN_JOB), *([] if wait else ["--submit-only"]), "-m",
                *hydra_args, quoted("manifest", manifest), f"job=range(0,{len(jobs)})"]
-    record = {RECORD_SLURM_JOBS: str(manifest.parent / slurm.JOBS_FILE)}
-    rc = launch(command, pending, record if launcher == "slurm" else {})
+    env = {provenance.COMMAND_ENV: provenance.command()}  # each run records the user's command
+    if launcher == "slurm":
+        env[RECORD_SLURM_JOBS] = str(manifest.parent / slurm.JOBS_FILE)
+    rc = launch(command, pending, env)
     return report(sweep.configs, rc, name, results_dir, wait, queued)
 
 

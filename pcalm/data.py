@@ -49,6 +49,7 @@ class Dataset:
 
 
 DATASETS = ("fashion_mnist", "mnist", "synthetic")
+IMAGE_DATASETS = ("fashion_mnist", "mnist")  # read from IDX files
 
 # Folder names of torchvision's layout, under <root>/<folder>/raw.
 _FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
@@ -56,8 +57,7 @@ _FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 # Pixel statistics of the training sets (after /255), the standard constants (SPEC §1).
 NORMALISATION = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
 
-# Official number of items per split; MD5s are only checked at this size so that the small
-# real-format files the tests write are not rejected.
+# Official number of items per split.
 OFFICIAL_COUNTS = {"train": 60000, "t10k": 10000}
 
 # MD5 of the *uncompressed* official files (DATA.md); keyed by folder, then base name.
@@ -167,6 +167,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 _ARRAYS: OrderedDict[tuple, np.ndarray] = OrderedDict()
 _ARRAY_CACHE_SIZE = 8
 _VERIFIED: set[tuple] = set()
+_CHECKSUMS: dict[tuple, str] = {}
 
 
 def _file_key(path: Path) -> tuple:
@@ -180,16 +181,13 @@ def verify_md5(path: str | os.PathLike, expected: str, data: bytes | None = None
     if found != expected:
         raise DataError(
             f"MD5 mismatch for {path}: expected {expected}, found {found} "
-            "(not the official file; re-download it, see DATA.md)"
+            "(not the official file: re-download it, see DATA.md; to train on other IDX files "
+            "set data.verify=false, which puts their checksum in the run id)"
         )
 
 
-def _load_idx(path: Path, expected_md5: str | None = None, official_count: int = -1):
-    """Read an IDX file through the in-process cache.
-
-    The MD5 is checked only if `expected_md5` is given and the file has `official_count`
-    items: MD5s exist only for the official files, and small test files must still load.
-    """
+def _load_idx(path: Path, expected_md5: str | None = None):
+    """Read an IDX file through the in-process cache; check its MD5 if `expected_md5`."""
     key = _file_key(path)
     data = None
     array = _ARRAYS.get(key)
@@ -200,8 +198,7 @@ def _load_idx(path: Path, expected_md5: str | None = None, official_count: int =
         while len(_ARRAYS) > _ARRAY_CACHE_SIZE:
             _ARRAYS.popitem(last=False)
     _ARRAYS.move_to_end(key)
-    check = expected_md5 is not None and len(array) == official_count
-    if check and (key, expected_md5) not in _VERIFIED:
+    if expected_md5 is not None and (key, expected_md5) not in _VERIFIED:
         # parse_idx accepted the file only if its size matches the header exactly, so the
         # re-encoded array is byte-identical to the file: no need to keep the bytes around.
         verify_md5(path, expected_md5, data if data is not None else encode_idx(array))
@@ -209,10 +206,26 @@ def _load_idx(path: Path, expected_md5: str | None = None, official_count: int =
     return array
 
 
+def files_checksum(name: str, root: str | os.PathLike | None = None) -> str:
+    """MD5 over the uncompressed bytes of a dataset's four IDX files (train images, labels,
+    test images, labels): what identifies a run on files other than the official ones."""
+    folder = _source_dir(name, resolve_data_root(root))
+    digest = hashlib.md5()
+    for split in OFFICIAL_COUNTS:
+        for base in _base_names(split):
+            path = _locate(folder, base)
+            key = _file_key(path)
+            if key not in _CHECKSUMS:
+                _CHECKSUMS[key] = hashlib.md5(encode_idx(_load_idx(path))).hexdigest()
+            digest.update(_CHECKSUMS[key].encode())
+    return digest.hexdigest()
+
+
 def clear_cache() -> None:
     """Forget cached arrays and MD5 results (tests; or to free memory)."""
     _ARRAYS.clear()
     _VERIFIED.clear()
+    _CHECKSUMS.clear()
 
 
 # ------------------------------------------------------------------------ locating files
@@ -265,7 +278,7 @@ def _read_split(name: str, folder: Path, split: str, verify: bool) -> tuple[np.n
     for base in _base_names(split):
         path = _locate(folder, base)
         expected = MD5[_FOLDERS[name]][base] if verify else None
-        arrays.append((path, _load_idx(path, expected, OFFICIAL_COUNTS[split])))
+        arrays.append((path, _load_idx(path, expected)))
     (ipath, images), (lpath, labels) = arrays
     if images.ndim != 3 or images.shape[1:] != (28, 28):
         raise DataError(f"bad image file {ipath}: shape {images.shape}, expected [n, 28, 28]")
@@ -296,7 +309,10 @@ def balanced_indices(labels: torch.Tensor, size: int | None, seed: int, label: s
     in its original order).
     """
     n = len(labels)
-    if size is None or size >= n:
+    if size is not None and size > n:
+        raise DataError(f"{label}={size} is larger than the split ({n} samples): allowed: "
+                        f"10 … {n}, or null for the full split")
+    if size is None or size == n:
         return None
     per_class = size // 10
     g = torch.Generator().manual_seed(int(seed))
@@ -395,7 +411,8 @@ def load_dataset(
       then standardised with the fixed constants in ``NORMALISATION``. A size smaller than its
       split gives a class-balanced subset (size//10 per class) drawn and shuffled with a
       generator seeded by ``seed``; None (or ≥ the split) gives the full split in file order.
-      ``verify`` checks full-size files against the official MD5s.
+      ``verify`` checks the files against the official MD5s (whatever their size); with
+      ``verify=False`` any real-format files load (a run's id then holds their checksum).
     - ``synthetic``: N(0, 1) inputs drawn from ``seed`` (defaults 6000 / 1000 samples),
       labelled by a fixed random 784-64-10 tanh teacher that is the same for every seed.
     """

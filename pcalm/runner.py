@@ -12,8 +12,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pcalm import provenance
 from pcalm.config import Cell
-from pcalm.data import Dataset, load_dataset
+from pcalm.data import IMAGE_DATASETS, DataError, Dataset, files_checksum, load_dataset
 from pcalm.results import ARRAYS_FILE, RunFolder, atomic_save_arrays
 from pcalm.tasks import TASKS
 from pcalm.tracking import open_tracker
@@ -37,13 +38,21 @@ class Outcome:
 
 def _dataset_key(cfg: dict) -> tuple:
     d = cfg["data"]
-    return d["name"], d["root"], d["train_size"], d["test_size"], cfg["train"]["dtype"]
+    return (d["name"], d["root"], d["train_size"], d["test_size"], d["verify"],
+            d.get("checksum"), cfg["train"]["dtype"])
 
 
 def load_run_dataset(cfg: dict) -> Dataset:
+    """The run's data; unverified files must still be the ones its id was made from."""
     d = cfg["data"]
+    if d["name"] in IMAGE_DATASETS and not d["verify"]:
+        found = files_checksum(d["name"], d["root"])  # DataError naming a missing file
+        if found != d.get("checksum"):
+            raise DataError(f"the data files under {d['root']} changed since this run was "
+                            f"planned (checksum {found}, planned {d.get('checksum')}): "
+                            "start the run or sweep again")
     return load_dataset(d["name"], root=d["root"], train_size=d["train_size"],
-                        test_size=d["test_size"], seed=SUBSET_SEED)
+                        test_size=d["test_size"], seed=SUBSET_SEED, verify=d["verify"])
 
 
 def _stacks(configs: list[dict], max_stack: int) -> list[list[dict]]:
@@ -90,10 +99,13 @@ def execute(
 def run_task(cfg: dict, dataset: Dataset | None, say: Callable[[str], None] = print) -> dict:
     """Run a diagnostic task (pcalm/tasks.py): arrays.npz, then summary.json last."""
     folder = RunFolder(cfg["results_dir"], cfg).prepare()
+    started = provenance.now()
     summary, arrays = TASKS[cfg["task"]["name"]].fn(cfg, dataset)
     if arrays:
         atomic_save_arrays(folder.path / ARRAYS_FILE, arrays)
-    summary = {"run_id": folder.id, "status": "complete", **summary}
+    device = resolve_device(cfg["train"]["device"])  # where the task's tensors live
+    origin = provenance.record(device, started, provenance.now())
+    summary = {"run_id": folder.id, "status": "complete", **summary, "provenance": origin}
     folder.write_summary(summary)
     say(f"{cfg['task']['name']} done | {Cell.of(cfg)} | {folder.path}")
     return summary
@@ -122,9 +134,10 @@ def train_stack(stack: list[dict], dataset: Dataset, *, progress: bool = True,
             lead.save_checkpoint({**payload, "run_ids": [f.id for f in folders]})
 
         summaries = trainer.run(on_eval, save_checkpoint, progress=progress)
+        origin = provenance.record(trainer.device, trainer.state.started, provenance.now())
         results = []
         for cfg, folder, tracker, summary in zip(stack, folders, trackers, summaries):
-            summary = {"run_id": folder.id, **summary}
+            summary = {"run_id": folder.id, **summary, "provenance": origin}
             tracker.summary(summary)
             folder.write_summary(summary)
             say(_final_line(cfg, folder, summary))

@@ -74,8 +74,17 @@ def load_sweep(overrides: list[str]) -> Sweep:
     grid = _grid(base, edits)
     settings = _settings(base)
     configs = _expand_grid(base, compose_overrides, grid)
+    limit = settings["max_width_times_depth"]
+    if limit is not None:  # e.g. scale=paper_cpu: the cells a CPU finishes in reasonable time
+        configs = [c for c in configs if _width_times_depth(c) <= limit]
+        if not configs:
+            raise ConfigError(f"sweep.max_width_times_depth={limit} leaves no run of the grid")
     name, scale = _name_scale(base)
     return Sweep(name, scale, configs, settings, hydra)
+
+
+def _width_times_depth(cfg: dict) -> int:
+    return cfg["model"]["width"] * cfg["model"]["depth"]
 
 
 # --------------------------------------------------------------------------- the grid
@@ -177,7 +186,8 @@ def _settings(base: DictConfig) -> dict:
     if s.get("launcher") not in LAUNCHERS:
         raise ConfigError(f"bad value sweep.launcher={s.get('launcher')!r}: "
                           f"allowed: {', '.join(LAUNCHERS)}")
-    for key, optional in (("runs_per_job", False), ("local_jobs", True), ("max_stack", False)):
+    for key, optional in (("runs_per_job", False), ("local_jobs", True), ("max_stack", False),
+                          ("max_width_times_depth", True)):
         v = s.get(key)
         if key == "max_stack" and v == "auto":
             continue
@@ -185,7 +195,8 @@ def _settings(base: DictConfig) -> dict:
                 isinstance(v, bool) or not isinstance(v, int) or v < 1)):
             none = " or null" if optional else " or auto" if key == "max_stack" else ""
             raise ConfigError(f"bad value sweep.{key}={v!r}: allowed: an integer >= 1{none}")
-    return {k: s.get(k) for k in ("launcher", "runs_per_job", "local_jobs", "max_stack")}
+    return {k: s.get(k) for k in ("launcher", "runs_per_job", "local_jobs", "max_stack",
+                                  "max_width_times_depth")}
 
 
 def _name_scale(base: DictConfig) -> tuple[str, str]:

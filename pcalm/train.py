@@ -23,9 +23,10 @@ from pcalm.data import Dataset
 from pcalm.diagnostics import grad_alignment
 from pcalm.model import ResidualMLP
 from pcalm.optim import make_adam
+from pcalm.provenance import now
 
 EVAL_CHUNK = 2000
-ALIGNMENT_BATCH = 64
+ALIGNMENT_BATCH = 64  # post-training grad cosine: the first 64 training samples
 
 
 def resolve_device(name: str, option: str = "train.device") -> torch.device:
@@ -114,6 +115,8 @@ class TrainState:
     loss_sum: list[float] = field(default_factory=list)
     loss_count: int = 0
     diverged_step: list[int | None] = field(default_factory=list)
+    seconds: float = 0.0  # training time so far, over every resume
+    started: str | None = None  # when the run first started (provenance.now())
 
 
 class Trainer:
@@ -203,8 +206,9 @@ class Trainer:
             save_checkpoint: Callable[[dict], None] | None = None,
             progress: bool = False) -> list[dict]:
         """Train to the end (or from a restored state); returns one summary per model."""
-        started = time.time()
         s = self.state
+        s.started = s.started or now()
+        self._clock = time.time()
         if s.step == 0 and not s.rows[0]:
             self._evaluate(0, on_eval)
         every = self.cfg["train"]["checkpoint_every"]
@@ -220,13 +224,21 @@ class Trainer:
                     bar.set_postfix(test_acc=f"{s.rows[0][-1]['test_acc']:.4f}")
             if save_checkpoint is not None and s.step % every == 0 and s.step < self.total_steps:
                 self._flush_losses()
+                self._tick()
                 save_checkpoint(self.checkpoint_payload())
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
         self._flush_losses()
-        return self._summaries(time.time() - started)
+        self._tick()
+        return self._summaries(s.seconds)
+
+    def _tick(self) -> None:
+        """Add the time since the last tick to the run's total (kept across resumes)."""
+        clock = time.time()
+        self.state.seconds += clock - self._clock
+        self._clock = clock
 
     def _flush_losses(self) -> None:
         """Fold the per-step losses kept on the device into the state: one host sync per
@@ -262,11 +274,12 @@ class Trainer:
         s.loss_sum, s.loss_count = [0.0] * len(self.seeds), 0
 
     def _alignment(self) -> list[dict | None]:
-        """Gradient alignment to BP on the first test batch, after training (per model)."""
+        """Gradient alignment to BP after training (per model), as the authors measure it:
+        on the first min(64, n_train) *training* samples, in the split's own order (SPEC §7)."""
         if isinstance(self.algo, BP):
             return [None] * len(self.seeds)
-        x = self.x_test[:ALIGNMENT_BATCH]
-        y = F.one_hot(self.y_test[:ALIGNMENT_BATCH], self.data.num_classes).to(x.dtype)
+        x = self.x_train[:ALIGNMENT_BATCH]
+        y = F.one_hot(self.y_train[:ALIGNMENT_BATCH], self.data.num_classes).to(x.dtype)
         grads = self.algo.weight_grads(self.net, x, y)
         reference = BP().weight_grads(self.net, x, y)
         return [grad_alignment([g[m] for g in grads], [r[m] for r in reference])

@@ -75,7 +75,7 @@ def test_parse_idx_rejects_malformed():
 
 @pytest.mark.parametrize("name,folder", [("fashion_mnist", "FashionMNIST"), ("mnist", "MNIST")])
 def test_load_fake_shapes_and_normalisation(fake_root, name, folder):
-    ds = load_dataset(name, fake_root)
+    ds = load_dataset(name, fake_root, verify=False)
     assert ds.name == name and ds.num_classes == 10 and ds.input_dim == 784
     assert ds.x_train.shape == (N_TRAIN, 784) and ds.x_test.shape == (N_TEST, 784)
     assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
@@ -85,7 +85,7 @@ def test_load_fake_shapes_and_normalisation(fake_root, name, folder):
     torch.testing.assert_close(ds.x_train, torch.tensor((pixels - mean) / std, dtype=torch.float32))
     labels = read_idx(raw / "t10k-labels-idx1-ubyte")
     assert torch.equal(ds.y_test, torch.from_numpy(labels.astype(np.int64)))
-    ds64 = load_dataset(name, fake_root, dtype=torch.float64)
+    ds64 = load_dataset(name, fake_root, dtype=torch.float64, verify=False)
     assert ds64.x_test.dtype == torch.float64
     torch.testing.assert_close(ds64.x_train.float(), ds.x_train)
 
@@ -97,21 +97,23 @@ def test_normalisation_constants():
 def test_gz_files_load_like_plain(tmp_path, fake_root):
     gz_root = make_fake_idx_root(tmp_path, N_TRAIN, N_TEST, seed=0, datasets=("MNIST",), gz=True)
     assert (gz_root / "MNIST/raw/train-images-idx3-ubyte.gz").is_file()
-    a, b = load_dataset("mnist", gz_root), load_dataset("mnist", fake_root)
+    a = load_dataset("mnist", gz_root, verify=False)
+    b = load_dataset("mnist", fake_root, verify=False)
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
 
 
 def test_fake_data_is_learnable(fake_root):
     # Other (end-to-end) tests train on these files: they must be far above chance.
-    assert _ridge_accuracy(load_dataset("fashion_mnist", fake_root)) > 0.8
+    assert _ridge_accuracy(load_dataset("fashion_mnist", fake_root, verify=False)) > 0.8
 
 
 # ----------------------------------------------------------------------------- subsets
 
 
 def test_subset_is_balanced_shuffled_and_drawn_from_split(fake_root):
-    full = load_dataset("fashion_mnist", fake_root)
-    ds = load_dataset("fashion_mnist", fake_root, train_size=200, test_size=57, seed=3)
+    full = load_dataset("fashion_mnist", fake_root, verify=False)
+    ds = load_dataset("fashion_mnist", fake_root, train_size=200, test_size=57, seed=3,
+                      verify=False)
     assert ds.x_train.shape == (200, 784) and ds.x_test.shape == (50, 784)
     assert torch.bincount(ds.y_train, minlength=10).tolist() == [20] * 10
     assert torch.bincount(ds.y_test, minlength=10).tolist() == [5] * 10
@@ -125,19 +127,19 @@ def test_subset_is_balanced_shuffled_and_drawn_from_split(fake_root):
 
 def test_subset_determinism(fake_root):
     kw = dict(train_size=100, test_size=30)
-    a = load_dataset("mnist", fake_root, seed=1, **kw)
-    b = load_dataset("mnist", fake_root, seed=1, **kw)
-    c = load_dataset("mnist", fake_root, seed=2, **kw)
+    a = load_dataset("mnist", fake_root, seed=1, **kw, verify=False)
+    b = load_dataset("mnist", fake_root, seed=1, **kw, verify=False)
+    c = load_dataset("mnist", fake_root, seed=2, **kw, verify=False)
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
     assert not torch.equal(a.x_train, c.x_train)
     # The test subset does not depend on train_size.
-    d = load_dataset("mnist", fake_root, seed=1, train_size=300, test_size=30)
+    d = load_dataset("mnist", fake_root, seed=1, train_size=300, test_size=30, verify=False)
     assert torch.equal(a.x_test, d.x_test)
 
 
-@pytest.mark.parametrize("size", [None, N_TRAIN, 10**6])
+@pytest.mark.parametrize("size", [None, N_TRAIN])
 def test_full_split_keeps_file_order(fake_root, size):
-    ds = load_dataset("mnist", fake_root, train_size=size)
+    ds = load_dataset("mnist", fake_root, train_size=size, verify=False)
     labels = read_idx(fake_root / "MNIST/raw/train-labels-idx1-ubyte")
     assert torch.equal(ds.y_train, torch.from_numpy(labels.astype(np.int64)))
 
@@ -145,7 +147,7 @@ def test_full_split_keeps_file_order(fake_root, size):
 @pytest.mark.parametrize("size", [0, -5, 5, 2.5, "100", True])
 def test_bad_sizes(fake_root, size):
     with pytest.raises(DataError) as excinfo:
-        load_dataset("mnist", fake_root, train_size=size)
+        load_dataset("mnist", fake_root, train_size=size, verify=False)
     msg = _single_line_error(excinfo)
     assert "train_size" in msg and (repr(size) in msg or str(size) in msg)
 
@@ -156,9 +158,9 @@ def test_subset_larger_than_smallest_class(tmp_path):
     for split in ("train", "t10k"):
         write_idx(raw / f"{split}-images-idx3-ubyte", np.zeros((len(labels), 28, 28), np.uint8))
         write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
-    assert load_dataset("mnist", tmp_path, train_size=50).y_train.shape == (50,)
+    assert load_dataset("mnist", tmp_path, train_size=50, verify=False).y_train.shape == (50,)
     with pytest.raises(DataError) as excinfo:
-        load_dataset("mnist", tmp_path, train_size=150)
+        load_dataset("mnist", tmp_path, train_size=150, verify=False)
     assert "class 9" in _single_line_error(excinfo) and "50" in str(excinfo.value)
 
 
@@ -177,7 +179,7 @@ def test_missing_file(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
     for name, folder in (("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")):
         with pytest.raises(DataError) as excinfo:
-            load_dataset(name, tmp_path)
+            load_dataset(name, tmp_path, verify=False)
         msg = _single_line_error(excinfo)
         assert str(tmp_path / folder / "raw" / "train-images-idx3-ubyte") in msg
         assert "make data" in msg and "PCALM_DATA" in msg
@@ -195,7 +197,7 @@ def test_truncated_file(tmp_path, fake_root):
     path = root / "MNIST/raw/train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(DataError) as excinfo:
-        load_dataset("mnist", root)
+        load_dataset("mnist", root, verify=False)
     msg = _single_line_error(excinfo)
     assert str(path) in msg and "truncated" in msg
 
@@ -214,7 +216,7 @@ def test_wrong_magic(tmp_path, fake_root):
     path = root / "MNIST/raw/t10k-labels-idx1-ubyte"
     path.write_bytes(b"\x12\x34" + path.read_bytes()[2:])
     with pytest.raises(DataError) as excinfo:
-        load_dataset("mnist", root)
+        load_dataset("mnist", root, verify=False)
     msg = _single_line_error(excinfo)
     assert str(path) in msg and "magic" in msg
 
@@ -224,11 +226,11 @@ def test_count_mismatch_and_bad_labels(tmp_path, fake_root):
     labels = root / "MNIST/raw/train-labels-idx1-ubyte"
     write_idx(labels, np.zeros(N_TRAIN - 1, np.uint8))
     with pytest.raises(DataError) as excinfo:
-        load_dataset("mnist", root)
+        load_dataset("mnist", root, verify=False)
     assert "labels" in _single_line_error(excinfo)
     write_idx(labels, np.full(N_TRAIN, 11, np.uint8))
     with pytest.raises(DataError) as excinfo:
-        load_dataset("mnist", root)
+        load_dataset("mnist", root, verify=False)
     assert "outside 0..9" in _single_line_error(excinfo)
 
 
@@ -246,7 +248,7 @@ def test_resolve_data_root(monkeypatch, tmp_path):
 
 def test_env_root_is_used(monkeypatch, fake_root):
     monkeypatch.setenv("PCALM_DATA", str(fake_root))
-    assert load_dataset("mnist").x_train.shape == (N_TRAIN, 784)
+    assert load_dataset("mnist", verify=False).x_train.shape == (N_TRAIN, 784)
 
 
 def test_debian_fallback_for_fashion_mnist(tmp_path, monkeypatch):
@@ -255,10 +257,10 @@ def test_debian_fallback_for_fashion_mnist(tmp_path, monkeypatch):
     (tmp_path / "src/FashionMNIST/raw").rename(debian)
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", debian)
     empty = tmp_path / "empty"
-    ds = load_dataset("fashion_mnist", empty)
+    ds = load_dataset("fashion_mnist", empty, verify=False)
     assert ds.x_train.shape == (100, 784) and ds.x_test.shape == (50, 784)
     with pytest.raises(DataError):  # the fallback is for Fashion-MNIST only
-        load_dataset("mnist", empty)
+        load_dataset("mnist", empty, verify=False)
 
 
 # --------------------------------------------------------------------------------- MD5
@@ -277,12 +279,11 @@ def test_verify_md5_direct(tmp_path):
     assert str(packed) in msg and "0" * 32 in msg and good in msg
 
 
-def test_md5_checked_at_official_count_and_cached(tmp_path, fake_root, monkeypatch):
+def test_md5_checked_and_cached(tmp_path, fake_root, monkeypatch):
     root = _copy_root(fake_root, tmp_path)
     raw = root / "MNIST/raw"
     table = {f.name: hashlib.md5(f.read_bytes()).hexdigest() for f in raw.iterdir()}
     monkeypatch.setitem(data.MD5, "MNIST", dict(table))
-    monkeypatch.setattr(data, "OFFICIAL_COUNTS", {"train": N_TRAIN, "t10k": N_TEST})
     calls = []
     real_verify = data.verify_md5
     monkeypatch.setattr(data, "verify_md5", lambda *a: calls.append(a[0]) or real_verify(*a))
@@ -301,10 +302,25 @@ def test_md5_checked_at_official_count_and_cached(tmp_path, fake_root, monkeypat
     load_dataset("mnist", root, verify=False)  # the check can be switched off
 
 
-def test_md5_not_checked_below_official_count(fake_root, monkeypatch):
-    monkeypatch.setitem(data.MD5, "MNIST", {k: "0" * 32 for k in data.MD5["MNIST"]})
+def test_files_of_any_size_are_md5_checked(fake_root):
+    """Small or truncated files under an official name are refused unless verify=False: a
+    subset of other files must never pass for the official data (whose root is not in the
+    run id)."""
     data.clear_cache()
-    load_dataset("mnist", fake_root)
+    with pytest.raises(DataError) as excinfo:
+        load_dataset("mnist", fake_root)
+    msg = _single_line_error(excinfo)
+    assert "MD5 mismatch" in msg and "data.verify=false" in msg
+
+
+def test_files_checksum_tracks_the_bytes(tmp_path, fake_root):
+    root = _copy_root(fake_root, tmp_path)
+    before = data.files_checksum("mnist", root)
+    assert before == data.files_checksum("mnist", fake_root)
+    labels = read_idx(root / "MNIST/raw/t10k-labels-idx1-ubyte").copy()
+    labels[0] = (labels[0] + 1) % 10
+    write_idx(root / "MNIST/raw/t10k-labels-idx1-ubyte", labels)
+    assert data.files_checksum("mnist", root) != before
 
 
 # ---------------------------------------------------------------------------- real data
@@ -325,7 +341,7 @@ def _real_root() -> Path:
 def test_real_data(name):
     root = _real_root()
     data.clear_cache()
-    ds = load_dataset(name, root)
+    ds = load_dataset(name, root, verify=False)
     assert ds.x_train.shape == (60000, 784) and ds.x_test.shape == (10000, 784)
     assert len(data._VERIFIED) == 4  # all four files MD5-checked
     assert abs(ds.x_train.mean().item()) < 0.01 and abs(ds.x_train.std().item() - 1) < 0.02
@@ -360,3 +376,12 @@ def test_gzip_module_reads_written_gz(tmp_path):
     # The .gz files are ordinary gzip, readable by other tools.
     path = write_idx(tmp_path / "x.gz", np.ones((2, 28, 28), np.uint8))
     assert gzip.decompress(path.read_bytes())[:4] == bytes([0, 0, 8, 3])
+
+
+def test_size_above_the_split_is_an_error(fake_root):
+    with pytest.raises(DataError) as excinfo:
+        load_dataset("mnist", fake_root, train_size=N_TRAIN + 10, verify=False)
+    msg = _single_line_error(excinfo)
+    assert f"train_size={N_TRAIN + 10}" in msg and f"({N_TRAIN} samples)" in msg
+    assert len(load_dataset("mnist", fake_root, train_size=N_TRAIN, verify=False).y_train) \
+        == N_TRAIN  # the split's own size is the full split

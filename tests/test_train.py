@@ -141,10 +141,11 @@ def test_bad_config_fails_in_one_line(fake_data_root, results_dir, section, valu
     assert fragment in str(err.value) and "\n" not in str(err.value)
 
 
-def test_missing_data_fails_before_training(tmp_path, results_dir):
-    cfg = resolve_run_config(base_config(tmp_path / "nowhere", results_dir))
-    with pytest.raises(DataError) as err:
-        execute([cfg], progress=False, say=lambda s: None)
+@pytest.mark.parametrize("verify", [True, False])
+def test_missing_data_fails_before_training(tmp_path, results_dir, verify):
+    raw = base_config(tmp_path / "nowhere", results_dir, data={"verify": verify})
+    with pytest.raises(DataError) as err:  # unverified files are read for their checksum
+        execute([resolve_run_config(raw)], progress=False, say=lambda s: None)
     assert "nowhere" in str(err.value) and "make data" in str(err.value)
     assert "\n" not in str(err.value)
     assert not (results_dir / "runs").exists()
@@ -152,7 +153,7 @@ def test_missing_data_fails_before_training(tmp_path, results_dir):
 
 def _run_cli(*overrides, env_root, results):
     env = {"PCALM_DATA": str(env_root), "PCALM_RESULTS": str(results), "WANDB_MODE": "disabled",
-           "PATH": "/usr/bin:/bin"}
+           "PCALM_DATA_VERIFY": "false", "PATH": "/usr/bin:/bin"}
     return subprocess.run(
         [sys.executable, "experiments/run.py", *overrides], cwd=REPO, env=env,
         capture_output=True, text=True, timeout=300,
