@@ -1,0 +1,347 @@
+"""Every rule of SPEC §1–4 and §7 pinned against a value computed in the test.
+
+The expected values come from closed forms or from tests/oracle.py (plain torch written from
+SPEC.md, importing nothing of pcalm's math), never from the code under test. Each test names
+the planted change it is there to catch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pcalm import energy
+from pcalm.data import Dataset
+from pcalm.model import ResidualMLP
+from tests import oracle
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ACTS = ["identity", "tanh", "relu"]
+
+
+def _data(n, d, seed, c=10, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=dtype)
+    labels = torch.randint(0, c, (n,), generator=g)
+    return x, labels
+
+
+# ------------------------------------------------------------------ §1 model
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("gamma0", [1.0, 0.5, 3.0])
+def test_muPC_scalings_and_forward_pass(act, gamma0):
+    """a_1 = 1/sqrt(D), a_h = 1/sqrt(N L), a_L = 1/(γ0 N); φ on every hidden input but the
+    first layer's; residual skips on hidden layers only. Catches a wrong power of γ0, N or
+    L in any scale, a φ on x, a missing skip."""
+    d, n, depth = 7, 5, 4
+    net = ResidualMLP(d, n, depth, output_dim=3, activation=act, gamma0=gamma0, seed=2,
+                      dtype=torch.float64)
+    want = (1 / math.sqrt(7), 1 / math.sqrt(20), 1 / (gamma0 * 5))
+    assert (net.a_in, net.a_hidden, net.a_out) == pytest.approx(want, rel=1e-15)
+    x, _ = _data(6, d, 0)
+    h_want, y_want = oracle.forward(net.weights, x, act, oracle.scales(d, n, depth, gamma0))
+    h, y_hat = net.forward_states(x)
+    torch.testing.assert_close(h, torch.stack(h_want), rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(y_hat, y_want, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(net(x), y_want, rtol=1e-13, atol=1e-13)
+
+
+def test_sp_parameterisation_has_unit_scales_and_pytorch_init():
+    """`sp`: all a = 1, weights U(±1/sqrt(fan_in)) (nn.Linear's default)."""
+    net = ResidualMLP(400, 64, 3, activation="tanh", param="sp", seed=0, dtype=torch.float64)
+    assert (net.a_in, net.a_hidden, net.a_out) == (1.0, 1.0, 1.0)
+    x, _ = _data(4, 400, 1)
+    torch.testing.assert_close(net(x), oracle.forward(net.weights, x, "tanh", (1, 1, 1))[1])
+    for w in net.weights:
+        bound = 1 / math.sqrt(w.shape[-1])
+        assert w.abs().max() <= bound
+        assert w.abs().max() > 0.99 * bound
+        assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.03)
+
+
+def test_init_is_standard_normal_drawn_from_the_seed():
+    """W ~ N(0, 1) i.i.d. (the scale lives in the a's), drawn from one generator seeded by
+    the seed in the order W_1, W_2..W_{L-1}, W_L. Catches an init scale (1/sqrt(fan_in), 2×)
+    or a different seed."""
+    d, n, depth, seed = 784, 64, 4, 5
+    net = ResidualMLP(d, n, depth, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    want = [torch.randn(n, d, generator=g), torch.randn(depth - 2, n, n, generator=g),
+            torch.randn(10, n, generator=g)]
+    for w, expected in zip((net.w_in, net.w_hidden, net.w_out), want):
+        assert torch.equal(w.detach(), expected)
+    flat = torch.cat([w.detach().reshape(-1) for w in net.weights]).double()
+    assert flat.numel() > 50_000
+    assert abs(flat.mean().item()) < 0.01 and flat.std().item() == pytest.approx(1, abs=0.01)
+
+
+# ------------------------------------------------------------------ §1 loss and metrics
+
+
+def test_loss_is_half_squared_error_summed_over_classes_mean_over_batch():
+    y_hat = torch.tensor([[1.0, 2.0], [0.0, 0.0]], dtype=torch.float64)
+    y = torch.tensor([[0.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    # sample 1: ½(1 + 4) = 2.5, sample 2: ½(0 + 1) = 0.5 → mean 1.5
+    assert energy.mse_loss(y_hat, y).item() == 1.5
+
+
+def test_evaluate_computes_the_spec_metrics():
+    """test MSE = ½‖ŷ − y‖² averaged over samples (with its ½), CE of softmax(ŷ), accuracy."""
+    from pcalm.train import evaluate
+
+    net = ResidualMLP(9, 6, 3, activation="tanh", gamma0=0.2, seed=1, dtype=torch.float64)
+    x, labels = _data(37, 9, 3)
+    got = evaluate(net, x, labels)
+    y_hat = oracle.forward(net.weights, x, "tanh", oracle.scales(9, 6, 3, 0.2))[1]
+    y = F.one_hot(labels, 10).double()
+    assert got["test_mse"].item() == pytest.approx(oracle.loss(y_hat, y).item(), rel=1e-12)
+    ce = -(y_hat.log_softmax(-1) * y).sum(-1).mean()
+    assert got["test_ce"].item() == pytest.approx(ce.item(), rel=1e-12)
+    acc = (y_hat.argmax(-1) == labels).double().mean()
+    assert got["test_acc"].item() == acc.item()
+    assert 0 < acc < 1  # a value that an off-by-one in the count would change
+
+
+# ------------------------------------------------------------------ §4 Adam and lr
+
+
+def test_adam_constants_and_update():
+    """β = (0.9, 0.999), ε = 1e-8, bias-corrected, no weight decay — for torch's Adam (one
+    lr) and for StackedAdam (an lr per model). The tiny gradients make ε visible."""
+    from pcalm.optim import StackedAdam, make_adam
+
+    g = torch.Generator().manual_seed(0)
+    p0 = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    scale = torch.tensor([1.0, 1e-8, 30.0], dtype=torch.float64).view(-1, 1, 1)
+    steps = [[torch.randn(3, 4, 5, generator=g, dtype=torch.float64) * scale]
+             for _ in range(7)]
+    for lrs in ([0.01, 0.01, 0.01], [0.01, 0.002, 0.05]):
+        p = torch.nn.Parameter(p0.clone())
+        opt = make_adam([p], lrs)
+        assert isinstance(opt, StackedAdam if len(set(lrs)) > 1 else torch.optim.Adam)
+        for (grad,) in steps:
+            p.grad = grad.clone()
+            opt.step()
+        for m, lr in enumerate(lrs):
+            (want,) = oracle.adam([p0[m]], [[s[0][m]] for s in steps], lr)
+            torch.testing.assert_close(p.detach()[m], want, rtol=1e-12, atol=1e-14)
+
+
+def _cfg(tmp_path, width=8, depth=2, gamma0=3.0, eta0=1e-3, algo=None, **train):
+    from pcalm.config import resolve_run_config
+    from tests.conftest import base_config
+
+    raw = base_config(tmp_path, tmp_path, model={"width": width, "depth": depth,
+                                                 "activation": "tanh", "gamma0": gamma0},
+                      data={"name": "synthetic"},
+                      train={"eta0": eta0, "dtype": "float64", **train},
+                      **({"algo": algo} if algo else {}))
+    return resolve_run_config(raw)
+
+
+def _dataset(n_train=70, n_test=23, d=12, seed=0):
+    x, y = _data(n_train + n_test, d, seed)
+    return Dataset("synthetic", x[:n_train].float(), y[:n_train], x[n_train:].float(),
+                   y[n_train:])
+
+
+@pytest.mark.parametrize("width, depth, gamma0, eta0, lr", [
+    (8, 2, 3.0, 1e-3, 1e-3 * 9 * 2),
+    (32, 8, 0.5, 2e-3, 2e-3 * 0.25 * 2),
+    (16, 4, 1.0, 1e-3, 1e-3 * 2),
+])
+def test_learning_rate_rule(tmp_path, width, depth, gamma0, eta0, lr):
+    """lr = η0 · γ0² · sqrt(N/L), and it is the lr the Trainer's Adam uses. Catches lr
+    without γ0², with γ0 instead of γ0², or sqrt(L/N)."""
+    from pcalm.train import Trainer, learning_rate
+
+    cfg = _cfg(tmp_path, width, depth, gamma0, eta0)
+    assert learning_rate(cfg) == pytest.approx(lr, rel=1e-14)
+    trainer = Trainer([cfg], _dataset())
+    opt = trainer.optimizer
+    assert type(opt) is torch.optim.Adam
+    (group,) = opt.param_groups
+    assert group["lr"] == pytest.approx(lr, rel=1e-14)
+    assert group["betas"] == (0.9, 0.999) and group["eps"] == 1e-8
+    assert group["weight_decay"] == 0 and not group["amsgrad"]
+
+
+# ------------------------------------------------------------------ §4 data order
+
+
+def test_epochs_reshuffle_with_seed_plus_epoch_and_drop_the_last_batch(tmp_path):
+    """Epoch e's order is randperm(n, Generator().manual_seed(seed + e)); steps cut it into
+    consecutive batches; the last partial batch is dropped. Catches the same shuffle every
+    epoch, a seed other than seed + epoch, or a kept partial batch."""
+    from pcalm.train import Trainer
+
+    data = _dataset(n_train=70)
+    seed, batch = 3, 16
+    cfg = _cfg(tmp_path, seed=seed, batch_size=batch, epochs=2, evals_per_epoch=1)
+    trainer = Trainer([cfg], data)
+    assert trainer.steps_per_epoch == 70 // 16 == 4 and trainer.total_steps == 8
+    x_train = data.x_train.double()
+    for step in range(8):
+        epoch, i = divmod(step, 4)
+        order = torch.randperm(70, generator=torch.Generator().manual_seed(seed + epoch))
+        idx = order[i * batch:(i + 1) * batch]
+        x, y = trainer.batch_at(step)
+        torch.testing.assert_close(x.reshape(batch, -1), x_train[idx], rtol=0, atol=0)
+        assert torch.equal(y.reshape(batch, -1), F.one_hot(data.y_train[idx], 10).double())
+    first, second = trainer.batch_at(0)[0], trainer.batch_at(4)[0]
+    assert not torch.equal(first, second)  # epoch 1 is a new order
+    trainer.run()
+    assert trainer.state.step == 8
+
+
+def test_metrics_are_measured_on_the_test_split(tmp_path):
+    """Each evaluation row's test_* are the metrics of the current net on the TEST split
+    (not the training split), and the summary reports the last row."""
+    from pcalm.train import Trainer
+
+    data = _dataset(n_train=64, n_test=29)
+    cfg = _cfg(tmp_path, width=6, depth=3, gamma0=1.0, batch_size=32, epochs=1,
+               evals_per_epoch=1, eta0=0.05, algo={"name": "bp"})
+    trainer = Trainer([cfg], data)
+    a = oracle.scales(12, 6, 3)
+    x_test, x_train = data.x_test.double(), data.x_train.double()
+
+    def metrics(weights, x, labels):
+        y_hat = oracle.forward(weights, x, "tanh", a)[1]
+        y = F.one_hot(labels, 10).double()
+        return {"test_mse": oracle.loss(y_hat, y).item(),
+                "test_acc": (y_hat.argmax(-1) == labels).double().mean().item(),
+                "test_ce": -(y_hat.log_softmax(-1) * y).sum(-1).mean().item()}
+
+    initial = [w.detach().clone() for w in trainer.net.weights]
+    summary = trainer.run()[0]
+    final = [w.detach()[0] for w in trainer.net.weights]
+    rows = trainer.state.rows[0]
+    assert [r["step"] for r in rows] == [0, 2]
+    for row, weights in ((rows[0], initial), (rows[1], final)):
+        want = metrics([w.reshape(w.shape[-2:]) for w in weights], x_test, data.y_test)
+        train_split = metrics([w.reshape(w.shape[-2:]) for w in weights], x_train,
+                              data.y_train)
+        for key, value in want.items():
+            assert row[key] == pytest.approx(value, rel=1e-12), key
+        assert row["test_mse"] != pytest.approx(train_split["test_mse"], rel=1e-3)
+    for key in ("test_mse", "test_acc", "test_ce"):
+        assert summary[key] == rows[-1][key]
+
+
+# ------------------------------------------------------------------ §4 the inference Hessian
+
+
+def _hessian_net(act, width=5, depth=4, d=6, seed=0):
+    return ResidualMLP(d, width, depth, output_dim=3, activation=act, gamma0=0.7, seed=seed,
+                       dtype=torch.float64)
+
+
+def test_the_oracle_hessian_is_the_gauss_newton_form_of_autograd():
+    """Check the test's own closed form: JᵀJ of the residual and readout maps (autograd)."""
+    net = _hessian_net("tanh")
+    a = (net.a_in, net.a_hidden, net.a_out)
+    x, _ = _data(2, 6, 1)
+    w = [t.detach() for t in net.weights]
+    h, _ = oracle.forward(w, x, "tanh", a)
+    rho = 1.7
+    for b in range(2):
+        z0 = torch.cat([t[b] for t in h])
+
+        def res(z, b=b):
+            zs = z.reshape(len(h), -1)
+            r = [zs[0] - a[0] * w[0] @ x[b]]
+            for l in range(1, len(h)):
+                r.append(zs[l] - zs[l - 1] - a[1] * w[l] @ torch.tanh(zs[l - 1]))
+            return torch.cat(r)
+
+        def out(z):
+            return a[2] * w[-1] @ torch.tanh(z.reshape(len(h), -1)[-1])
+
+        jr = torch.autograd.functional.jacobian(res, z0)
+        jo = torch.autograd.functional.jacobian(out, z0)
+        want = jo.T @ jo + rho * jr.T @ jr
+        got = oracle.gauss_newton_hessians(w, x, "tanh", a, rho)[b]
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_hessian_vector_product_has_readout_and_constraint_terms(act):
+    """diagnostics.hessian_vector_product is H = PᵀP + ρRᵀR per sample. Catches a missing
+    readout term, a missing ρ, a missing φ'."""
+    from pcalm.diagnostics import hessian_vector_product
+
+    net = _hessian_net(act)
+    x, _ = _data(3, 6, 2)
+    rho = 1.7
+    a = (net.a_in, net.a_hidden, net.a_out)
+    hess = oracle.gauss_newton_hessians([w.detach() for w in net.weights], x, act, a, rho)
+    h, _ = net.forward_states(x)
+    v = torch.randn(h.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    got = hessian_vector_product(net, h, v, rho)  # [L-1, B, N]
+    flat_v = v.transpose(0, 1).reshape(3, -1)
+    want = (hess @ flat_v[..., None])[..., 0].reshape(3, *h.shape[::2]).transpose(0, 1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_hessian_lambda_max_is_the_largest_per_sample_eigenvalue(act):
+    """λ_max = max over the batch of each sample's largest Hessian eigenvalue, accurate to
+    1e-9 on a net whose state dimension (7 × 16 = 112) exceeds the default iteration count:
+    catches a mean or median over samples, the readout term dropped, or too few Lanczos
+    iterations."""
+    from pcalm.diagnostics import hessian_lambda_max
+
+    net = ResidualMLP(20, 16, 8, activation=act, seed=1, dtype=torch.float64)
+    x, _ = _data(12, 20, 5)
+    a = (net.a_in, net.a_hidden, net.a_out)
+    per_sample = torch.linalg.eigvalsh(
+        oracle.gauss_newton_hessians([w.detach() for w in net.weights], x, act, a))[:, -1]
+    assert per_sample.max() - per_sample.min() > 1e-3  # the max is a real choice
+    got = hessian_lambda_max(net, x)
+    assert got == pytest.approx(per_sample.max().item(), rel=1e-9)
+    rho = 2.5
+    hess = oracle.gauss_newton_hessians([w.detach() for w in net.weights], x, act, a, rho)
+    assert hessian_lambda_max(net, x, rho=rho) == pytest.approx(
+        torch.linalg.eigvalsh(hess)[:, -1].max().item(), rel=1e-9)
+
+
+def test_hessian_lambda_max_default_iterations_converge_on_a_deep_net():
+    """At N = 8, L = 64 (state dimension 504, a near-degenerate top of the spectrum) the
+    default solver is within 1e-6 of the dense eigenvalue (measured: 60 Lanczos steps
+    1e-7, 40 steps 1e-4): catches a cut iteration count."""
+    from pcalm.diagnostics import hessian_lambda_max
+
+    net = ResidualMLP(20, 8, 64, activation="relu", seed=1, dtype=torch.float64)
+    x, _ = _data(4, 20, 5)
+    a = (net.a_in, net.a_hidden, net.a_out)
+    hess = oracle.gauss_newton_hessians([w.detach() for w in net.weights], x, "relu", a)
+    want = torch.linalg.eigvalsh(hess)[:, -1].max().item()
+    assert hessian_lambda_max(net, x) == pytest.approx(want, rel=1e-6)
+
+
+def test_linear_hessian_and_iteration_matrix():
+    """Identity net, one sample: H = PᵀP + ρRᵀR and SPEC §6's block M, built in the test."""
+    from pcalm.diagnostics import iteration_matrix, linear_hessian
+
+    net = _hessian_net("identity", width=3, depth=4)
+    a = (net.a_in, net.a_hidden, net.a_out)
+    x, _ = _data(1, 6, 0)
+    rho, eta, alpha = 1.3, 0.2, 0.6
+    h = oracle.gauss_newton_hessians([w.detach() for w in net.weights], x, "identity", a, rho)[0]
+    torch.testing.assert_close(linear_hessian(net, rho), h, rtol=1e-13, atol=1e-13)
+    n, layers = 3, 3
+    R = torch.eye(n * layers, dtype=torch.float64)
+    for l in range(1, layers):
+        R[l * n:(l + 1) * n, (l - 1) * n:l * n] = -(torch.eye(n) + a[1] * net.weights[l].detach())
+    eye = torch.eye(n * layers, dtype=torch.float64)
+    want = torch.cat([torch.cat([eye - eta * h, -eta * R.T], 1),
+                      torch.cat([alpha * R @ (eye - eta * h), eye - alpha * eta * R @ R.T], 1)])
+    torch.testing.assert_close(iteration_matrix(net, eta, rho, alpha), want, rtol=1e-13,
+                               atol=1e-13)
