@@ -22,11 +22,20 @@ from pathlib import Path
 
 from pcalm import provenance, slurm
 from pcalm.cli import REPO, compose, exit_with
+from pcalm.cost import describe_seconds
 from pcalm.data import DataError
 from pcalm.eta import EtaTableError
 from pcalm.results import RunFolder, atomic_write_json
 from pcalm.runner import load_run_dataset
-from pcalm.sweep import Sweep, job_count, load_sweep, plan_jobs, run_cost, stack_size
+from pcalm.sweep import (
+    Sweep,
+    job_count,
+    load_sweep,
+    plan_jobs,
+    run_cost,
+    stack_size,
+    stack_units,
+)
 from pcalm.tasks import TASKS
 
 RUN_JOB = REPO / "experiments" / "run_job.py"
@@ -104,14 +113,57 @@ def sweep_name(sweep: Sweep, results_dir: Path) -> str:
     return name
 
 
-def write_manifest(path: Path, sweep: Sweep, jobs: list[list[dict]], threads: int | None):
-    """The sweep's manifest.json: each job's resolved run configs and torch threads."""
+def write_manifest(path: Path, sweep: Sweep, jobs: list[list[dict]], threads: int | None,
+                   projected: list[float] | None = None):
+    """The sweep's manifest.json: each job's resolved run configs, torch threads and
+    projected wall time (s), to check the cost model against what the job then takes."""
     atomic_write_json(path, {
         "experiment": sweep.name, "scale": sweep.scale, "launcher": sweep.settings["launcher"],
         "created": datetime.now().isoformat(timespec="seconds"),
         "max_stack": sweep.settings["max_stack"],
-        "jobs": [{"threads": threads, "runs": job} for job in jobs],
+        "jobs": [{"threads": threads, "projected_s": projected[i] if projected else None,
+                  "runs": job} for i, job in enumerate(jobs)],
     })
+
+
+def projection(sweep: Sweep, jobs: list[list[dict]], device: str, threads: int | None,
+               results_dir: Path) -> list[float] | None:
+    """Projected wall time of each job (s), printed with the plan; None if unknown.
+
+    Local and basic jobs run here: the cost model of this device (pcalm.cost; calibrated
+    once, ~10 s, or by `make bench`). SLURM jobs run on nodes unknown here: a model stored by
+    `make bench` on such a node (same device kind) is used, and the line says whose it is.
+    """
+    import torch
+
+    from pcalm import cost
+
+    launcher = sweep.settings["launcher"]
+    if launcher == "slurm":
+        stored = cost.stored_models(results_dir, device)
+        if not stored:
+            print(f"projected time: unknown (no cost model of a {device} node: run `make bench` "
+                  f"on one, with the results folder shared, to store it under {results_dir}/cost)")
+            return None
+        model = stored[0]
+    else:
+        threads = threads or torch.get_num_threads()
+        model = cost.cached_or_calibrated(results_dir, device, threads)
+    stack = stack_size(sweep.settings["max_stack"], device)
+    seconds = [sum(model.stack_seconds(unit) for unit in stack_units(job, stack))
+               for job in jobs]
+    parallel = "in parallel" if launcher == "local" else "in order"
+    where = f"{model.device}, {model.threads} thread{'s' * (model.threads > 1)} per job"
+    if launcher == "slurm":
+        where += ", cost model from " + "a stored `make bench`; cluster nodes may differ"
+        total = f"longest job {describe_seconds(max(seconds))}"
+    elif launcher == "local":
+        total = describe_seconds(max(seconds))
+    else:
+        total = describe_seconds(sum(seconds))
+    print(f"projected wall time: {total} ({len(jobs)} jobs {parallel}, "
+          f"{describe_seconds(sum(seconds))} of job time in all; {where})", flush=True)
+    return seconds
 
 
 def launch(command: list[str], pending: list[dict], env: dict[str, str]) -> int:
@@ -184,13 +236,16 @@ def main(argv: list[str]) -> int:
           f"{in_slurm}, {len(pending)} to run in {len(jobs)} jobs on {launcher}", flush=True)
     if not pending:
         return still_queued(elsewhere, wait and "--dry-run" not in flags)
+    threads = max(1, cores() // len(jobs)) if launcher == "local" else None
+    device = planning_device(sweep.configs, jobs_have_gpu)
+    projected = projection(sweep, jobs, device, threads, results_dir)
     if "--dry-run" in flags:
         for i, job in enumerate(jobs):
-            print(f"  job {i}: {len(job)} runs, relative cost {sum(map(run_cost, job)):.3g}")
+            when = f", projected {describe_seconds(projected[i])}" if projected else ""
+            print(f"  job {i}: {len(job)} runs, relative cost {sum(map(run_cost, job)):.3g}{when}")
         return 0
     manifest = results_dir / "sweeps" / name / "manifest.json"
-    threads = max(1, cores() // len(jobs)) if launcher == "local" else None
-    write_manifest(manifest, sweep, jobs, threads)
+    write_manifest(manifest, sweep, jobs, threads, projected)
     command = [sys.executable, str(RUN_JOB), *([] if wait else ["--submit-only"]), "-m",
                *hydra_args, quoted("manifest", manifest), f"job=range(0,{len(jobs)})"]
     env = {provenance.COMMAND_ENV: provenance.command()}  # each run records the user's command

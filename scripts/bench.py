@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from pcalm import algorithms, naive  # noqa: E402
+from pcalm import algorithms, cost, naive  # noqa: E402
 from pcalm.algorithms import make_algorithm  # noqa: E402
 from pcalm.model import ResidualMLP  # noqa: E402
 from pcalm.results import atomic_write_text  # noqa: E402
@@ -337,6 +337,12 @@ def main(argv=None) -> None:
         atomic_write_text(out.with_name(out.stem + "_grid.csv"), to_csv(grid_rows))
     atomic_write_text(out, to_csv(rows))
     print(f"\nwrote {out}")
+    # The sweep plans' cost model (pcalm/cost.py) for this device and thread count: stored
+    # here so that `--dry-run` and every sweep plan project wall times without measuring.
+    threads = torch.get_num_threads()
+    model = cost.calibrate(device, threads)
+    model.save(cost.model_path(results, device, threads))
+    print(f"wrote {cost.model_path(results, device, threads)} (sweep plans' cost model)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,239 @@
+"""Projected wall time of a run: a cost model of the training step, calibrated on a device.
+
+A training step of one model costs (seconds)
+
+    BP:        c0 + cL·L + cW·W
+    PC/PC-ALM: a0 + aL·L + aW·W + T·k·(b0 + bE·E + bF·F)
+
+with W = B·(D·N + N²·(L−2) + N·C) multiply-adds of a forward pass, E = B·N·(L−1) state
+entries and F = B·N²·(L−2) multiply-adds of one inference step. The terms in L are the
+sequential layer loops (forward pass, backprop); b0 is the fixed cost of one inference step
+(a handful of kernel launches: what dominates narrow nets). An evaluation costs
+ceil(n_test / chunk) forward passes, e0 + eL·L + eW·W at the chunk's batch size.
+
+`calibrate` fits the coefficients by timing the real hot path (pcalm.algorithms) at a few
+cells, in about ten seconds; `make bench` and the first sweep plan on a device do it and store
+the result (results/cost/<device>.json), so later plans on that device are instant. PC is
+costed as PC-ALM (the same loop with α = 0). A run's projection = steps × step + evaluations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+INPUT_DIM, OUTPUT_DIM = 784, 10
+EVAL_CHUNK = 2000  # pcalm.train.EVAL_CHUNK
+FULL_SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000),
+              "synthetic": (6000, 1000)}
+# (N, L) cells timed for the fit: narrow and wide, shallow and deep.
+CALIBRATION_CELLS = ((8, 8), (8, 32), (8, 128), (16, 128), (32, 32), (64, 64), (128, 16))
+CALIBRATION_BUDGETS = (4, 36)  # two T per cell: the slope is the per-inference-step cost
+
+
+def forward_macs(batch: int, width: int, depth: int) -> float:
+    return batch * (INPUT_DIM * width + width * width * max(depth - 2, 0) + width * OUTPUT_DIM)
+
+
+@dataclass
+class CostModel:
+    """Seconds per training step and per evaluation chunk on one device (see module doc)."""
+
+    device: str  # the CPU model or GPU name (pcalm.provenance.device_name)
+    kind: str  # cpu | cuda
+    threads: int
+    bp: tuple[float, float, float]  # c0, cL, cW
+    step: tuple[float, float, float]  # a0, aL, aW: a PC/PC-ALM step without inference
+    inference: tuple[float, float, float]  # b0, bE, bF: one inference step
+    evaluation: tuple[float, float, float]  # e0, eL, eW: one evaluation chunk
+
+    def step_seconds(self, cfg: dict, models: int = 1) -> float:
+        """One training step of a stack of `models` such runs: the fixed and per-layer costs
+        (launches, Python) are paid once, the work on tensors once per model."""
+        m, a, t = cfg["model"], cfg["algo"], cfg["train"]
+        n, depth, batch = m["width"], m["depth"], t["batch_size"]
+        w = models * forward_macs(batch, n, depth)
+        if a["name"] == "bp":
+            c0, c_l, c_w = self.bp
+            return c0 + c_l * depth + c_w * w
+        a0, a_l, a_w = self.step
+        b0, b_e, b_f = self.inference
+        elements = models * batch * n * (depth - 1)
+        per_step = b0 + b_e * elements + b_f * elements * n * max(depth - 2, 0) / (depth - 1)
+        steps = a["budget"] * a.get("inner_steps", 1)
+        return a0 + a_l * depth + a_w * w + steps * per_step
+
+    def run_seconds(self, cfg: dict, models: int = 1) -> float:
+        """Projected wall time of one training run, or of a stack of `models` like it
+        (diagnostic tasks: 0, they take seconds)."""
+        if cfg.get("task", {}).get("name", "train") != "train":
+            return 0.0
+        d, t, m = cfg["data"], cfg["train"], cfg["model"]
+        full_train, full_test = FULL_SIZES.get(d["name"], (60000, 10000))
+        n_train, n_test = d.get("train_size") or full_train, d.get("test_size") or full_test
+        steps = (n_train // t["batch_size"]) * t["epochs"]
+        evals = t["evals_per_epoch"] * t["epochs"] + 1
+        chunks = evals * math.ceil(n_test / EVAL_CHUNK)
+        e0, e_l, e_w = self.evaluation
+        chunk = min(n_test, EVAL_CHUNK)
+        eval_s = chunks * (e0 + e_l * m["depth"]
+                           + e_w * models * forward_macs(chunk, m["width"], m["depth"]))
+        return steps * self.step_seconds(cfg, models) + eval_s
+
+    def stack_seconds(self, stack: list[dict]) -> float:
+        """A stack trains as long as its most expensive member would, carrying the others."""
+        return max(self.run_seconds(c, len(stack)) for c in stack)
+
+    # -- storage ------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        from pcalm.results import atomic_write_json
+
+        atomic_write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> CostModel | None:
+        """The stored model, or None if absent or unreadable (then calibrate again)."""
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls(raw["device"], raw["kind"], int(raw["threads"]),
+                       *(tuple(float(v) for v in raw[k]) for k in
+                         ("bp", "step", "inference", "evaluation")))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def device_key(device_name: str, threads: int) -> str:
+    """A file name for a device and thread count: `Intel-Xeon-...-2t`."""
+    safe = "".join(c if c.isalnum() else "-" for c in device_name).strip("-")
+    return f"{'-'.join(filter(None, safe.split('-')))}-{threads}t"
+
+
+def model_path(results_dir: Path, device, threads: int) -> Path:
+    from pcalm.provenance import device_name
+
+    return Path(results_dir) / "cost" / f"{device_key(device_name(device), threads)}.json"
+
+
+def stored_models(results_dir: Path, kind: str) -> list[CostModel]:
+    """Every stored cost model of a device kind (cpu | cuda), newest first."""
+    paths = sorted((Path(results_dir) / "cost").glob("*.json"), key=lambda p: -p.stat().st_mtime)
+    models = (CostModel.load(p) for p in paths)
+    return [m for m in models if m is not None and m.kind == kind]
+
+
+def cached_or_calibrated(results_dir: Path, device, threads: int, say=print) -> CostModel:
+    """The device's stored cost model, calibrated (and stored) first if there is none."""
+    from pcalm.provenance import device_name
+
+    path = model_path(results_dir, device, threads)
+    model = CostModel.load(path)
+    if model is None:
+        say(f"calibrating the cost model on {device_name(device)}, {threads} thread(s) "
+            "(once per device, ~10 s)...")
+        model = calibrate(device, threads)
+        model.save(path)
+    return model
+
+
+# ------------------------------------------------------------------------- calibration
+
+
+def _best_time(fn, repeats: int = 5, sync=lambda: None) -> float:
+    fn()
+    sync()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _fit(rows: list[list[float]], seconds: list[float]) -> tuple[float, ...]:
+    """Non-negative least squares of seconds ≈ rows · c in relative error (every cell counts
+    alike, small ones included): the best unconstrained fit on each subset of the terms,
+    keeping the best one whose coefficients are all ≥ 0 (three terms: eight subsets)."""
+    import itertools
+
+    import torch
+
+    a = torch.tensor(rows, dtype=torch.float64)
+    b = torch.tensor(seconds, dtype=torch.float64)
+    a, b = a / b[:, None], torch.ones_like(b)
+    best, best_err = (0.0,) * a.shape[1], math.inf
+    for k in range(1, a.shape[1] + 1):
+        for subset in itertools.combinations(range(a.shape[1]), k):
+            sub = a[:, list(subset)]
+            coef = torch.linalg.lstsq(sub, b[:, None]).solution[:, 0]
+            if bool((coef < 0).any()):
+                continue
+            err = float((sub @ coef - b).pow(2).sum())
+            if err < best_err:
+                full = [0.0] * a.shape[1]
+                for i, c in zip(subset, coef.tolist()):
+                    full[i] = c
+                best, best_err = tuple(full), err
+    return best
+
+
+def _time_cell(n: int, depth: int, x, y, x_eval, sync) -> dict[str, tuple[list, float]]:
+    """One calibration cell's timings, each with its row of the fit (see the module doc)."""
+    import torch
+
+    from pcalm.algorithms import make_algorithm
+    from pcalm.model import ResidualMLP
+
+    net = ResidualMLP(INPUT_DIM, n, depth, seed=[0], device=x.device)
+    batch, w = x.shape[-2], forward_macs(x.shape[-2], n, depth)
+    bp = make_algorithm("bp")
+    short, long = (make_algorithm("pcalm", budget=t, state_lr=0.2) for t in CALIBRATION_BUDGETS)
+    t_bp = _best_time(lambda: bp.stacked_weight_grads(net, x, y), sync=sync)
+    t_lo = _best_time(lambda: short.stacked_weight_grads(net, x, y), sync=sync)
+    t_hi = _best_time(lambda: long.stacked_weight_grads(net, x, y), sync=sync)
+    per_step = max(t_hi - t_lo, 1e-9) / (CALIBRATION_BUDGETS[1] - CALIBRATION_BUDGETS[0])
+    with torch.no_grad():
+        t_eval = _best_time(lambda: net(x_eval), sync=sync)
+    return {
+        "bp": ([1.0, depth, w], t_bp),
+        "step": ([1.0, depth, w], max(t_lo - CALIBRATION_BUDGETS[0] * per_step, 1e-9)),
+        "inference": ([1.0, batch * n * (depth - 1), batch * n * n * max(depth - 2, 0)],
+                      per_step),
+        "evaluation": ([1.0, depth, forward_macs(EVAL_CHUNK, n, depth)], t_eval),
+    }
+
+
+def calibrate(device, threads: int) -> CostModel:
+    """Time BP, PC-ALM at two budgets, and an evaluation at CALIBRATION_CELLS; fit."""
+    import torch
+
+    from pcalm.provenance import device_name
+
+    device = torch.device(device)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 64, INPUT_DIM, generator=g).to(device)
+        y = torch.nn.functional.one_hot(torch.randint(0, 10, (1, 64), generator=g), 10)
+        y = y.to(device, torch.float32)
+        x_eval = torch.randn(1, EVAL_CHUNK, INPUT_DIM, generator=g).to(device)
+        cells = [_time_cell(n, depth, x, y, x_eval, sync) for n, depth in CALIBRATION_CELLS]
+    finally:
+        torch.set_num_threads(before)
+    fits = {term: _fit([c[term][0] for c in cells], [c[term][1] for c in cells])
+            for term in ("bp", "step", "inference", "evaluation")}
+    return CostModel(device_name(device), device.type, threads, **fits)
+
+
+def describe_seconds(seconds: float) -> str:
+    """`45 s`, `12 min`, `2.3 h`."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,111 @@
+"""The cost model behind the projected wall times of sweep plans (pcalm/cost.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pcalm import cost
+from pcalm.cost import CostModel, _fit, forward_macs
+from pcalm.provenance import device_name
+from tests.conftest import load_script
+
+MODEL = CostModel("test-cpu", "cpu", 1, bp=(1e-4, 2e-5, 1e-10), step=(5e-5, 1e-6, 2e-10),
+                  inference=(2e-5, 3e-9, 4e-11), evaluation=(1e-4, 5e-5, 3e-11))
+
+
+def _cfg(algo, n, depth, budget=None, train_size=None, test_size=None, batch=64, evals=20):
+    return {"model": {"width": n, "depth": depth},
+            "algo": {"name": algo, **({} if algo == "bp" else {"budget": budget or 2 * depth})},
+            "train": {"batch_size": batch, "epochs": 1, "evals_per_epoch": evals},
+            "data": {"name": "fashion_mnist", "train_size": train_size, "test_size": test_size}}
+
+
+def test_fit_recovers_planted_coefficients():
+    true = (3e-5, 2e-9, 5e-11)
+    rows = [[1.0, e, f] for e, f in ((1e3, 1e5), (1e5, 1e6), (5e4, 1e8), (2e5, 4e7), (1e4, 1e9))]
+    seconds = [true[0] + true[1] * e + true[2] * f for _, e, f in rows]
+    assert _fit(rows, seconds) == pytest.approx(true, rel=1e-6)
+
+
+def test_fit_never_returns_a_negative_coefficient():
+    rows = [[1.0, x, 0.0] for x in (1.0, 2.0, 3.0, 4.0)]
+    coef = _fit(rows, [4.0, 3.0, 2.0, 1.0])  # decreasing: the slope alone would be negative
+    assert all(c >= 0 for c in coef) and coef[1] == 0.0
+
+
+def test_a_pcalm_run_costs_steps_times_the_step_plus_evaluations():
+    n, depth, batch, t = 16, 128, 64, 256
+    a0, a_l, a_w = MODEL.step
+    b0, b_e, b_f = MODEL.inference
+    w = batch * (784 * n + n * n * (depth - 2) + n * 10)
+    step = a0 + a_l * depth + a_w * w + t * (b0 + b_e * batch * n * (depth - 1)
+                                            + b_f * batch * n * n * (depth - 2))
+    e0, e_l, e_w = MODEL.evaluation
+    evals = 21 * 5 * (e0 + e_l * depth + e_w * 2000 * (784 * n + n * n * (depth - 2) + n * 10))
+    expected = 937 * step + evals  # 60,000 // 64 steps; 21 evaluations of 5 chunks of 2,000
+    assert MODEL.run_seconds(_cfg("pcalm", n, depth)) == pytest.approx(expected, rel=1e-12)
+    c0, c_l, c_w = MODEL.bp
+    assert MODEL.step_seconds(_cfg("bp", n, depth)) == pytest.approx(c0 + c_l * depth + c_w * w)
+
+
+def test_stacks_share_fixed_costs_and_pay_work_per_model():
+    cfg = _cfg("pcalm", 32, 32)
+    one, six = MODEL.step_seconds(cfg), MODEL.step_seconds(cfg, models=6)
+    fixed = MODEL.step[0] + MODEL.step[1] * 32 + 64 * MODEL.inference[0]
+    assert six - fixed == pytest.approx(6 * (one - fixed), rel=1e-12)
+    assert MODEL.stack_seconds([cfg, _cfg("pc", 32, 32)]) == MODEL.run_seconds(cfg, models=2)
+    assert forward_macs(64, 8, 2) == 64 * (784 * 8 + 8 * 10)
+
+
+def test_model_round_trips_and_a_broken_file_means_recalibrate(tmp_path):
+    path = tmp_path / "m.json"
+    MODEL.save(path)
+    assert CostModel.load(path) == MODEL
+    path.write_text("{not json")
+    assert CostModel.load(path) is None
+
+
+def test_calibration_on_this_cpu_predicts_its_own_timings(one_thread):
+    """The fitted model reproduces a directly timed step within a factor of 2 (timings on a
+    shared machine are noisy; a wrong term or unit is off by far more)."""
+    import torch
+
+    from pcalm.algorithms import make_algorithm
+    from pcalm.model import ResidualMLP
+
+    model = cost.calibrate("cpu", 1)
+    assert model.kind == "cpu" and all(c >= 0 for c in model.inference)
+    net = ResidualMLP(784, 16, 48, seed=[0])
+    x = torch.randn(1, 64, 784)
+    y = torch.nn.functional.one_hot(torch.randint(0, 10, (1, 64)), 10).float()
+    algo = make_algorithm("pcalm", budget=96, state_lr=0.2)
+    measured = cost._best_time(lambda: algo.stacked_weight_grads(net, x, y))
+    predicted = model.step_seconds(_cfg("pcalm", 16, 48))
+    assert 0.5 < predicted / measured < 2.0
+
+
+def test_dry_run_prints_the_projected_time_per_job_and_in_total(fake_data_root, results_dir,
+                                                                monkeypatch, capsys):
+    monkeypatch.setenv("PCALM_DATA", str(fake_data_root))
+    sweep = load_script("experiments/sweep.py")
+    monkeypatch.setattr(sweep, "cores", lambda: 2)
+    stored = CostModel(device_name("cpu"), "cpu", 1, MODEL.bp, MODEL.step, MODEL.inference,
+                       MODEL.evaluation)
+    stored.save(cost.model_path(results_dir, "cpu", 1))  # no calibration: these numbers
+    args = ["experiment=figure2", "scale=smoke", "inference.state_lr=0.25", "model.width=8",
+            "model.depth=8,32", "model.activation=relu", "sweep.launcher=local",
+            "data.train_size=200", "data.test_size=100", "--dry-run"]
+    assert sweep.main(args) == 0
+    out = capsys.readouterr().out
+    configs = sweep.load_sweep(args[:-1]).configs
+    jobs = sweep.plan_jobs(configs, 2, 1)
+    per_job = [sum(stored.run_seconds(c) for c in job) for job in jobs]
+    assert f"projected wall time: {cost.describe_seconds(max(per_job))} (2 jobs in parallel, " \
+           f"{cost.describe_seconds(sum(per_job))} of job time in all" in out
+    for i, seconds in enumerate(per_job):
+        assert f"job {i}: {len(jobs[i])} runs" in out
+        assert f"projected {cost.describe_seconds(seconds)}" in out
+    assert "calibrating" not in out
+    assert math.isfinite(sum(per_job)) and sum(per_job) > 0
