@@ -52,15 +52,26 @@ collect:  ## gather an experiment's runs into results/tables/EXP-SCALE.csv
 # Diagnostic figures take seconds per run: in-process beats starting parallel jobs.
 figure1 figure3 figure4 figure5 figure8 figure9: LAUNCHER = basic
 
+# SCALE=paper draws the committed reference tables (results/reference/tables, this
+# repository's own paper-scale runs) when they exist, without training; TRAIN=1 runs what is
+# missing of the grid here first and draws your own runs. SCALE=paper_cpu: the subset of the
+# paper grid a CPU finishes (configs/scale/paper_cpu.yaml), trained here.
+REFERENCE := results/reference/tables
+TRAIN ?=
+from_reference = $(and $(filter paper,$(SCALE)),$(if $(TRAIN),,$(wildcard $(REFERENCE)/$(1)-paper.csv)))
+
 $(FIGURES):  ## figureN: run what is missing, collect, plot → figures/figureN.{pdf,png}
-	$(MAKE) sweep EXP=$@ LAUNCHER=$(LAUNCHER)
-	$(MAKE) collect EXP=$@
-	$(PY) scripts/plot_$@.py --scale $(SCALE)
+	$(if $(call from_reference,$@),\
+	  @echo "drawing $@ from the committed paper-scale tables in $(REFERENCE) (TRAIN=1: run the grid here)"; \
+	  $(PY) scripts/plot_$@.py --scale paper --tables $(REFERENCE),\
+	  $(MAKE) sweep EXP=$@ LAUNCHER=$(LAUNCHER) && \
+	  $(MAKE) collect EXP=$@ && \
+	  $(PY) scripts/plot_$@.py --scale $(SCALE))
 
 figures: $(FIGURES)  ## every figure (figure1 … figure10, figure2_mnist, figure_eta)
 
-report:  ## reproduction scorecard → results/report-SCALE.md
-	$(PY) scripts/report.py --scale $(SCALE)
+report:  ## reproduction scorecard → results/report-SCALE.md (SCALE=paper: the reference tables)
+	$(PY) scripts/report.py --scale $(SCALE) $(if $(and $(filter paper,$(SCALE)),$(if $(TRAIN)$(PCALM_RESULTS),,$(wildcard $(REFERENCE)/*-paper.csv))),--tables $(REFERENCE) --out results/report-paper.md)
 
 bench:  ## speed table → results/bench.csv
 	$(PY) scripts/bench.py

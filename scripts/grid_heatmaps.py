@@ -25,6 +25,7 @@ ALGO_ORDER = ("bp", "pc", "pcalm")
 DATA_LABELS = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "synthetic": "synthetic"}
 KEY = ["model.activation", "model.width", "model.depth"]
 DIFFERENCES = (("pc", "bp"), ("pcalm", "bp"), ("pcalm", "pc"))  # columns 2-4 of Figure 2
+CPU_SUBSET_LIMIT = 2048  # configs/scale/paper_cpu.yaml: sweep.max_width_times_depth
 
 
 # ------------------------------------------------------------------------- table helpers
@@ -99,7 +100,7 @@ def _heatmap(ax, cells: dict, widths, depths, cmap, norm, signed: bool, fontsize
         for j, w in enumerate(widths):
             mean, sd, n, n_div = cells.get((w, d), (math.nan, math.nan, 0, 0))
             if not math.isfinite(mean):
-                ax.text(j, i, "missing", ha="center", va="center", fontsize=fontsize * 0.85,
+                ax.text(j, i, "not run", ha="center", va="center", fontsize=fontsize * 0.85,
                         color="0.35")
                 continue
             colour = _text_colour(cmap, norm, mean)
@@ -140,6 +141,17 @@ def grid_summary(df: pd.DataFrame) -> dict:
         # a difference cell is hatched when any run of its cell (any algorithm) diverged
         diffs[(a, b)] = d.merge(diverged, on=KEY, how="left").fillna({"n_diverged": 0})
     return {"acc": acc, "diffs": diffs}
+
+
+def _not_run_note(df: pd.DataFrame, widths: list[int], depths: list[int]) -> str:
+    """What the grey cells are: say so when they are exactly the CPU subset's omissions."""
+    present = set(zip(df["model.width"].astype(int), df["model.depth"].astype(int)))
+    absent = [(w, d) for w in widths for d in depths if (w, d) not in present]
+    if absent and all(w * d > CPU_SUBSET_LIMIT for w, d in absent) and all(
+            w * d <= CPU_SUBSET_LIMIT for w, d in present):
+        return (f"not run: N·L > {CPU_SUBSET_LIMIT} (this CPU's subset of the paper grid, "
+                "scale=paper_cpu; they need a GPU)")
+    return "not run (no complete run)"
 
 
 def plot_grid(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
@@ -201,7 +213,7 @@ def plot_grid(experiment: str, scale: str, tables: Path, out: Path | None) -> Pa
     batch = int(df["train.batch_size"].iloc[0]) if "train.batch_size" in df else 64
     settings_note(fig, f"{data} | T = 2L, η_h = 1/λ_max per cell | batch {batch}, one epoch | "
                   f"mean over seeds {seeds}, small: ± sd (differences paired by seed)\n"
-                  "hatched: a run of the cell diverged (counted as chance, 10 %) | grey: no "
-                  "complete run", scale)
+                  "hatched: a run of the cell diverged (counted as chance, 10 %) | grey: "
+                  + _not_run_note(df, widths, depths), scale)
     fig.get_layout_engine().set(h_pad=0.06, rect=(0, 0.045, 1, 0.955))
     return save(fig, experiment, out)

@@ -33,7 +33,7 @@ plt.rcParams.update({
 def parse_args(description: str) -> argparse.Namespace:
     """The common CLI of plot scripts: --scale picks the table, --out the figure path."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--scale", default="smoke", choices=("smoke", "paper"))
+    parser.add_argument("--scale", default="smoke", choices=("smoke", "paper", "paper_cpu"))
     parser.add_argument("--tables", type=Path, default=TABLES, help="collected tables folder")
     parser.add_argument("--out", type=Path, default=None, help="figure path without suffix")
     return parser.parse_args()

@@ -37,6 +37,10 @@ from grid_heatmaps import (  # noqa: E402
     paired_difference,
     seed_stats,
 )
+from grid_stats import FAILS as FAILS_STAT  # noqa: E402
+from grid_stats import KEY as GRID_KEY  # noqa: E402
+from grid_stats import grid_claims, seed_summary  # noqa: E402
+from grid_stats import paired as paired_stat  # noqa: E402
 from plot_figure_eta import eta_multiples  # noqa: E402
 
 from pcalm.results import atomic_write_text  # noqa: E402
@@ -58,6 +62,7 @@ ANCHOR = {"data": "fashion_mnist", "activation": "relu", "width": 32, "depth": 3
 ANCHOR_ACC = {"bp": 0.7866, "pc": 0.6813, "pcalm": 0.7775}
 ANCHOR_COSINE = {"pc": 0.604, "pcalm": 0.909}
 LABEL = {"bp": "BP", "pc": "PC", "pcalm": "PC-ALM"}
+ACT_LABEL = {"identity": "linear", "tanh": "tanh", "relu": "ReLU"}
 
 
 @dataclass
@@ -335,7 +340,7 @@ def anchor_section(df: pd.DataFrame | None, scale: str) -> list[str]:
              "Fashion-MNIST, N = 32, L = 32, ReLU, T = 2L = 64, η_h from the table, one epoch. "
              "Paper: the authors' JAX run, seed 0, full data. Ours: the figure2 table's cell, "
              "mean ± sd over seeds."]
-    if scale != "paper":
+    if scale not in ("paper", "paper_cpu"):
         lines.append(f"At `{scale}` scale the training set is a subset (one epoch of it is far "
                      "fewer steps), so absolute numbers are **not comparable**: compare "
                      "orderings.")
@@ -379,6 +384,65 @@ def anchor_section(df: pd.DataFrame | None, scale: str) -> list[str]:
     return lines
 
 
+# ---------------------------------------------------------------------- cell by cell
+
+
+def _cell_label(key: tuple) -> str:
+    act, n, depth = key
+    return f"{ACT_LABEL.get(act, act)} N={int(n)} L={int(depth)}"
+
+
+def grid_section(df: pd.DataFrame | None, experiment: str) -> list[str]:
+    """Figure 2's claims decided cell by cell with 95 % intervals (scripts/grid_stats.py),
+    then every cell's numbers."""
+    data = "Fashion-MNIST" if experiment == "figure2" else "MNIST"
+    lines = [f"## {experiment}: {data}, cell by cell", ""]
+    if df is None:
+        return lines + [f"not measured: run `make {experiment}`", ""]
+    lines += ["Paired by seed: d = acc(A) − acc(B) per seed; interval = mean ± t₀.₉₇₅ · sd/√n "
+              "(n = 3 seeds: ± 2.48 sd). A cell *holds* when its whole interval is on the "
+              "claim's side, *fails* when it is wholly on the other side, and is *undecided* "
+              "otherwise — three seeds cannot tell.", "",
+              "| claim | verdict | cells: hold / undecided / fail | cells that fail |",
+              "|---|---|---|---|"]
+    for claim in grid_claims(df):
+        c = claim.counts()
+        failing = [f"{_cell_label(k)} {iv.text()}" for k, (iv, v) in sorted(claim.cells.items())
+                   if v == FAILS_STAT]
+        lines.append(f"| {claim.text} | **{claim.verdict()}** | {c['holds']} / "
+                     f"{c['undecided']} / {c['fails']} | {'; '.join(failing) or '–'} |")
+    lines.append("")
+    summary = seed_summary(df)
+    diffs = {pair: paired_stat(df, GRID_KEY, *pair) for pair in
+             (("pcalm", "bp"), ("pc", "bp"), ("pcalm", "pc"))}
+    lines += ["| cell | seeds | BP (%) | PC (%) | PC-ALM (%) | PC-ALM − BP | PC − BP | "
+              "PC-ALM − PC |", "|---|---|---|---|---|---|---|---|"]
+    for key in sorted(summary, key=lambda k: (k[0], int(k[1]), int(k[2]))):
+        algos = summary[key]
+        accs = [fmt_pct(algos[a].mean, algos[a].sd) if a in algos else "–"
+                for a in ("bp", "pc", "pcalm")]
+        n = max(iv.n for iv in algos.values())
+        ds = [diffs[p][key].text() if key in diffs[p] else "–" for p in diffs]
+        lines.append(f"| {_cell_label(key)} | {n} | " + " | ".join(accs + ds) + " |")
+    lines.append("")
+    return lines + provenance_lines(df)
+
+
+def provenance_lines(df: pd.DataFrame) -> list[str]:
+    """The distinct code versions and devices behind a table's numbers."""
+    if "provenance.git_commit" not in df:
+        return ["Provenance: not recorded in this table (runs made before provenance was "
+                "recorded).", ""]
+    commits = df.groupby(["provenance.git_commit", "provenance.git_dirty"], dropna=False).size()
+    devices = df.groupby(["provenance.device_name"], dropna=False).size()
+    commit_text = ", ".join(f"`{str(c)[:10]}`{' (dirty tree)' if str(d) == 'True' else ''}: "
+                            f"{n} runs" for (c, d), n in commits.items())
+    device_text = ", ".join(f"{d}: {n} runs" for d, n in devices.items())
+    torch = ", ".join(sorted(str(v) for v in df.get("provenance.torch", pd.Series()).dropna()
+                             .unique())) or "?"
+    return [f"Provenance: commits {commit_text}; devices {device_text}; torch {torch}.", ""]
+
+
 # ---------------------------------------------------------------------------- report
 
 
@@ -408,6 +472,8 @@ def build(tables: Path, scale: str) -> str:
         lines.append(f"| {c.number} | {c.text} | {c.measured} | {c.scale} | {c.verdict} |")
     lines.append("")
     lines += anchor_section(fig2, scale)
+    for experiment, table in (("figure2", fig2), ("figure2_mnist", fig2m)):
+        lines += grid_section(table, experiment)
     missing = sorted({v.split("`make ")[1].split(" ")[0] for c in claims
                       if c.verdict.startswith("not measured") for v in
                       c.verdict.split(" / ")})
@@ -419,7 +485,7 @@ def build(tables: Path, scale: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", default="smoke", choices=("smoke", "paper"))
+    parser.add_argument("--scale", default="smoke", choices=("smoke", "paper", "paper_cpu"))
     parser.add_argument("--tables", type=Path, default=REPO / "results" / "tables")
     parser.add_argument("--out", type=Path, default=None,
                         help="markdown path (default: <tables>/../report-<scale>.md)")
