@@ -1,0 +1,377 @@
+"""What the figure scripts draw: the plotted arrays equal the table's values, on the right
+axes and panels.
+
+Each test writes a small table by hand (values chosen so that every mean, sd, paired
+difference and diverged run is known), runs the script as a user would, catches the
+matplotlib figure at `savefig` and reads back the drawn data: heatmap arrays, line and
+error-bar data, panel titles, axis labels and ticks. The expected values are worked out in
+the test from the table, not by the script's helpers.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import runpy
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from tests.conftest import REPO
+
+SCALE = "smoke"
+CHANCE = 0.1
+
+
+def draw(script: str, tables, monkeypatch) -> Figure:
+    """Run scripts/<script> on `tables`; return the figure it saved (nothing is written)."""
+    figures: list[Figure] = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figures.append(self))
+    monkeypatch.setattr(sys, "argv", [script, "--scale", SCALE, "--tables", str(tables),
+                                      "--out", str(tables / "figure")])
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    runpy.run_path(str(REPO / "scripts" / script), run_name="__main__")
+    assert figures and all(f is figures[0] for f in figures)  # one figure, PDF and PNG
+    return figures[0]
+
+
+def write(tables, name: str, rows: list[dict]) -> None:
+    tables.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(tables / f"{name}-{SCALE}.csv", index=False)
+
+
+def labelled_lines(ax) -> dict:
+    return {line.get_label(): line for line in ax.get_lines()
+            if not line.get_label().startswith("_")}
+
+
+# ---------------------------------------------------------------------------- Figure 2
+
+
+def _grid_acc(algo: str, act: str, width: int, depth: int, seed: int) -> float:
+    """A test accuracy that differs in every key (so a swapped axis shows)."""
+    base = {"bp": 0.50, "pc": 0.40, "pcalm": 0.45}[algo]
+    return base + 0.01 * width + 0.001 * depth + 0.02 * seed + (0.1 if act == "relu" else 0)
+
+
+@pytest.mark.parametrize("experiment, data", [("figure2", "fashion_mnist"),
+                                              ("figure2_mnist", "mnist")])
+def test_grid_heatmaps_draw_the_seed_means_and_paired_differences(tmp_path, monkeypatch,
+                                                                  experiment, data):
+    acts, widths, depths, seeds = ["identity", "relu"], [4, 8], [2, 6], [0, 1]
+    diverged_run = ("pc", "identity", 8, 6, 1)
+    missing_cell = ("pcalm", "relu", 4, 6)
+    rows = []
+    for algo, act, w, d, s in itertools.product(["bp", "pc", "pcalm"], acts, widths,
+                                                depths, seeds):
+        if (algo, act, w, d) == missing_cell:
+            continue
+        div = (algo, act, w, d, s) == diverged_run
+        rows.append({"algo.name": algo, "model.activation": act, "model.width": w,
+                     "model.depth": d, "train.seed": s, "data.name": data,
+                     "train.batch_size": 64, "diverged": div,
+                     "test_acc": np.nan if div else _grid_acc(algo, act, w, d, s)})
+    write(tmp_path, experiment, rows)
+    fig = draw(f"plot_{experiment}.py", tmp_path, monkeypatch)
+
+    panels = fig.axes[:len(acts) * 4]
+    assert [ax.get_title() for ax in panels[:4]] == [
+        "BP test accuracy (%)", "PC − BP (pp)", "PC-ALM − BP (pp)", "PC-ALM − PC (pp)"]
+
+    def acc(algo, act, w, d, s):
+        if (algo, act, w, d, s) == diverged_run:
+            return CHANCE  # a diverged run counts as chance
+        return _grid_acc(algo, act, w, d, s)
+
+    for r, act in enumerate(acts):
+        assert panels[4 * r].get_ylabel().startswith({"identity": "linear", "relu": "ReLU"}[act])
+        for c, (a, b) in enumerate([("bp", None), ("pc", "bp"), ("pcalm", "bp"),
+                                    ("pcalm", "pc")]):
+            ax = panels[4 * r + c]
+            (image,) = ax.get_images()
+            assert image.origin == "lower"  # row 0 = shallowest: deep rows on top
+            assert [t.get_text() for t in ax.get_xticklabels()] == ["4", "8"]
+            assert [t.get_text() for t in ax.get_yticklabels()] == ["2", "6"]
+            drawn = image.get_array()
+            for (i, d), (j, w) in itertools.product(enumerate(depths), enumerate(widths)):
+                if (a, act, w, d) == missing_cell or (b, act, w, d) == missing_cell:
+                    assert drawn.mask[i, j], (act, a, b, w, d)
+                    continue
+                values = [acc(a, act, w, d, s) - (acc(b, act, w, d, s) if b else 0)
+                          for s in seeds]
+                assert drawn[i, j] == pytest.approx(np.mean(values), abs=1e-12), (act, a, b)
+    suptitle = fig._suptitle.get_text()
+    assert suptitle.startswith({"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST"}[data])
+
+
+# ---------------------------------------------------------------------------- Figures 6, 7
+
+
+@pytest.mark.parametrize("experiment", ["figure6", "figure7"])
+def test_parameterisation_sweep_draws_means_and_sds_per_gamma(tmp_path, monkeypatch,
+                                                              experiment):
+    gammas, seeds = [0.5, 1.0, 2.0], [0, 1, 2]
+
+    def value(algo, param, g, s, what):
+        shift = {"bp": 0.3, "pc": 0.2, "pcalm": 0.25}[algo] + (0.05 if param == "sp" else 0)
+        if what == "acc":
+            return shift + 0.1 * g + 0.01 * s**2
+        return 0.5 + 0.1 * g + 0.02 * s + shift / 10
+
+    rows = []
+    for algo, param, g, s in itertools.product(["bp", "pc", "pcalm"], ["mupc", "sp"], gammas,
+                                               seeds):
+        rows.append({"algo.name": algo, "model.param": param, "model.gamma0": g,
+                     "train.seed": s, "model.width": 32, "model.depth": 64,
+                     "model.activation": "relu", "data.name": "fashion_mnist",
+                     "algo.budget": np.nan if algo == "bp" else 128, "diverged": False,
+                     "test_acc": value(algo, param, g, s, "acc"),
+                     "grad_cosine": np.nan if algo == "bp" else value(algo, param, g, s, "cos")})
+    write(tmp_path, experiment, rows)
+    fig = draw(f"plot_{experiment}.py", tmp_path, monkeypatch)
+    axes = np.array(fig.axes[:4]).reshape(2, 2)
+    assert axes[0, 0].get_title().startswith("muPC") and axes[0, 1].get_title().startswith(
+        "standard (sp)")
+    assert axes[0, 0].get_ylabel().startswith("test accuracy")
+    assert axes[1, 0].get_ylabel().startswith("gradient cosine to BP")
+    offsets = {"bp": 0.97, "pc": 1.0, "pcalm": 1.03}
+    labels = {"bp": "BP", "pc": "PC", "pcalm": "PC-ALM"}
+    for c, param in enumerate(["mupc", "sp"]):
+        for r, what in enumerate(["acc", "cos"]):
+            bars = {b.get_label(): b for b in axes[r, c].containers}
+            expected_algos = ["bp", "pc", "pcalm"] if what == "acc" else ["pc", "pcalm"]
+            assert sorted(bars) == sorted(labels[a] for a in expected_algos)
+            for algo in expected_algos:
+                line = bars[labels[algo]].lines[0]
+                vals = np.array([[value(algo, param, g, s, what) for s in seeds]
+                                 for g in gammas])
+                np.testing.assert_allclose(line.get_xdata(), np.array(gammas) * offsets[algo])
+                np.testing.assert_allclose(line.get_ydata(), vals.mean(1), rtol=1e-12)
+                # the error bar spans mean ± sd (sd over seeds, ddof 1)
+                segments = bars[labels[algo]].lines[2][0].get_segments()
+                half = [abs(seg[1][1] - seg[0][1]) / 2 for seg in segments]
+                np.testing.assert_allclose(half, vals.std(1, ddof=1), rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------- Figure 10
+
+
+def test_training_curves_draw_the_seed_mean_per_step(tmp_path, monkeypatch):
+    steps, seeds = [0, 5, 10], [0, 1]
+    rows = []
+    for algo, budget, act, s, step in itertools.product(["bp", "pc", "pcalm"], [2, 4],
+                                                        ["identity", "tanh"], seeds, steps):
+        if algo == "bp" and budget == 4:
+            continue
+        b = {"bp": 0.0, "pc": 0.1, "pcalm": 0.2}[algo] + 0.01 * budget
+        rows.append({"algo.name": algo, "algo.budget": np.nan if algo == "bp" else budget,
+                     "model.activation": act, "train.seed": s, "step": step,
+                     "model.width": 32, "model.depth": 64, "data.name": "fashion_mnist",
+                     "train.batch_size": 64, "train.evals_per_epoch": 2,
+                     "test_acc": b + 0.01 * step + 0.03 * s + (0.05 if act == "tanh" else 0),
+                     "train_loss": np.nan if step == 0 else 1 - b - 0.02 * step + 0.1 * s})
+    tables = tmp_path
+    pd.DataFrame(rows).to_csv(tables / f"figure10-{SCALE}-metrics.csv", index=False)
+    fig = draw("plot_figure10.py", tables, monkeypatch)
+    axes = np.array(fig.axes[:4]).reshape(2, 2)
+    assert [axes[0, c].get_title() for c in range(2)] == ["linear", "tanh"]
+    assert axes[1, 0].get_xlabel() == "training step (batch 64)"
+    frame = pd.DataFrame(rows)
+    for c, act in enumerate(["identity", "tanh"]):
+        for r, key in enumerate(["test_acc", "train_loss"]):
+            lines = labelled_lines(axes[r, c])
+            assert set(lines) == {"BP", "PC, T = 2", "PC, T = 4", "PC-ALM, T = 2",
+                                  "PC-ALM, T = 4"}
+            for label, line in lines.items():
+                algo = {"BP": "bp", "PC": "pc", "PC-ALM": "pcalm"}[label.split(",")[0]]
+                sub = frame[(frame["algo.name"] == algo) & (frame["model.activation"] == act)]
+                if algo != "bp":
+                    sub = sub[sub["algo.budget"] == int(label.split("= ")[1])]
+                    assert line.get_linestyle() == ("--" if "T = 2" in label else "-")
+                want = sub.groupby("step")[key].mean().dropna()
+                np.testing.assert_allclose(line.get_xdata(), want.index.to_numpy(float))
+                np.testing.assert_allclose(line.get_ydata(), want.to_numpy(), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------- Figure η
+
+
+def test_eta_sweep_draws_accuracy_against_multiples_of_one_over_lambda_max(tmp_path,
+                                                                           monkeypatch):
+    with open(REPO / "configs" / "eta_table.csv", newline="") as f:
+        lam = next(float(r["lambda_max"]) for r in csv.DictReader(f)
+                   if (r["data"], r["activation"], r["width"], r["depth"])
+                   == ("fashion_mnist", "relu", "8", "8"))
+    multiples, seeds = [0.5, 1.0, 2.5], [0, 1]
+    rows = []
+    for algo, k, s in itertools.product(["pc", "pcalm"], multiples, seeds):
+        div = algo == "pc" and k == 2.5 and s == 1
+        rows.append({"algo.name": algo, "algo.state_lr": k / lam, "algo.budget": 16,
+                     "train.seed": s, "model.width": 8, "model.depth": 8,
+                     "model.activation": "relu", "data.name": "fashion_mnist",
+                     "diverged": div,
+                     "test_acc": np.nan if div else 0.5 + 0.1 * k + 0.02 * s
+                     + (0.05 if algo == "pcalm" else 0)})
+    write(tmp_path, "figure_eta", rows)
+    fig = draw("plot_figure_eta.py", tmp_path, monkeypatch)
+    (ax,) = fig.axes
+    assert ax.get_xlabel().startswith("activity step η_h × λ_max")
+    lines = labelled_lines(ax)
+    for algo, label in (("pc", "PC (mean ± sd)"), ("pcalm", "PC-ALM (mean ± sd)")):
+        want = []
+        for k in multiples:
+            accs = [CHANCE if (algo == "pc" and k == 2.5 and s == 1)
+                    else 0.5 + 0.1 * k + 0.02 * s + (0.05 if algo == "pcalm" else 0)
+                    for s in seeds]
+            want.append(np.mean(accs))
+        np.testing.assert_allclose(lines[label].get_xdata(), multiples, atol=1e-3)
+        np.testing.assert_allclose(lines[label].get_ydata(), want, rtol=1e-12)
+    verticals = sorted(line.get_xdata()[0] for line in ax.get_lines()
+                       if line.get_label().startswith("_") and len(set(line.get_xdata())) == 1
+                       and line.get_linestyle() in ("--", ":"))
+    assert verticals == [1.0, 2.0]  # the grid rule and the PC stability limit
+    crosses = [c for c in ax.collections if c.get_label() == "PC: diverged run (plotted at chance)"]
+    (cross,) = crosses
+    np.testing.assert_allclose(cross.get_offsets(), [[2.5, CHANCE]], atol=1e-3)
+
+
+# ---------------------------------------------------------------------------- Figure 5
+
+
+def test_alignment_curves_draw_the_run_arrays(tmp_path, monkeypatch):
+    """Figure 5 reads each run's arrays.npz: the drawn curves are their seed means."""
+    results = tmp_path
+    tables = results / "tables"
+    steps = np.array([1, 2, 4, 8, 16])
+    rows, arrays = [], {}
+    for depth, alpha, seed in itertools.product([4, 8], [0.5, 1.0], [0, 1]):
+        run_id = f"r{depth}-{alpha}-{seed}"
+        g = np.random.default_rng([depth, int(alpha * 10), seed])
+        arrays[run_id] = {
+            "step": steps, "cosine": g.random(5), "pc_cosine": g.random(5),
+            "rel_error_per_layer": g.random((5, depth)),
+            "pc_rel_error_per_layer": g.random((5, depth))}
+        folder = results / "runs" / run_id
+        folder.mkdir(parents=True)
+        np.savez(folder / "arrays.npz", **arrays[run_id])
+        rows.append({"run_id": run_id, "results_dir": str(results), "algo.name": "pcalm",
+                     "model.depth": depth, "model.width": 32, "algo.alpha": alpha,
+                     "algo.state_lr": 0.25, "algo.budget": 2 * depth, "train.seed": seed,
+                     "train.batch_size": 64, "data.name": "fashion_mnist"})
+    write(tables, "figure5", rows)
+    fig = draw("plot_figure5.py", tables, monkeypatch)
+    axes = np.array(fig.axes[:4]).reshape(2, 2)
+    assert [axes[0, c].get_title() for c in range(2)] == ["L = 4  (η_h = 0.250)",
+                                                          "L = 8  (η_h = 0.250)"]
+    for c, depth in enumerate([4, 8]):
+        for r, (key, layer) in enumerate([("cosine", None), ("rel_error_per_layer", 0)]):
+            ax = axes[r, c]
+            assert ax.get_xscale() == "log"
+            lines = labelled_lines(ax)
+
+            def curve(run_id, k=key, lay=layer):
+                a = arrays[run_id][k]
+                return a if lay is None else a[:, lay]
+
+            for alpha in (0.5, 1.0):
+                line = lines[f"PC-ALM, α = {alpha:g}"]
+                want = np.mean([curve(f"r{depth}-{alpha}-{s}") for s in (0, 1)], axis=0)
+                np.testing.assert_allclose(line.get_xdata(), steps)
+                np.testing.assert_allclose(line.get_ydata(), want, rtol=1e-12)
+            # PC's reference comes from the runs of the largest α
+            want = np.mean([curve(f"r{depth}-1.0-{s}", "pc_" + key) for s in (0, 1)], axis=0)
+            np.testing.assert_allclose(lines["PC"].get_ydata(), want, rtol=1e-12)
+            fronts = sorted(line.get_xdata()[0] for line in ax.get_lines()
+                            if line.get_label().startswith("_")
+                            and len(set(line.get_xdata())) == 1)
+            want_fronts = sorted([depth / np.sqrt(a * 0.25) for a in (0.5, 1.0)] + [2 * depth])
+            np.testing.assert_allclose(fronts, want_fronts)
+
+
+def _runs(results, rows_arrays: list[tuple[dict, dict]]):
+    """Run folders with arrays.npz and their table rows (results_dir, run_id added)."""
+    rows = []
+    for i, (row, arrays) in enumerate(rows_arrays):
+        run_id = f"run{i}"
+        folder = results / "runs" / run_id
+        folder.mkdir(parents=True)
+        np.savez(folder / "arrays.npz", **arrays)
+        rows.append({"run_id": run_id, "results_dir": str(results), **row})
+    return rows
+
+
+# ---------------------------------------------------------------------------- Figure 1
+
+
+def test_scalar_dynamics_draws_states_credit_error_and_phase_plane(tmp_path, monkeypatch):
+    g = np.random.default_rng(1)
+    t = np.arange(11)
+    arrays = {a: {"step": t, "z": g.random(11), "eps": g.random(11),
+                  "lam": np.zeros(11) if a == "pc" else g.random(11),
+                  "grad_error": g.random(11) + 0.1} for a in ("pc", "pcalm")}
+    common = {"forward_z": 0.8, "neg_delta": -1.35, "steps": 10, "task.w1": 0.8,
+              "task.w2": 1.3, "task.x": 1.0, "task.y": 0.0, "state_lr": 0.37}
+    rows = _runs(tmp_path, [({"algo.name": a, "spectral_radius": 0.5 + 0.1 * i, **common},
+                             arrays[a]) for i, a in enumerate(("pc", "pcalm"))])
+    write(tmp_path / "tables", "figure1", rows)
+    fig = draw("plot_figure1.py", tmp_path / "tables", monkeypatch)
+    ax_z, ax_c, ax_g, ax_p = fig.axes[:4]
+    assert [ax.get_title() for ax in (ax_z, ax_c, ax_g, ax_p)] == [
+        "(a) primal state", "(b) credit ε = ρr + λ vs BP adjoint",
+        "(c) weight-gradient error", "(d) phase plane (z, λ)"]
+    for algo, name in (("pc", "PC"), ("pcalm", "PC-ALM")):
+        a = arrays[algo]
+        np.testing.assert_array_equal(labelled_lines(ax_z)[name].get_ydata(), a["z"])
+        np.testing.assert_array_equal(labelled_lines(ax_c)[f"{name} credit ε"].get_ydata(),
+                                      a["eps"])
+        (err,) = [v for k, v in labelled_lines(ax_g).items() if k.startswith(name + " (")]
+        np.testing.assert_array_equal(err.get_ydata(), a["grad_error"])
+        phase = labelled_lines(ax_p)[name]
+        np.testing.assert_array_equal(phase.get_xdata(), a["z"])
+        np.testing.assert_array_equal(phase.get_ydata(), a["lam"])
+    np.testing.assert_array_equal(labelled_lines(ax_c)["PC-ALM multiplier λ"].get_ydata(),
+                                  arrays["pcalm"]["lam"])
+    assert labelled_lines(ax_z)["forward value h = 0.8"].get_ydata()[0] == 0.8
+    assert labelled_lines(ax_c)["BP adjoint −δ = -1.35"].get_ydata()[0] == -1.35
+    star = labelled_lines(ax_p)["BP point (h, −δ)"]
+    assert (star.get_xdata()[0], star.get_ydata()[0]) == (0.8, -1.35)
+    assert ax_g.get_yscale() == "log"
+
+
+# ---------------------------------------------------------------------------- Figure 3
+
+
+def test_credit_traces_draw_layer_by_step_heatmaps_and_fronts(tmp_path, monkeypatch):
+    depth, steps, eta, alpha, rho = 6, 18, 0.25, 0.5, 1.0
+    g = np.random.default_rng(3)
+    arrays = {a: {"norm_ratio": g.random((steps + 1, depth - 1)) * 3,
+                  "cosine": g.random((steps + 1, depth - 1)) * 2 - 1} for a in ("pc", "pcalm")}
+    common = {"model.depth": depth, "model.width": 8, "algo.state_lr": eta,
+              "algo.alpha": alpha, "algo.rho": rho, "algo.budget": 2 * depth,
+              "train.seed": 0, "train.batch_size": 64, "steps": steps,
+              "task.steps_per_layer": 3, "data.name": "fashion_mnist"}
+    rows = _runs(tmp_path, [({"algo.name": a, **common}, arrays[a]) for a in ("pc", "pcalm")])
+    write(tmp_path / "tables", "figure3", rows)
+    fig = draw("plot_figure3.py", tmp_path / "tables", monkeypatch)
+    axes = np.array(fig.axes[:4]).reshape(2, 2)
+    for c, (algo, name) in enumerate((("pc", "PC"), ("pcalm", "PC-ALM"))):
+        assert axes[0, c].get_title() == f"{name}: credit norm ‖ε_l(t)‖ / ‖δ_l‖"
+        assert axes[1, c].get_title() == f"{name}: cosine cos(ε_l(t), −δ_l)"
+        for r, key in enumerate(("norm_ratio", "cosine")):
+            (image,) = axes[r, c].get_images()
+            want = arrays[algo][key].T  # rows = hidden layers 1..L-1, columns = steps
+            if key == "norm_ratio":
+                want = np.clip(want, 1e-3, 2.0)
+            np.testing.assert_array_equal(np.asarray(image.get_array()), want)
+            assert image.origin == "lower"
+            assert image.get_extent() == [-0.5, steps + 0.5, 0.5, depth - 0.5]
+            lines = labelled_lines(axes[r, c])
+            layers = np.arange(1, depth)
+            wave = lines["PC-ALM front (L − l)/√(αη_h)"]
+            np.testing.assert_allclose(wave.get_xdata(), (depth - layers) / np.sqrt(alpha * eta))
+            np.testing.assert_array_equal(wave.get_ydata(), layers)
+            heat = lines["PC front (L − l)²/(ρη_h)"]
+            np.testing.assert_allclose(heat.get_xdata(), (depth - layers) ** 2 / (rho * eta))
