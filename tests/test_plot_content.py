@@ -375,3 +375,52 @@ def test_credit_traces_draw_layer_by_step_heatmaps_and_fronts(tmp_path, monkeypa
             np.testing.assert_array_equal(wave.get_ydata(), layers)
             heat = lines["PC front (L − l)²/(ρη_h)"]
             np.testing.assert_allclose(heat.get_xdata(), (depth - layers) ** 2 / (rho * eta))
+
+
+# ---------------------------------------------------------------------------- Figure 4
+
+
+def test_linear_dynamics_draws_the_spectrum_and_the_traces(tmp_path, monkeypatch):
+    depth, width, s = 5, 3, 7
+    g = np.random.default_rng(4)
+    step = np.array([0, 1, 2, 4, 8, 16, 32])
+    arrays = {}
+    for algo in ("pc", "pcalm"):
+        dim = (depth - 1) * width * (2 if algo == "pcalm" else 1)
+        arrays[algo] = {"step": step, "eig_real": g.random(dim) - 0.5,
+                        "eig_imag": g.random(dim) - 0.5, "z": g.random((s, depth - 1, width)),
+                        "lam": g.random((s, depth - 1, width)),
+                        "eps": g.random((s, depth - 1, width)),
+                        "forward_z": g.random((depth - 1, width)),
+                        "neg_delta": g.random((depth - 1, width)) - 0.5}
+    common = {"model.depth": depth, "model.width": width, "state_lr": 0.2, "algo.alpha": 1.0,
+              "train.seed": 0, "steps": 32}
+    rows = _runs(tmp_path, [({"algo.name": a, "spectral_radius": 0.9 + 0.01 * i, **common},
+                             arrays[a]) for i, a in enumerate(("pc", "pcalm"))])
+    write(tmp_path / "tables", "figure4", rows)
+    fig = draw("plot_figure4.py", tmp_path / "tables", monkeypatch)
+    ax_e, ax_zoom, ax_z, ax_l = fig.axes[:4]
+    assert ax_e.get_title() == "(A) eigenvalues μ of M"
+    for ax in (ax_e, ax_zoom):
+        for algo, name in (("pc", "PC"), ("pcalm", "PC-ALM")):
+            (points,) = [c for c in ax.collections if c.get_label().startswith(name + ":")]
+            np.testing.assert_array_equal(points.get_offsets(),
+                                          np.c_[arrays[algo]["eig_real"],
+                                                arrays[algo]["eig_imag"]])
+    ref = arrays["pcalm"]
+    keep = step >= 1
+    traced = [0, (depth - 1) // 2, depth - 2]  # hidden layers 1, L/2, L-1
+    z_lines = [line for line in ax_z.get_lines() if len(line.get_xdata()) == keep.sum()]
+    l_lines = [line for line in ax_l.get_lines() if len(line.get_xdata()) == keep.sum()]
+    want_z, want_l = [], []
+    for layer in traced:
+        unit = int(np.argmax(np.abs(ref["neg_delta"][layer])))
+        for algo in ("pc", "pcalm"):
+            want_z.append(arrays[algo]["z"][keep, layer, unit])
+            want_l.append(arrays[algo]["lam" if algo == "pcalm" else "eps"][keep, layer, unit])
+    for lines, want in ((z_lines, want_z), (l_lines, want_l)):
+        assert len(lines) == len(want)
+        for line, values in zip(lines, want):
+            np.testing.assert_array_equal(line.get_xdata(), step[keep])
+            np.testing.assert_array_equal(line.get_ydata(), values)
+    assert ax_z.get_xscale() == ax_l.get_xscale() == "log"
