@@ -381,7 +381,7 @@ def test_credit_traces_draw_layer_by_step_heatmaps_and_fronts(tmp_path, monkeypa
 
 
 def test_linear_dynamics_draws_the_spectrum_and_the_traces(tmp_path, monkeypatch):
-    depth, width, s = 5, 3, 7
+    depth, width, s = 6, 3, 7
     g = np.random.default_rng(4)
     step = np.array([0, 1, 2, 4, 8, 16, 32])
     arrays = {}
