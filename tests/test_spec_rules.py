@@ -52,6 +52,19 @@ def test_muPC_scalings_and_forward_pass(act, gamma0):
     torch.testing.assert_close(net(x), y_want, rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("act", ACTS)
+def test_activation_derivatives_are_autograd_s_including_at_zero(act):
+    """φ' of each activation equals autograd's, also at z = 0 (relu: φ'(0) = 0)."""
+    from pcalm.model import get_activation
+
+    z = torch.tensor([-2.0, -0.5, 0.0, 0.3, 1.7], dtype=torch.float64, requires_grad=True)
+    phi = get_activation(act)
+    fn, _ = oracle.PHI[act]
+    torch.testing.assert_close(phi.fn(z), fn(z))
+    (want,) = torch.autograd.grad(fn(z).sum(), z)
+    torch.testing.assert_close(phi.deriv(z.detach()), want, rtol=1e-15, atol=0)
+
+
 def test_sp_parameterisation_has_unit_scales_and_pytorch_init():
     """`sp`: all a = 1, weights U(±1/sqrt(fan_in)) (nn.Linear's default)."""
     net = ResidualMLP(400, 64, 3, activation="tanh", param="sp", seed=0, dtype=torch.float64)
