@@ -4,8 +4,8 @@ axes and panels.
 Each test writes a small table by hand (values chosen so that every mean, sd, paired
 difference and diverged run is known), runs the script as a user would, catches the
 matplotlib figure at `savefig` and reads back the drawn data: heatmap arrays, line and
-error-bar data, panel titles, axis labels and ticks. The expected values are worked out in
-the test from the table, not by the script's helpers.
+error-bar data, panel titles, axis labels and ticks, for figures 1–10 and η. The expected
+values are worked out in the test from the table, not by the script's helpers.
 """
 
 from __future__ import annotations
@@ -424,3 +424,41 @@ def test_linear_dynamics_draws_the_spectrum_and_the_traces(tmp_path, monkeypatch
             np.testing.assert_array_equal(line.get_xdata(), step[keep])
             np.testing.assert_array_equal(line.get_ydata(), values)
     assert ax_z.get_xscale() == ax_l.get_xscale() == "log"
+
+
+# ---------------------------------------------------------------------------- Figures 8, 9
+
+
+@pytest.mark.parametrize("experiment", ["figure8", "figure9"])
+def test_credit_routes_draw_pc_at_the_budget_and_pcalm_over_t(tmp_path, monkeypatch,
+                                                             experiment):
+    depth, budget, widths, seeds = 4, 8, [8, 32, 64], [0, 1]
+    step = np.array([1, 2, 4, 8, 16])
+    g = np.random.default_rng(8)
+    keys = ("stacked_credit_cosine", "hidden_alignment", "cosine")
+    arrays, pairs = {}, []
+    for algo, n, s in itertools.product(["pc", "pcalm"], widths, seeds):
+        a = {"step": step, "flops": step * 1000.0 * n, **{k: g.random(5) for k in keys}}
+        arrays[(algo, n, s)] = a
+        pairs.append(({"algo.name": algo, "model.width": n, "model.depth": depth,
+                       "algo.budget": budget, "algo.state_lr": 0.25, "train.seed": s,
+                       "train.batch_size": 64, "data.name": "fashion_mnist"}, a))
+    write(tmp_path / "tables", experiment, _runs(tmp_path, pairs))
+    fig = draw(f"plot_{experiment}.py", tmp_path / "tables", monkeypatch)
+    axes = fig.axes[:3]
+    assert [ax.get_title() for ax in axes] == [
+        "(a) hidden credit, all layers stacked", "(b) hidden credit, per layer (direction only)",
+        "(c) weight gradients"]
+    i = list(step).index(budget)
+    for ax, key in zip(axes, keys):
+        assert ax.get_xscale() == "log"
+        (route1,) = [b for b in ax.containers if b.get_label().startswith("route 1")]
+        line = route1.lines[0]
+        np.testing.assert_allclose(np.asarray(line.get_xdata(), float),
+                                   [budget * 1000.0 * n for n in widths])
+        np.testing.assert_allclose(np.asarray(line.get_ydata(), float), [np.mean(
+            [arrays[("pc", n, s)][key][i] for s in seeds]) for n in widths], rtol=1e-12)
+        route2 = labelled_lines(ax)["route 2: raise PC-ALM's T (N = 32)"]
+        np.testing.assert_allclose(route2.get_xdata(), step * 32000.0)
+        np.testing.assert_allclose(route2.get_ydata(), np.mean(
+            [arrays[("pcalm", 32, s)][key] for s in seeds], axis=0), rtol=1e-12)
