@@ -76,6 +76,28 @@ def test_sp_parameterisation_has_unit_scales_and_pytorch_init():
         assert w.abs().max() <= bound
         assert w.abs().max() > 0.99 * bound
         assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.03)
+    # drawn from the seed, in the order W_1, W_2..W_{L-1}, W_L
+    g = torch.Generator().manual_seed(0)
+    for w, shape, fan_in in ((net.w_in, (64, 400), 400), (net.w_hidden, (1, 64, 64), 64),
+                             (net.w_out, (10, 64), 64)):
+        want = (torch.rand(shape, generator=g) * 2 - 1) / math.sqrt(fan_in)
+        torch.testing.assert_close(w.detach(), want.double(), rtol=0, atol=1e-7)
+
+
+def test_a_stack_of_models_computes_each_model_as_alone():
+    """ResidualMLP(seed=[s1, s2]) holds the two nets of seeds s1, s2: same weights, same
+    hidden states and outputs (model dimension first)."""
+    x, _ = _data(5, 7, 0)
+    stack = ResidualMLP(7, 4, 5, output_dim=3, activation="tanh", seed=[3, 8],
+                        dtype=torch.float64)
+    h, y_hat = stack.forward_states(x)
+    assert h.shape == (2, 4, 5, 4) and y_hat.shape == (2, 5, 3)
+    for m, seed in enumerate((3, 8)):
+        alone = ResidualMLP(7, 4, 5, output_dim=3, activation="tanh", seed=seed,
+                            dtype=torch.float64)
+        h_want, y_want = oracle.forward(alone.weights, x, "tanh", oracle.scales(7, 4, 5))
+        torch.testing.assert_close(h[m], torch.stack(h_want), rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(y_hat[m], y_want, rtol=1e-13, atol=1e-13)
 
 
 def test_init_is_standard_normal_drawn_from_the_seed():
