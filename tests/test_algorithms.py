@@ -186,7 +186,15 @@ def test_bad_algorithm_input_is_one_clear_line(name, options, fragment):
         ({"depth": 1}, "depth must be an integer >= 2, got 1"),
         ({"width": 0}, "width must be an integer >= 1, got 0"),
         ({"activation": "gelu"}, "unknown activation 'gelu': allowed: identity, tanh, relu"),
-        ({"param": "ntk"}, "unknown param 'ntk'"),
+        ({"param": "ntk"}, "unknown param 'ntk': allowed: mupc, sp"),
+        ({"input_dim": 0}, "input_dim must be an integer >= 1, got 0"),
+        ({"output_dim": 0}, "output_dim must be an integer >= 1, got 0"),
+        ({"width": True}, "width must be an integer >= 1, got True"),
+        ({"width": 2.0}, "width must be an integer >= 1, got 2.0"),
+        ({"gamma0": 0.0}, "gamma0 must be a positive number, got 0.0"),
+        ({"gamma0": -1.0}, "gamma0 must be a positive number, got -1.0"),
+        ({"gamma0": "1"}, "gamma0 must be a positive number, got '1'"),
+        ({"seed": []}, "seed must be an int or a non-empty sequence of ints"),
     ],
 )
 def test_bad_model_input_is_one_clear_line(kwargs, fragment):
@@ -206,3 +214,9 @@ def test_linear_alias_and_weights_layout():
     assert net.a_hidden == pytest.approx((4 * 5) ** -0.5)
     assert net.a_out == pytest.approx(1 / 4)
     assert net.weights[1].data_ptr() == net.w_hidden[0].data_ptr()  # a view, not a copy
+
+
+def test_the_scalar_net_of_figure_1_builds():
+    """D = N = C = 1, L = 2 (SPEC §7, Fig. 1): the smallest sizes are allowed."""
+    net = ResidualMLP(1, 1, 2, output_dim=1, activation="identity", param="sp")
+    assert [tuple(w.shape) for w in net.weights] == [(1, 1), (1, 1)]
