@@ -7,6 +7,7 @@ the planted change it is there to catch.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -380,3 +381,52 @@ def test_linear_hessian_and_iteration_matrix():
                       torch.cat([alpha * R @ (eye - eta * h), eye - alpha * eta * R @ R.T], 1)])
     torch.testing.assert_close(iteration_matrix(net, eta, rho, alpha), want, rtol=1e-13,
                                atol=1e-13)
+
+
+# ------------------------------------------------------------------ §4, §7 the paper grid
+
+
+def _authors_eta(data: str) -> dict:
+    """{(activation, N, L): η_h} of the authors' published table, read in the test."""
+    import csv
+
+    from tests.conftest import REPO
+
+    with (REPO / "configs" / "authors_eta_best_by_cell.csv").open(newline="") as f:
+        return {({"linear": "identity"}.get(r["activation"], r["activation"]), int(r["N"]),
+                 int(r["L"])): float(r["eta_best_1_over_lambda_median"])
+                for r in csv.DictReader(f) if r["dataset"] == data}
+
+
+@pytest.mark.parametrize("experiment, data", [("figure2", "fashion_mnist"),
+                                              ("figure2_mnist", "mnist")])
+def test_the_paper_grid_follows_the_grid_rule(experiment, data, tmp_path, monkeypatch):
+    """SPEC §7 Fig. 2 at paper scale: N, L ∈ {8 … 128}, three activations, BP / PC / PC-ALM,
+    seeds 0–2 (675 runs), full data, batch 64, one epoch, α = ρ = 1, k = 1, pre_dual; and
+    §4's grid rule: T = 2L and η_h = the published 1/λ_max of the cell, the same for PC and
+    PC-ALM; BP has neither."""
+    from pcalm.sweep import load_sweep
+
+    monkeypatch.setenv("PCALM_RESULTS", str(tmp_path))
+    sweep = load_sweep([f"experiment={experiment}", "scale=paper", "data.verify=true"])
+    configs = sweep.configs
+    sizes = [8, 16, 32, 64, 128]
+    assert len(configs) == 675
+    cells = {(c["algo"]["name"], c["model"]["activation"], c["model"]["width"],
+              c["model"]["depth"], c["train"]["seed"]) for c in configs}
+    assert cells == set(itertools.product(["bp", "pc", "pcalm"], ACTS, sizes, sizes, [0, 1, 2]))
+    eta = _authors_eta(data)
+    for c in configs:
+        m, t, algo = c["model"], c["train"], c["algo"]
+        assert c["data"]["name"] == data
+        assert c["data"]["train_size"] is None and c["data"]["test_size"] is None
+        assert (t["batch_size"], t["epochs"], t["eta0"]) == (64, 1, 1e-3)
+        assert (m["param"], m["gamma0"]) == ("mupc", 1.0)
+        if algo["name"] == "bp":
+            assert set(algo) == {"name"}
+            continue
+        assert algo["budget"] == 2 * m["depth"]
+        assert algo["state_lr"] == eta[(m["activation"], m["width"], m["depth"])]
+        if algo["name"] == "pcalm":
+            assert (algo["rho"], algo["alpha"], algo["inner_steps"], algo["weight_credit"]) \
+                == (1.0, 1.0, 1, "pre_dual")
