@@ -109,3 +109,29 @@ def test_stacked_models_match_single_models():
         e1 = single.readout(z[m, -1]) - y[m]
         for a, b in zip(energy.weight_grads(single, x[m], z[m], r1 + lam[m], e1), g_stack):
             torch.testing.assert_close(a, b[m])
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_stacked_energies_state_grads_and_adjoints_are_per_model(act):
+    """With a model dimension every energy is one number per model and every per-sample
+    quantity is that model's own: loss, 𝓛, ∂𝓛/∂z and the BP adjoints of a stack equal those
+    of each model alone."""
+    net, x, y, z, lam = _setup(act, 5, models=3)
+    rho = 1.3
+    loss = energy.mse_loss(net.readout(z[..., -1, :, :]), y)
+    lag = energy.lagrangian(net, x, y, z, lam, rho)
+    assert loss.shape == lag.shape == (3,)
+    r = energy.residuals(net, net.bottom_prediction(x), z)
+    e = net.readout(z[..., -1, :, :]) - y
+    grad = energy.state_grad(net, z, rho * r + lam, e)
+    h, delta, e_bp = energy.backprop(net, x, y)
+    for m in range(3):
+        one = ResidualMLP(7, 5, 5, output_dim=3, activation=act, seed=m, dtype=torch.float64)
+        torch.testing.assert_close(loss[m], energy.mse_loss(one.readout(z[m, -1]), y[m]))
+        torch.testing.assert_close(lag[m], energy.lagrangian(one, x[m], y[m], z[m], lam[m], rho))
+        r1 = energy.residuals(one, one.bottom_prediction(x[m]), z[m])
+        e1 = one.readout(z[m, -1]) - y[m]
+        torch.testing.assert_close(grad[m], energy.state_grad(one, z[m], rho * r1 + lam[m], e1))
+        h1, d1, _ = energy.backprop(one, x[m], y[m])
+        torch.testing.assert_close(h[m], h1)
+        torch.testing.assert_close(delta[m], d1)
