@@ -495,3 +495,34 @@ def test_credit_traces_are_the_credit_against_the_bp_adjoint(algo):
     assert got["norm_ratio"].shape == (budget + 1, 4)
     torch.testing.assert_close(got["norm_ratio"], want_norm, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(got["cosine"], want_cos, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------ §6 alignment to BP
+
+
+def test_grad_alignment_whole_network_and_per_layer():
+    """cos and relative error over the whole parameter vector and per layer, by hand; a
+    zero reference (or gradient) gives NaN, not a number."""
+    from pcalm.diagnostics import grad_alignment
+
+    g = [torch.tensor([[1.0, 0.0]]), torch.tensor([3.0, 4.0])]
+    ref = [torch.tensor([[1.0, 1.0]]), torch.tensor([3.0, 0.0])]
+    got = grad_alignment(g, ref)
+    # whole: g = (1, 0, 3, 4), ref = (1, 1, 3, 0): g·ref = 10, |g| = √26, |ref| = √11
+    assert got["cosine"] == pytest.approx(10 / math.sqrt(26 * 11), rel=1e-6)
+    assert got["rel_error"] == pytest.approx(math.sqrt(0 + 1 + 0 + 16) / math.sqrt(11),
+                                             rel=1e-6)
+    assert got["cosine_per_layer"] == pytest.approx([1 / math.sqrt(2), 3 / 5], rel=1e-6)
+    assert got["rel_error_per_layer"] == pytest.approx([1 / math.sqrt(2), 4 / 3], rel=1e-6)
+    zero = grad_alignment([torch.zeros(2)], [torch.zeros(2)])
+    assert all(math.isnan(zero[k]) for k in ("cosine", "rel_error"))
+    assert math.isnan(grad_alignment([torch.ones(2)], [torch.zeros(2)])["rel_error"])
+
+
+@pytest.mark.parametrize("kwargs", [{"activation": "relu"}, {"seed": [0, 1]}])
+def test_linear_system_needs_one_identity_net(kwargs):
+    from pcalm.diagnostics import linear_system
+
+    net = ResidualMLP(4, 3, 3, **{"activation": "identity", **kwargs})
+    with pytest.raises(ValueError, match="linear_system needs a single identity-activation net"):
+        linear_system(net)
