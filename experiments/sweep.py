@@ -139,6 +139,8 @@ def projection(sweep: Sweep, jobs: list[list[dict]], device: str, threads: int |
     from pcalm import cost
 
     launcher = sweep.settings["launcher"]
+    if all(c["task"]["name"] != "train" for job in jobs for c in job):
+        return None  # diagnostic tasks: seconds each, not worth a projection
     if launcher == "slurm":
         stored = cost.stored_models(results_dir, device)
         if not stored:

@@ -436,7 +436,34 @@ def alignment_curve(cfg: dict, dataset):
 # ------------------------------------------------------------------- Figures 8, 9
 
 
-@register("credit_routes", needs_data=True, steps_per_layer=16, points=32)
+def pc_equilibrium(net, x, y, state_lr: float, tol: float, max_steps: int) -> dict:
+    """PC's inference dynamics z ← z − η_h ∂F/∂z from the forward pass, run until the relative
+    change of z in one step, ‖Δz‖/‖z‖ (over the batch), falls below `tol`, or `max_steps`.
+
+    A plain loop over SPEC §3's state gradient (pcalm.energy), not the hot path: it runs once
+    per figure cell. Returns the state there (z, credit ε = r, output error e), the steps
+    taken, the last relative change and whether it fell below `tol`. (With ReLU, z can keep
+    chattering at the kinks, so a stated large `max_steps` is the working definition.)
+    """
+    bottom = net.bottom_prediction(x)
+    z, _ = net.forward_states(x)
+    change = math.inf
+    for step in range(1, max_steps + 1):
+        eps = energy.residuals(net, bottom, z)
+        e = net.readout(z[..., -1, :, :]) - y
+        dz = state_lr * energy.state_grad(net, z, eps, e)
+        z = z - dz
+        change = float(dz.norm() / z.norm())
+        if change < tol:
+            break
+    eps = energy.residuals(net, bottom, z)
+    e = net.readout(z[..., -1, :, :]) - y
+    return {"z": z, "eps": eps, "e": e, "steps": step, "change": change,
+            "converged": change < tol}
+
+
+@register("credit_routes", needs_data=True, steps_per_layer=16, points=32,
+          equilibrium_tol=1e-7, equilibrium_diffusion_times=2.0)
 @torch.no_grad()
 def credit_routes(cfg: dict, dataset):
     """Figures 8/9: BP-aligned hidden credit against the FLOPs spent on inference, at init.
@@ -454,6 +481,12 @@ def credit_routes(cfg: dict, dataset):
     and the whole-network weight-gradient cosine to BP (`cosine`).
     `flops` = t · flops_per_step(N, L, B). Route 1 of the figure reads PC at
     t = `algo.budget` across widths; route 2 reads PC-ALM's curve over t at one width.
+
+    A PC run also runs PC to its equilibrium (`pc_equilibrium`): until the relative change of
+    z per step is below `task.equilibrium_tol`, or for `task.equilibrium_diffusion_times`
+    times the diffusive crossing time L²/(ρ η_h) (SPEC §6) — ≈ 2 × 1,100 steps at L = 16 —
+    and stores the same three alignments there (`*_equilibrium`, with the steps it took and
+    the last relative change): route 1 at equilibrium, not a snapshot at T = 2L.
     """
     _require_inference(cfg)
     spl = _param(cfg, "steps_per_layer", "int", 1)
@@ -482,4 +515,23 @@ def credit_routes(cfg: dict, dataset):
         "cosine_at_budget": float(curve["cosine"][at]),
         "hidden_alignment_final": float(hidden[-1]), "cosine_final": float(curve["cosine"][-1]),
     }
+    if cfg["algo"]["name"] == "pc":
+        summary.update(_equilibrium_alignment(cfg, net, x, y, delta, g_bp, per_step))
     return summary, arrays
+
+
+def _equilibrium_alignment(cfg, net, x, y, delta, g_bp, per_step: float) -> dict:
+    tol = _param(cfg, "equilibrium_tol", "number", 0.0)
+    times = _param(cfg, "equilibrium_diffusion_times", "number", 0.0)
+    eta, depth = cfg["algo"]["state_lr"], cfg["model"]["depth"]
+    max_steps = max(1, math.ceil(times * depth**2 / eta))  # PC: ρ = 1
+    eq = pc_equilibrium(net, x, y, eta, tol, max_steps)
+    grads = _grad_list(energy.weight_grads(net, x, eq["z"], eq["eps"], eq["e"]))
+    return {
+        "equilibrium_steps": eq["steps"], "equilibrium_converged": eq["converged"],
+        "equilibrium_change": eq["change"],
+        "flops_at_equilibrium": per_step * eq["steps"],
+        "hidden_alignment_equilibrium": float(_layer_cos(eq["eps"], -delta).mean()),
+        "stacked_credit_cosine_equilibrium": _flat_cos(eq["eps"], -delta),
+        "cosine_equilibrium": diagnostics.grad_alignment(grads, g_bp)["cosine"],
+    }

@@ -8,7 +8,10 @@ y, one panel each: (a) the stacked hidden-credit cosine cos(ε, −δ) over all 
 cos(ε_l, −δ_l) (direction only), (c) the whole-network weight-gradient cosine to BP.
 Route 1 (PC, blue, markers labelled by width N): PC at the fixed budget T = algo.budget across
 widths. Route 2 (PC-ALM, red, markers labelled by T): PC-ALM at N = 32 as its budget T grows.
-Faint lines: every run's curve over t. Mean ± sd over seeds. Also draws Figure 9 (MNIST).
+Route 1 at equilibrium (open markers, dashed): PC run until z stops changing (at most
+2 diffusive crossing times, T ≈ 2L²/η_h), one point per width — does widening bring PC's
+converged credit to BP's? Faint lines: every run's curve over t. Mean ± sd over seeds.
+Also draws Figure 9 (MNIST).
 """
 
 from __future__ import annotations
@@ -69,6 +72,19 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
                         label=f"route 1: widen {ALGO_LABELS['pc']} (T = {budget})")
             for x, m, n in zip(xs, ms, ns):
                 ax.annotate(f"N={n}", (x, m), xytext=(0, -11), textcoords="offset points",
+                            fontsize=6.5, color=ALGO_COLORS["pc"], ha="center")
+        # Route 1 at equilibrium: PC run until z stops changing (pcalm.figure_tasks).
+        eq = df[df["algo.name"] == "pc"] if f"{key}_equilibrium" in df else df.iloc[0:0]
+        if len(eq):
+            stats = eq.groupby("model.width").agg(
+                x=("flops_at_equilibrium", "mean"), m=(f"{key}_equilibrium", "mean"),
+                sd=(f"{key}_equilibrium", "std")).reset_index()
+            ax.errorbar(stats["x"], stats["m"], yerr=stats["sd"].fillna(0),
+                        color=ALGO_COLORS["pc"], marker="o", markerfacecolor="white",
+                        markersize=5, linewidth=1.2, linestyle="--", capsize=2,
+                        label=f"route 1 at equilibrium: {ALGO_LABELS['pc']} to T ≈ 2L²/η_h")
+            for x, m, n in zip(stats["x"], stats["m"], stats["model.width"]):
+                ax.annotate(f"N={int(n)}", (x, m), xytext=(0, -11), textcoords="offset points",
                             fontsize=6.5, color=ALGO_COLORS["pc"], ha="center")
         # Route 2: PC-ALM at N = route2 over t; markers at multiples of L.
         group = _group(runs, "pcalm", route2)

@@ -62,6 +62,12 @@ def test_the_source_is_recorded_but_not_hashed(tmp_path, fake_data_root):
     assert run_id(cfg) != run_id({**cfg, "algo": {**cfg["algo"], "state_lr": 0.2}})
 
 
+def _cut_state_lr(line: str) -> str:
+    fields = line.split(",")
+    fields[5] = fields[5][:4]
+    return ",".join(fields)
+
+
 def _damaged(tmp_path, transform):
     lines = ETA_TABLE.read_text().splitlines()
     path = tmp_path / "eta_table.csv"
@@ -70,8 +76,8 @@ def _damaged(tmp_path, transform):
 
 
 @pytest.mark.parametrize("transform, line, fragment", [
-    # cut inside the last number of a line: 0.223186 → 0.22 (η_h no longer 1/λ_max)
-    (lambda ls: ls[:23] + [ls[23].rsplit(",", 2)[0] + ",0.22,0-1-2"], 24, "not 1/λ_max"),
+    # a number cut short: η_h 0.232177 → 0.23 (no longer 1/λ_max)
+    (lambda ls: ls[:23] + [_cut_state_lr(ls[23])], 24, "not 1/λ_max"),
     (lambda ls: ls[:10] + [ls[10][:14]], 11, "bad"),  # the file ends mid-row
     (lambda ls: ["data,activation,width"] + ls[1:], 1, "bad header"),
     (lambda ls: ls[:5] + [ls[5].replace(ls[5].split(",")[4], "nan", 1)], 6, "not finite"),

@@ -203,3 +203,31 @@ def test_experiment_grids_expand(experiment, scale, runs, check, tmp_path, monke
     for dotted, values in check.items():
         section, key = dotted.split(".")
         assert {c[section][key] for c in sweep.configs} == values, dotted
+
+
+def test_pc_equilibrium_is_the_minimiser_of_the_pc_energy_for_a_linear_net():
+    """Linear net, one sample: F(z) = ½‖Pz − y‖² + ½‖Rz − c‖² is minimised by
+    z* = (PᵀP + RᵀR)⁻¹ (Pᵀy + Rᵀc) (SPEC §6's R, P; c = a_in W_1 x in the first block)."""
+    import torch
+
+    from pcalm import diagnostics
+    from pcalm.figure_tasks import pc_equilibrium
+    from pcalm.model import ResidualMLP
+
+    net = ResidualMLP(6, 4, 5, output_dim=3, activation="identity", seed=0,
+                      dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(1, 6, generator=g, dtype=torch.float64), torch.eye(3)[[1]].double()
+    system = diagnostics.linear_system(net)
+    r, p = system["R"], system["P"]
+    c = torch.zeros(r.shape[0], dtype=torch.float64)
+    c[:4] = net.a_in * (net.w_in.detach() @ x[0])
+    z_star = torch.linalg.solve(p.T @ p + r.T @ r, p.T @ y[0] + r.T @ c)
+    with torch.no_grad():
+        eq = pc_equilibrium(net, x, y, state_lr=0.2, tol=1e-13, max_steps=100_000)
+    assert eq["converged"] and eq["steps"] < 100_000
+    assert torch.allclose(eq["z"][:, 0, :].reshape(-1), z_star, atol=1e-10)
+    with torch.no_grad():
+        short = pc_equilibrium(net, x, y, state_lr=0.2, tol=0.0, max_steps=3)
+    assert short["steps"] == 3 and not short["converged"]
+    assert not torch.allclose(short["z"][:, 0, :].reshape(-1), z_star, atol=1e-4)
