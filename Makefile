@@ -17,7 +17,7 @@ DATA ?= fashion_mnist
 FIGURES := figure1 figure2 figure2_mnist figure3 figure4 figure5 figure6 figure7 figure8 \
            figure9 figure10 figure_eta
 
-.PHONY: help setup test test-slow lint data eta-table sweep collect figures report bench gpu-check \
+.PHONY: help setup test test-slow lint data eta-table sweep collect figures report reference bench gpu-check \
         mutants clean-results $(FIGURES)
 
 help:  ## list the commands
@@ -81,6 +81,9 @@ figures: $(FIGURES)  ## every figure (figure1 … figure10, figure2_mnist, figur
 
 report:  ## reproduction scorecard → results/report-SCALE.md (SCALE=paper: the reference tables)
 	$(PY) scripts/report.py --scale $(SCALE) $(if $(and $(filter paper,$(SCALE)),$(if $(TRAIN)$(PCALM_RESULTS),,$(wildcard $(REFERENCE)/*-paper.csv))),--tables $(REFERENCE) --out results/report-paper.md)
+
+reference:  ## put EXP's collected tables on record in results/reference/tables (SCALE=paper)
+	$(PY) scripts/record_reference.py $(EXP) --scale $(SCALE)
 
 bench:  ## speed table → results/bench.csv
 	$(PY) scripts/bench.py
