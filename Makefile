@@ -70,12 +70,11 @@ TRAIN ?=
 from_reference = $(and $(filter paper,$(SCALE)),$(if $(TRAIN),,$(wildcard $(REFERENCE)/$(1)-paper.csv)))
 
 $(FIGURES):  ## figureN: run what is missing, collect, plot → figures/figureN.{pdf,png}
-	$(if $(call from_reference,$@),\
-	  @echo "drawing $@ from the committed paper-scale tables in $(REFERENCE) (TRAIN=1: run the grid here)"; \
-	  $(PY) scripts/plot_$@.py --scale paper --tables $(REFERENCE),\
-	  $(MAKE) sweep EXP=$@ LAUNCHER=$(LAUNCHER) && \
-	  $(MAKE) collect EXP=$@ && \
-	  $(PY) scripts/plot_$@.py --scale $(SCALE))
+	$(if $(call from_reference,$@),@echo "drawing $@ from the committed paper-scale tables in $(REFERENCE) (TRAIN=1: run the grid here)")
+	$(if $(call from_reference,$@),$(PY) scripts/plot_$@.py --scale paper --tables $(REFERENCE))
+	$(if $(call from_reference,$@),,$(MAKE) sweep EXP=$@ LAUNCHER=$(LAUNCHER))
+	$(if $(call from_reference,$@),,$(MAKE) collect EXP=$@)
+	$(if $(call from_reference,$@),,$(PY) scripts/plot_$@.py --scale $(SCALE))
 
 figures: $(FIGURES)  ## every figure (figure1 … figure10, figure2_mnist, figure_eta)
 

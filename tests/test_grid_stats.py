@@ -111,3 +111,27 @@ def test_the_report_prints_the_cell_by_cell_section(stats, tmp_path, monkeypatch
     assert "| 3 | 79.00 ± 1.00 |" in cell  # BP's mean ± sd over the 3 seeds
     assert "`0123456789`: 27 runs" in text and "Test CPU: 27 runs" in text
     capsys.readouterr()
+
+
+def test_make_figure2_scale_paper_draws_the_reference_without_training(tmp_path):
+    """`make figure2 SCALE=paper` with a reference table: one plot call, no sweep."""
+    import subprocess
+
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    df = _table().rename(columns={"acc": "test_acc"})
+    df["data.name"], df["diverged"], df["train.batch_size"] = "fashion_mnist", False, 64
+    df.to_csv(reference / "figure2-paper.csv", index=False)
+    out = subprocess.run(["make", "-n", "figure2", "SCALE=paper", f"REFERENCE={reference}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    assert f"scripts/plot_figure2.py --scale paper --tables {reference}" in out
+    assert "sweep.py" not in out and "collect" not in out
+    again = subprocess.run(["make", "-n", "figure2", "SCALE=paper", "TRAIN=1",
+                            f"REFERENCE={reference}"], cwd=REPO, capture_output=True,
+                           text=True, timeout=60).stdout
+    assert "make sweep EXP=figure2" in again  # TRAIN=1: run what is missing here first
+    report = subprocess.run(["make", "-n", "report", "SCALE=paper", f"REFERENCE={reference}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60,
+                            env={k: v for k, v in __import__("os").environ.items()
+                                 if k != "PCALM_RESULTS"}).stdout
+    assert f"--tables {reference}" in report
