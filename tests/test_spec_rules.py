@@ -362,6 +362,21 @@ def test_hessian_lambda_max_default_iterations_converge_on_a_deep_net():
     assert hessian_lambda_max(net, x) == pytest.approx(want, rel=1e-6)
 
 
+def test_hessian_lambda_max_of_a_float32_net_is_computed_in_float64():
+    """A float32 net (the training dtype) gets the same λ_max as its float64 copy."""
+    from pcalm.diagnostics import hessian_lambda_max
+
+    net32 = ResidualMLP(20, 8, 6, activation="tanh", seed=2)
+    net64 = ResidualMLP(20, 8, 6, activation="tanh", seed=2, dtype=torch.float64)
+    x, _ = _data(6, 20, 1, dtype=torch.float32)
+    for method in ("lanczos", "power"):
+        assert hessian_lambda_max(net32, x, method=method) == pytest.approx(
+            hessian_lambda_max(net64, x.double(), method=method), rel=1e-12)
+    assert net32.w_in.dtype == torch.float32  # left as it was
+    with pytest.raises(ValueError, match="bad λ_max method 'exact': allowed: lanczos, power"):
+        hessian_lambda_max(net64, x, method="exact")
+
+
 def test_linear_hessian_and_iteration_matrix():
     """Identity net, one sample: H = PᵀP + ρRᵀR and SPEC §6's block M, built in the test."""
     from pcalm.diagnostics import iteration_matrix, linear_hessian
