@@ -31,6 +31,8 @@ TOLERANCE = 0.05  # relative
 
 @pytest.mark.parametrize("data, act, width, depth, reference", REFERENCE)
 def test_committed_table_agrees_with_the_authors(data, act, width, depth, reference):
+    """A check of the committed data file; the code that writes it is checked in
+    tests/test_eta_recipe.py."""
     ours = load_table(ETA_TABLE)[(data, act, width, depth)]
     assert ours == pytest.approx(reference, rel=TOLERANCE)
 
@@ -43,8 +45,8 @@ def test_committed_table_covers_the_paper_grid():
             for n in grid:
                 for depth in grid:
                     assert (data, act, n, depth) in table
-    # Stability: every step sits below 2/λ_max with margin, and deeper nets get larger η_h.
-    assert all(0.15 < v < 0.3 for v in table.values())
+    # What the code computes for these cells (not only a plausible range): the linear cells
+    # are recomputed from the code in tests/test_eta_recipe.py, on test-made IDX files.
 
 
 def test_linear_cells_do_not_depend_on_the_data():
