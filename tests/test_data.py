@@ -329,7 +329,8 @@ def test_files_checksum_tracks_the_bytes(tmp_path, fake_root):
 def _real_root() -> Path:
     root = os.environ.get("PCALM_DATA", "")
     if not root:
-        pytest.skip("real MNIST/Fashion-MNIST not available: PCALM_DATA is unset (see DATA.md)")
+        pytest.skip("real MNIST/Fashion-MNIST not available: PCALM_DATA is unset "
+                    "(see docs/DATA.md)")
     for folder, files in data.MD5.items():
         for base in files:
             if not any((Path(root) / folder / "raw" / f"{base}{s}").is_file() for s in ("", ".gz")):
@@ -341,7 +342,7 @@ def _real_root() -> Path:
 def test_real_data(name):
     root = _real_root()
     data.clear_cache()
-    ds = load_dataset(name, root, verify=False)
+    ds = load_dataset(name, root)  # verify=True: the official files, MD5-checked
     assert ds.x_train.shape == (60000, 784) and ds.x_test.shape == (10000, 784)
     assert len(data._VERIFIED) == 4  # all four files MD5-checked
     assert abs(ds.x_train.mean().item()) < 0.01 and abs(ds.x_train.std().item() - 1) < 0.02
