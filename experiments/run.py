@@ -14,16 +14,20 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from pcalm.cli import CONFIG_DIR, check_overrides, exit_with, run_config
+from pcalm.cli import CONFIG_DIR, check_overrides, exit_with, interrupted, run_config
+from pcalm.config import Cell
 from pcalm.data import DataError
 from pcalm.eta import EtaTableError
+from pcalm.results import RunFolder, check_results_dir
 from pcalm.runner import execute
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    run = None
     try:
         run = run_config(cfg)
+        check_results_dir(run["results_dir"])
         threads = run["train"]["threads"]
         if threads:
             import torch
@@ -32,10 +36,17 @@ def main(cfg: DictConfig) -> None:
         outcome = execute([run])
     except (ValueError, DataError, EtaTableError) as err:
         exit_with(err)
+    except KeyboardInterrupt:
+        where = RunFolder(run["results_dir"], run).path if run else None
+        interrupted(f"run {Cell.of(run)} ({where})" if run else "the run, before it started")
     if outcome.skipped:
-        print(f"already complete: results/runs/{outcome.skipped[0]} (delete it to re-run)")
+        path = RunFolder(run["results_dir"], run).path
+        print(f"already complete: {path} (delete it to re-run)")
 
 
 if __name__ == "__main__":
-    check_overrides(sys.argv[1:])
-    main()
+    try:
+        check_overrides(sys.argv[1:])
+        main()
+    except KeyboardInterrupt:
+        interrupted("the run, before it started")

@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -25,6 +28,53 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 log = logging.getLogger("run_job")
 SUBMIT_ONLY = "--submit-only"
 RECORD_SLURM_JOBS = "PCALM_SLURM_JOBS"  # set by experiments/sweep.py: where to record job ids
+SWEEP_PID = "PCALM_SWEEP_PID"  # set by experiments/sweep.py: `pid:start time` of the sweep
+WATCH_EVERY_S = 1.0
+
+
+def _alive(identity: str) -> bool:
+    """Whether the process `pid:start time` (experiments/sweep.py's process_identity) lives.
+
+    A zombie is dead: a sweep killed by SIGKILL stays one until its parent reaps it, which a
+    parent blocked reading the sweep's output (and so ours, inherited) never does."""
+    pid, _, start = identity.partition(":")
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, ValueError):
+            return True
+        return True
+    fields = stat.rsplit(")", 1)[1].split()  # fields[0]: state; fields[19]: start time
+    return fields[0] not in ("Z", "X") and (not start or fields[19] == start)
+
+
+def stop_with_the_sweep() -> None:
+    """A local job (not under SLURM, where SIGTERM means preemption and submitit requeues):
+    SIGTERM stops it like Ctrl-C (submitit would ignore it), and it stops itself when the
+    sweep that launched it is gone, however that died. Finished runs stay; the interrupted
+    one resumes from its checkpoint on the next sweep."""
+    if os.environ.get("SLURM_JOB_ID"):
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    identity = os.environ.get(SWEEP_PID)
+    if not identity:
+        return
+
+    def watch() -> None:
+        while _alive(identity):
+            time.sleep(WATCH_EVERY_S)
+        log.info("the sweep that launched this job is gone: stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="watch-sweep", daemon=True).start()
 
 
 def job_threads(job: dict) -> int | None:
@@ -59,22 +109,30 @@ def run_job(manifest_path: str, index: int) -> None:
     stack = stack_size(manifest.get("max_stack", 1), device)
     log.info(f"job {index}: {len(job['runs'])} runs, {threads or 'default'} threads, "
              f"{device}, up to {stack} models per stack")
-    failed = []
-    for unit in stack_units(job["runs"], stack):
-        set_threads(unit[0]["train"]["threads"] or threads)  # a run's own setting wins
-        try:
-            outcome = execute(unit, max_stack=stack, progress=False, say=log.info)
-            if outcome.skipped:
-                log.info(f"already complete: {', '.join(outcome.skipped)}")
-        except Exception:  # report it and go on with the job's other runs
-            log.error(traceback.format_exc())
-            failed += [str(Cell.of(c)) for c in unit]
+    failed, busy = [], []
+    units = stack_units(job["runs"], stack)
+    # Runs another process is training (another sweep's job) come last: this job trains
+    # what it can meanwhile, then waits for them and skips those that are complete by then.
+    for wait, batch in ((False, units), (True, None)):
+        for unit in batch if batch is not None else busy:
+            set_threads(unit[0]["train"]["threads"] or threads)  # a run's own setting wins
+            try:
+                outcome = execute(unit, max_stack=stack, progress=False, say=log.info,
+                                  wait=wait)
+                if outcome.skipped:
+                    log.info(f"already complete: {', '.join(outcome.skipped)}")
+                if outcome.busy:
+                    busy.append(outcome.busy)
+            except Exception:  # report it and go on with the job's other runs
+                log.error(traceback.format_exc())
+                failed += [str(Cell.of(c)) for c in unit]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(job['runs'])} runs failed: {'; '.join(failed)}")
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="job", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    stop_with_the_sweep()
     run_job(cfg.manifest, int(cfg.job))
 
 

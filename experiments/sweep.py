@@ -14,6 +14,7 @@ the jobs are submitted. Exit status: 0 all complete (or submitted), 1 runs missi
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,11 +22,11 @@ from datetime import datetime
 from pathlib import Path
 
 from pcalm import provenance, slurm
-from pcalm.cli import REPO, compose, exit_with
+from pcalm.cli import REPO, compose, exit_with, interrupted
 from pcalm.cost import describe_seconds
 from pcalm.data import DataError
 from pcalm.eta import EtaTableError
-from pcalm.results import RunFolder, atomic_write_json
+from pcalm.results import RunFolder, atomic_write_json, check_results_dir, inside
 from pcalm.runner import load_run_dataset
 from pcalm.sweep import (
     Sweep,
@@ -42,6 +43,8 @@ RUN_JOB = REPO / "experiments" / "run_job.py"
 RECORD_SLURM_JOBS = "PCALM_SLURM_JOBS"  # tells run_job.py where to record SLURM job ids
 FLAGS = ("--dry-run", "--no-wait")
 PROGRESS_EVERY_S = 30.0
+SWEEP_PID = "PCALM_SWEEP_PID"  # local jobs stop when this process (pid:start time) is gone
+STOP_GRACE_S = 30.0  # after SIGTERM, how long the jobs get to stop before SIGKILL
 
 
 def cores() -> int:
@@ -49,6 +52,9 @@ def cores() -> int:
 
 
 def split_args(argv: list[str]) -> tuple[set[str], list[str]]:
+    if any(a in ("-h", "--help") for a in argv):  # usage: this module's docstring
+        print(__doc__.strip())
+        raise SystemExit(0)
     flags = {a for a in argv if a.startswith("--")}
     unknown = sorted(flags - set(FLAGS))
     if unknown:
@@ -61,16 +67,20 @@ def is_complete(cfg: dict) -> bool:
 
 
 def check_data(configs: list[dict]) -> None:
-    """Load each dataset the pending runs need once, so a missing file fails now, not in jobs."""
-    seen = set()
+    """Load each dataset the pending runs need once, so a missing file (or a batch larger
+    than the training set) fails now, not in the jobs."""
+    sizes = {}
     for cfg in configs:
         if not TASKS[cfg["task"]["name"]].needs_data:
             continue
         d = cfg["data"]
         key = (d["name"], d["root"], d["train_size"], d["test_size"])
-        if key not in seen:
-            seen.add(key)
-            load_run_dataset(cfg)
+        if key not in sizes:
+            sizes[key] = len(load_run_dataset(cfg).x_train)
+        batch = cfg["train"]["batch_size"]
+        if cfg["task"]["name"] == "train" and batch > sizes[key]:
+            raise ValueError(f"bad value train.batch_size={batch}: allowed: at most the "
+                             f"{sizes[key]} training samples of {d['name']} (one batch per step)")
 
 
 def launcher_overrides(sweep: Sweep, name: str, results_dir: Path) -> tuple[list[str], bool]:
@@ -103,14 +113,25 @@ def quoted(key: str, value) -> str:
     return f"{key}='{str(value).replace(chr(39), chr(92) + chr(39))}'"
 
 
-def sweep_name(sweep: Sweep, results_dir: Path) -> str:
-    """`<experiment>-<scale>-<time>`, unused so far under <results_dir>/sweeps."""
+def sweep_name(sweep: Sweep, results_dir: Path, claim: bool = True) -> str:
+    """`<experiment>-<scale>-<time>[-n]`, its folder <results_dir>/sweeps/<name> made by this
+    call (`claim`): mkdir fails if the folder exists, so two sweeps started in the same second
+    get two folders. Without `claim` (--dry-run): the name a sweep would get now."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name, n = f"{sweep.label}-{stamp}", 1
-    while (results_dir / "sweeps" / name).exists():  # two sweeps in one second
+    while True:
+        folder = inside(results_dir, "sweeps", name)
+        if not claim and not folder.exists():
+            return name
+        if claim:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir()
+                return name
+            except FileExistsError:
+                pass
         n += 1
         name = f"{sweep.label}-{stamp}-{n}"
-    return name
 
 
 def write_manifest(path: Path, sweep: Sweep, jobs: list[list[dict]], threads: int | None,
@@ -168,9 +189,62 @@ def projection(sweep: Sweep, jobs: list[list[dict]], device: str, threads: int |
     return seconds
 
 
+class Stopped(BaseException):
+    """SIGTERM (e.g. from `timeout`): stop like Ctrl-C."""
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped
+
+
+def _die_with_parent() -> None:
+    """In the launched multirun (Linux): SIGTERM it when this process dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def process_identity(pid: int) -> str:
+    """`pid:start-time` (from /proc), so a recycled pid is not taken for this process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return f"{pid}:{stat.rsplit(')', 1)[1].split()[19]}"
+    except (OSError, IndexError):
+        return str(pid)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the multirun's process group (the launcher, submitit's controllers and the
+    jobs: they stop, keeping finished runs and checkpoints), then SIGKILL what is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline:
+        proc.poll()
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 def launch(command: list[str], pending: list[dict], env: dict[str, str]) -> int:
-    """Run the multirun; while it waits, say now and then how many runs are complete."""
-    proc = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env})
+    """Run the multirun in its own process group; while it waits, say now and then how many
+    runs are complete. Ctrl-C or SIGTERM here stops the whole group; a SIGKILL here stops the
+    multirun (PR_SET_PDEATHSIG) and the local jobs (they watch this process: run_job.py)."""
+    env = {**os.environ, **env, SWEEP_PID: process_identity(os.getpid())}
+    proc = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
+                            preexec_fn=_die_with_parent)
     last, next_report = 0, time.monotonic() + PROGRESS_EVERY_S
     try:
         while proc.poll() is None:
@@ -180,9 +254,10 @@ def launch(command: list[str], pending: list[dict], env: dict[str, str]) -> int:
                 if done != last:
                     print(f"progress: {done} of {len(pending)} runs complete", flush=True)
                 last, next_report = done, time.monotonic() + PROGRESS_EVERY_S
-    except KeyboardInterrupt:
-        proc.terminate()  # local jobs stop; finished runs stay, the rest resume next time
-        proc.wait()
+    except (KeyboardInterrupt, Stopped):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop_group(proc)
         raise
     return proc.returncode
 
@@ -223,8 +298,8 @@ def main(argv: list[str]) -> int:
         launcher = sweep.settings["launcher"]
         if not wait and launcher != "slurm":
             raise ValueError(f"--no-wait needs sweep.launcher=slurm, not {launcher}")
-        results_dir = Path(sweep.configs[0]["results_dir"])
-        name = sweep_name(sweep, results_dir)
+        results_dir = check_results_dir(sweep.configs[0]["results_dir"])
+        name = sweep_name(sweep, results_dir, claim=False)  # claimed once there is a job
         hydra_args, jobs_have_gpu = launcher_overrides(sweep, name, results_dir)
         queued = in_flight(results_dir)
         pending, jobs = plan(sweep, queued, planning_device(sweep.configs, jobs_have_gpu))
@@ -246,6 +321,10 @@ def main(argv: list[str]) -> int:
             when = f", projected {describe_seconds(projected[i])}" if projected else ""
             print(f"  job {i}: {len(job)} runs, relative cost {sum(map(run_cost, job)):.3g}{when}")
         return 0
+    claimed = sweep_name(sweep, results_dir)  # its own folder, even if another sweep
+    hydra_args = [quoted("sweep_name", claimed) if a == quoted("sweep_name", name) else a
+                  for a in hydra_args]  # started in the same second took `name`
+    name = claimed
     manifest = results_dir / "sweeps" / name / "manifest.json"
     write_manifest(manifest, sweep, jobs, threads, projected)
     command = [sys.executable, str(RUN_JOB), *([] if wait else ["--submit-only"]), "-m",
@@ -290,5 +369,14 @@ def report(configs: list[dict], rc: int, name: str, results_dir: Path, waited: b
     return 0
 
 
+def interrupt_line(argv: list[str]) -> str:
+    words = [a for a in argv if a.startswith(("experiment=", "scale="))]
+    return f"sweep {' '.join(words) or '(default)'}"
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except (KeyboardInterrupt, Stopped) as stop:
+        interrupted(interrupt_line(sys.argv[1:]), 143 if isinstance(stop, Stopped) else 130)

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pcalm.config import ConfigError, resolve_run_config
 from pcalm.eta import AUTHORS_TABLE_NAME
+from pcalm.results import check_results_dir
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "configs"
@@ -46,12 +47,25 @@ def compose(overrides: list[str], config_name: str = "config",
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    _check_group_paths(overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
             return hydra_compose(config_name, overrides=overrides, return_hydra_config=with_hydra)
     except Exception as err:  # Hydra's errors are multi-line; users get one line
         raise _composition_error(err) from None
+
+
+def _check_group_paths(overrides: list[str]) -> None:
+    """A group choice is a file name of its folder, never a path (`experiment=../config`
+    would make Hydra read another folder's file and fail somewhere else)."""
+    for text in overrides:
+        key, sep, value = text.lstrip("+~").partition("=")
+        value = value.strip().strip("'\"")
+        options = group_options(key) if sep else None
+        if options is not None and ("/" in value or "\\" in value or value.startswith(".")):
+            raise ConfigError(f"bad value {key}={value!r}: allowed: {', '.join(options)} "
+                              f"(a file name of configs/{key}/, without .yaml)")
 
 
 def _composition_error(err: BaseException) -> ConfigError:
@@ -137,6 +151,13 @@ def check_overrides(argv: list[str]) -> None:
         return
     overrides = [a for a in argv if not a.startswith("hydra.") and not a.startswith("hydra/")]
     try:
-        run_config(compose(overrides))
+        check_results_dir(run_config(compose(overrides))["results_dir"])  # Hydra writes there
     except ValueError as err:
         exit_with(err)
+
+
+def interrupted(what: str, code: int = 130) -> None:
+    """Ctrl-C (or SIGTERM): one line saying what stopped and how to go on, then leave."""
+    print(f"\ninterrupted: {what}; run the same command again to resume it (finished runs are "
+          "kept, an interrupted one goes on from its last checkpoint)", file=sys.stderr)
+    raise SystemExit(code)

@@ -8,18 +8,19 @@ and returns the plain dict that names the run (its hash is the run id) and is sa
 from __future__ import annotations
 
 import copy
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from pcalm.algorithms import ALGORITHMS, COMPILE_MODES, algorithm_options, make_algorithm
 from pcalm.data import DATASETS, IMAGE_DATASETS, DataError, files_checksum
+from pcalm.device import DEVICES, DTYPES
+from pcalm.errors import ConfigError
 from pcalm.eta import SOURCE_CONFIG, lookup_state_lr
 from pcalm.model import ACTIVATIONS, PARAMETERISATIONS, get_activation
+from pcalm.tasks import TASKS
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-DEVICES = ("auto", "cpu", "cuda")
 LOGGER_MODES = ("none", "offline", "online")
 PROGRESS = ("auto", "on", "off")
 
@@ -30,12 +31,8 @@ SECTION_KEYS = {
         "epochs", "batch_size", "eta0", "seed", "device", "dtype", "evals_per_epoch",
         "threads", "progress", "checkpoint_every", "compile",
     ),
-    "logger": ("mode", "project", "entity", "group"),
+    "logger": ("mode", "project", "entity", "group", "scale"),
 }
-
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message is one line naming the key and what is allowed."""
 
 
 def _fail(key: str, value, allowed: str) -> ConfigError:
@@ -53,11 +50,23 @@ def _int(cfg: dict, section: str, key: str, minimum: int, optional: bool = False
 
 def _number(cfg: dict, section: str, key: str, minimum: float = 0.0, strict: bool = True):
     value = cfg[section][key]
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < minimum or (strict and value == minimum):
         sign = ">" if strict else ">="
-        raise _fail(f"{section}.{key}", value, f"allowed: a number {sign} {minimum}")
+        raise _fail(f"{section}.{key}", value, f"allowed: a finite number {sign} {minimum}")
     cfg[section][key] = float(value)
+
+
+# Names that become file names (tables/<name>-<scale>.csv, sweeps/<name>-<scale>-<time>/).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_name(key: str, value) -> str:
+    """`value` if it is a safe file-name part (no '/', no leading '.'), else ConfigError."""
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise _fail(key, value, "allowed: letters, digits, '_', '-' and '.', not starting "
+                    "with '.' (it names files under results_dir)")
+    return value
 
 
 def _choice(cfg: dict, section: str, key: str, allowed) -> None:
@@ -85,8 +94,6 @@ def _resolve_data_identity(cfg: dict) -> None:
     the official MNIST / Fashion-MNIST files (MD5-checked when loaded), so their root is not;
     `verify: false` admits any real-format files and records their checksum, read now. Files
     that cannot be read now leave it out: such a run stops at loading (pcalm.runner)."""
-    from pcalm.tasks import TASKS
-
     data = cfg["data"]
     if data["name"] not in IMAGE_DATASETS or data["verify"]:
         return
@@ -132,8 +139,6 @@ def _resolve_algo(cfg: dict, eta_table: Path | None, authors_table: Path | None)
 
 
 def _resolve_task(cfg: dict) -> None:
-    from pcalm.tasks import TASKS
-
     task = cfg.setdefault("task", {"name": "train"})
     if not isinstance(task, dict) or task.get("name") not in TASKS:
         name = task.get("name") if isinstance(task, dict) else task
@@ -188,8 +193,24 @@ def resolve_run_config(raw: dict, eta_table: Path | str | None = None,
     _resolve_algo(cfg, Path(eta_table) if eta_table else None,
                   Path(authors_table) if authors_table else None)
     cfg.setdefault("name", "default")
+    check_name("name", cfg["name"])
     cfg.setdefault("results_dir", "results")
+    if not isinstance(cfg["results_dir"], str) or not cfg["results_dir"]:
+        raise _fail("results_dir", cfg["results_dir"], "allowed: a folder path")
+    _check_batch_size(cfg)
     return cfg
+
+
+def _check_batch_size(cfg: dict) -> None:
+    """A set training-set size must hold at least one batch (the full split is checked when
+    its files are read: pcalm.train.Trainer)."""
+    size, batch = cfg["data"]["train_size"], cfg["train"]["batch_size"]
+    if size is None:
+        return
+    samples = size // 10 * 10 if cfg["data"]["name"] in IMAGE_DATASETS else size  # per class
+    if batch > samples:
+        raise _fail("train.batch_size", batch, f"allowed: at most the {samples} training "
+                    f"samples of data.train_size={size} (one batch per step)")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The diagnostic tasks behind the theory figures 1, 3, 4, 5, 8 and 9 (SPEC §5–7).
 
-Each task is `(cfg, dataset | None) -> (summary, arrays)` (pcalm/tasks.py): the run folder
+Each task is `(cfg, dataset | None) -> (summary, arrays)` (pcalm/taskdef.py; listed by
+pcalm/tasks.py, the registry): the run folder
 gets `summary.json` (scalars, one table row) and `arrays.npz` (the curves a figure draws).
 The net is built from `model.*` with `train.seed`, on `train.device`; `algo.*` gives T, η_h,
 ρ and α. Parameters live in the config's `task` section (defaults below, in `register`).
@@ -29,9 +30,10 @@ import torch.nn.functional as F
 
 from pcalm import diagnostics, energy
 from pcalm.algorithms import InferenceState, make_algorithm
-from pcalm.config import DTYPES, ConfigError
+from pcalm.device import DTYPES, resolve_device
+from pcalm.errors import ConfigError
 from pcalm.model import ResidualMLP
-from pcalm.tasks import register
+from pcalm.taskdef import register
 
 STATE_LR_RULES = ("inverse_lambda_max", "algo")
 
@@ -62,8 +64,6 @@ def _param(cfg: dict, key: str, kind: str, minimum: float | None = None):
 
 
 def _device(cfg: dict) -> torch.device:
-    from pcalm.train import resolve_device  # train imports diagnostics: import late
-
     return resolve_device(cfg["train"]["device"])
 
 
@@ -448,7 +448,7 @@ def pc_equilibrium(net, x, y, state_lr: float, tol: float, max_steps: int) -> di
     bottom = net.bottom_prediction(x)
     z, _ = net.forward_states(x)
     change = math.inf
-    for step in range(1, max_steps + 1):
+    for step in range(1, max_steps + 1):  # noqa: B007  (the count is returned)
         eps = energy.residuals(net, bottom, z)
         e = net.readout(z[..., -1, :, :]) - y
         dz = state_lr * energy.state_grad(net, z, eps, e)

@@ -9,7 +9,11 @@ One run = one folder ``<results_dir>/runs/<run_id>/`` holding
 
 Every file is written atomically (temp file in the same directory, fsync, ``os.replace``), so
 a job killed at any instant leaves either the old file or the new one, never half of one.
-A folder without a readable ``summary.json`` is incomplete and gets re-run.
+A folder without a valid ``summary.json`` (a JSON object whose ``status`` is ``complete`` or
+``diverged``) is incomplete and gets re-run; temp files a kill left behind are removed when
+the folder is prepared again. Whoever trains a run holds its lock (``RunLock``: an exclusive
+``flock`` on ``<results_dir>/locks/<run_id>.lock``, released by the kernel however the process
+ends), so two sweeps on one results folder never train the same run at once.
 
 Nothing here imports Hydra: configs are plain nested dicts. torch is imported lazily (only the
 checkpoint functions need it) so that table building and plotting stay light.
@@ -17,6 +21,7 @@ checkpoint functions need it) so that table building and plotting stay light.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -56,6 +61,8 @@ METRICS_FILE = "metrics.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "summary.json"
 ARRAYS_FILE = "arrays.npz"
+LOCKS_DIR = "locks"
+SUMMARY_STATUSES = ("complete", "diverged")  # what a finished run's summary.json says
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,6 +247,102 @@ def _read_json(path: Path) -> Any | None:
         return None
 
 
+def is_summary(obj: Any) -> bool:
+    """True iff ``obj`` is a finished run's summary: a dict whose ``status`` is one of
+    SUMMARY_STATUSES (``[]``, ``{}`` or any other JSON means the run is incomplete)."""
+    return isinstance(obj, dict) and obj.get("status") in SUMMARY_STATUSES
+
+
+class ResultsDirError(ValueError):
+    """A results folder that cannot hold results; the message is one line."""
+
+
+def check_results_dir(results_dir: str | os.PathLike) -> Path:
+    """``results_dir`` (as a Path), after checking that a file can be written in it.
+
+    ResultsDirError (one line naming the path, what is wrong and what is allowed) for a path
+    that is a file, read-only, or anywhere no folder can be made (e.g. under /proc). Folders
+    made for the check are removed again: a check leaves nothing behind.
+    """
+    path = Path(results_dir).expanduser()
+    allowed = "allowed: a folder you can write to (results_dir=... or PCALM_RESULTS)"
+    made = [p for p in (path, *path.parents) if not p.exists()]
+    blocking = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        what = "it is a file" if blocking == path else f"{str(blocking)!r} is a file"
+        raise ResultsDirError(f"bad value results_dir={str(path)!r}: {what}; {allowed}")
+    step = "cannot make the folder"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        step = "cannot write in it"
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ResultsDirError(f"bad value results_dir={str(path)!r}: {step} ({reason}); "
+                              f"{allowed}") from None
+    finally:
+        for folder in made:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+    return path
+
+
+def inside(results_dir: str | os.PathLike, *parts: str) -> Path:
+    """``results_dir/parts...``, refused (ResultsDirError) if it would lie outside
+    ``results_dir`` (a name such as ``../../x``): every file pcalm writes stays under it."""
+    root = Path(results_dir).expanduser().resolve()
+    path = root.joinpath(*parts).resolve()
+    if path != root and root not in path.parents:
+        raise ResultsDirError(f"bad path {'/'.join(parts)!r}: it leaves results_dir {str(root)!r};"
+                              " allowed: names of letters, digits, '_', '-' and '.'")
+    return path
+
+
+class RunLock:
+    """The exclusive lock of one run, taken by the process that trains it.
+
+    ``fcntl.flock`` on ``<results_dir>/locks/<run_id>.lock``: the kernel drops it when its
+    holder exits, killed or not, so a lock is never stale. The lock file itself stays (removing
+    it would let two processes lock two different files of one name). Without fcntl (Windows)
+    every acquire succeeds: there, one sweep per results folder at a time.
+    """
+
+    def __init__(self, results_dir: str | os.PathLike, rid: str):
+        self.path = Path(results_dir) / LOCKS_DIR / f"{rid}.lock"
+        self._fd: int | None = None
+
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock; False (without waiting) if another process holds it and not
+        ``blocking``."""
+        try:
+            import fcntl
+        except ImportError:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+
 def _rows_to_csv(rows: list[Mapping]) -> str:
     """CSV text for ``rows``; columns = union of keys in first-seen order, blanks for gaps."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
@@ -301,14 +404,34 @@ class RunFolder:
 
     # life cycle -----------------------------------------------------------------------------
     def exists_complete(self) -> bool:
-        """True iff ``summary.json`` exists and parses: the run finished and need not re-run."""
-        return _read_json(self.summary_path) is not None
+        """True iff ``summary.json`` holds a valid summary (``is_summary``): the run finished
+        and need not re-run. Absent, torn, ``[]`` or any other JSON: incomplete."""
+        return is_summary(_read_json(self.summary_path))
 
     def prepare(self) -> RunFolder:
-        """Create the folder and write the full config (cosmetic keys included) to config.yaml."""
+        """Create the folder and write the full config (cosmetic keys included) to config.yaml.
+
+        Temp files of atomic writes that a kill interrupted (``.metrics.csv.*.tmp`` ...) are
+        removed: only the process holding the run's lock prepares its folder, so none of them
+        is being written.
+        """
         self.path.mkdir(parents=True, exist_ok=True)
+        for stray in self.path.glob(".*.tmp"):
+            stray.unlink(missing_ok=True)
         atomic_write_text(self.config_path, yaml.safe_dump(self.config, sort_keys=False))
         return self
+
+    def discard_if_bare(self) -> None:
+        """Remove the folder if it holds nothing but ``config.yaml`` (a run that failed before
+        writing anything), so a failure never leaves an empty-looking run behind."""
+        try:
+            names = {p.name for p in self.path.iterdir()}
+        except OSError:
+            return
+        if names <= {CONFIG_FILE}:
+            with contextlib.suppress(OSError):
+                self.config_path.unlink(missing_ok=True)
+                self.path.rmdir()
 
     def write_metrics(self, rows: list[Mapping]) -> None:
         """Rewrite ``metrics.csv`` with all rows so far (few rows, so rewriting is cheap and
@@ -323,15 +446,17 @@ class RunFolder:
         """The saved training state, or None if there is none or it cannot be read.
 
         A corrupt checkpoint only costs a restart, so it warns instead of crashing the job.
-        ``weights_only=False`` because the file is our own and holds RNG states (Python and
-        NumPy objects) besides tensors. Tensors land on the CPU; the caller moves them.
+        ``weights_only=True``: a checkpoint holds only tensors and plain Python values (ints,
+        floats, strings, lists, dicts), so nothing in a results folder (shared, or planted) can
+        run code when it is loaded — a pickle that tries is refused, with a warning, and the
+        run starts over. Tensors land on the CPU; the caller moves them.
         """
         if not self.checkpoint_path.exists():
             return None
         import torch
 
         try:
-            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         except Exception as err:  # any unreadable file means "start over"
             warnings.warn(
                 f"{self.checkpoint_path}: unreadable checkpoint ({type(err).__name__}: {err}); "
@@ -397,7 +522,7 @@ def _scan(
     for rid in ids:
         folder = runs_dir / rid
         summary = _read_json(folder / SUMMARY_FILE)
-        if not isinstance(summary, dict):
+        if not is_summary(summary):
             missing.append(rid)
             continue
         complete.append((rid, folder, _read_config(folder), summary))
@@ -469,6 +594,38 @@ def collect(
     df = load(results_dir, run_ids)
     atomic_write_text(out_path, df.to_csv(index=False))
     return df
+
+
+def problems(results_dir: str | os.PathLike, run_ids: Iterable[str] | None = None) -> list[str]:
+    """One line per defect of a complete run that a table would hide: no (or an unreadable)
+    metrics.csv, a config.yaml that is absent, not YAML, or not a mapping."""
+    complete, _ = _scan_quietly(results_dir, run_ids)
+    lines = []
+    for _, folder, _, _ in complete:
+        config_path = folder / CONFIG_FILE
+        try:
+            config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+            if not isinstance(config, dict):
+                lines.append(f"{config_path}: not a config (a YAML mapping), found "
+                             f"{type(config).__name__}: its run has no config columns")
+        except (OSError, yaml.YAMLError) as err:
+            what = "missing" if isinstance(err, FileNotFoundError) else "unreadable"
+            lines.append(f"{config_path}: {what}: its run has no config columns")
+        metrics_path = folder / METRICS_FILE
+        if not metrics_path.is_file():
+            lines.append(f"{metrics_path}: missing: its run has no metrics rows")
+        else:
+            try:
+                pd.read_csv(metrics_path)
+            except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError, ValueError):
+                lines.append(f"{metrics_path}: unreadable CSV: its run has no metrics rows")
+    return lines
+
+
+def _scan_quietly(results_dir, run_ids):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _scan(results_dir, run_ids)
 
 
 def iter_run_folders(results_dir: str | os.PathLike = "results") -> Iterator[RunFolder]:

@@ -4,18 +4,24 @@ This is the one place that joins a config to its run folder, its data, its track
 trainer, so the single-run entry point, sweep jobs and tests all go through it.
 Configs equal but for the seed can train as one stack (`max_stack` > 1) — one process,
 one set of batched matmuls for all of them.
+
+A run trains only under its lock (pcalm.results.RunLock), and is checked for completeness
+again once the lock is held: two processes given the same run (two sweeps, a sweep and a
+single run) train it once; the other skips it, or waits for it (`wait=True`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from pcalm import provenance
 from pcalm.config import Cell
 from pcalm.data import IMAGE_DATASETS, DataError, Dataset, files_checksum, load_dataset
-from pcalm.results import ARRAYS_FILE, RunFolder, atomic_save_arrays
+from pcalm.results import ARRAYS_FILE, RunFolder, RunLock, atomic_save_arrays
 from pcalm.tasks import TASKS
 from pcalm.tracking import open_tracker
 from pcalm.train import Trainer, resolve_device, stack_key
@@ -31,9 +37,12 @@ class Outcome:
 
     trained: list[dict]
     skipped: list[str]
+    busy: list[dict] = field(default_factory=list)  # configs another process is training
 
     def __str__(self) -> str:
-        return f"{len(self.trained)} trained, {len(self.skipped)} already complete (skipped)"
+        busy = f", {len(self.busy)} being trained elsewhere" if self.busy else ""
+        return (f"{len(self.trained)} trained, {len(self.skipped)} already complete "
+                f"(skipped){busy}")
 
 
 def _dataset_key(cfg: dict) -> tuple:
@@ -68,11 +77,19 @@ def execute(
     max_stack: int = 1,
     progress: bool = True,
     say: Callable[[str], None] = print,
+    wait: bool = True,
 ) -> Outcome:
-    """Train every config whose run folder lacks `summary.json`; returns what was done."""
-    pending, skipped = [], []
+    """Train every config whose run folder lacks a valid `summary.json`; returns what was done.
+
+    A run another process holds the lock of is left to the end; then, with `wait`, this one
+    waits for it (and skips it if it is complete by then), else it is returned in `busy`.
+    """
+    pending, skipped, seen = [], [], set()
     for cfg in configs:
         folder = RunFolder(cfg["results_dir"], cfg)
+        if folder.path in seen:  # the same run twice (equal after resolution): train it once
+            continue
+        seen.add(folder.path)
         if folder.exists_complete():
             skipped.append(folder.id)
         else:
@@ -85,22 +102,68 @@ def execute(
             datasets[key] = load_run_dataset(cfg)
         return datasets[key]
 
-    trained = []
-    to_train = [c for c in pending if c["task"]["name"] == "train"]
-    for cfg in pending:
-        if cfg["task"]["name"] != "train":
+    def run_unit(unit: list[dict]) -> list[dict]:
+        if unit[0]["task"]["name"] != "train":
+            cfg = unit[0]
             needs_data = TASKS[cfg["task"]["name"]].needs_data
-            trained.append(run_task(cfg, dataset_for(cfg) if needs_data else None, say=say))
-    for stack in _stacks(to_train, max(1, max_stack)):
-        trained += train_stack(stack, dataset_for(stack[0]), progress=progress, say=say)
-    return Outcome(trained, skipped)
+            return [run_task(cfg, dataset_for(cfg) if needs_data else None, say=say)]
+        return train_stack(unit, dataset_for(unit[0]), progress=progress, say=say)
+
+    units = [[c] for c in pending if c["task"]["name"] != "train"]
+    units += _stacks([c for c in pending if c["task"]["name"] == "train"], max(1, max_stack))
+    trained, deferred, busy = [], [], []
+    for unit in units:
+        with _locked(unit, blocking=False) as held:
+            if held is None:
+                deferred.append(unit)
+                continue
+            trained += _run_incomplete(unit, run_unit, skipped)
+    for unit in deferred:
+        if not wait:
+            busy += unit
+            continue
+        ids = ", ".join(RunFolder(c["results_dir"], c).id for c in unit)
+        say(f"waiting for {ids}: another process is training it")
+        with _locked(unit, blocking=True):
+            trained += _run_incomplete(unit, run_unit, skipped)
+    return Outcome(trained, skipped, busy)
+
+
+@contextlib.contextmanager
+def _locked(unit: list[dict], blocking: bool) -> Iterator[list[RunLock] | None]:
+    """Hold the locks of every run of `unit` (taken in id order: no deadlock between two
+    processes), or yield None at once if another process holds one and not `blocking`."""
+    locks = sorted((RunLock(c["results_dir"], RunFolder(c["results_dir"], c).id) for c in unit),
+                   key=lambda lock: str(lock.path))
+    try:
+        for lock in locks:
+            if not lock.acquire(blocking):
+                for held in locks:
+                    held.release()
+                yield None
+                return
+        yield locks
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _run_incomplete(unit: list[dict], run_unit, skipped: list[str]) -> list[dict]:
+    """Under the unit's locks: run what is still incomplete (another process may have
+    finished some runs since they were found pending)."""
+    todo = []
+    for cfg in unit:
+        folder = RunFolder(cfg["results_dir"], cfg)
+        (skipped.append(folder.id) if folder.exists_complete() else todo.append(cfg))
+    return run_unit(todo) if todo else []
 
 
 def run_task(cfg: dict, dataset: Dataset | None, say: Callable[[str], None] = print) -> dict:
     """Run a diagnostic task (pcalm/tasks.py): arrays.npz, then summary.json last."""
-    folder = RunFolder(cfg["results_dir"], cfg).prepare()
+    folder = RunFolder(cfg["results_dir"], cfg)
     started = provenance.now()
-    summary, arrays = TASKS[cfg["task"]["name"]].fn(cfg, dataset)
+    summary, arrays = TASKS[cfg["task"]["name"]].fn(cfg, dataset)  # before any folder exists
+    folder.prepare()
     if arrays:
         atomic_save_arrays(folder.path / ARRAYS_FILE, arrays)
     device = resolve_device(cfg["train"]["device"])  # where the task's tensors live
@@ -113,14 +176,35 @@ def run_task(cfg: dict, dataset: Dataset | None, say: Callable[[str], None] = pr
 
 def train_stack(stack: list[dict], dataset: Dataset, *, progress: bool = True,
                 say: Callable[[str], None] = print) -> list[dict]:
-    """Train one stack, resuming from its checkpoint if one exists; writes every folder."""
+    """Train one stack, resuming from its checkpoint if one exists; writes every folder.
+
+    A checkpoint that loads but does not fit (other shapes, missing entries) is treated like
+    an unreadable one: a warning, and the stack starts over. A failure before anything but
+    config.yaml is written removes the folders again.
+    """
+    device = resolve_device(stack[0]["train"]["device"])
+    trainer = Trainer(stack, dataset, device)  # bad sizes fail here, before any folder exists
     folders = [RunFolder(c["results_dir"], c).prepare() for c in stack]
-    trainer = Trainer(stack, dataset, resolve_device(stack[0]["train"]["device"]))
+    try:
+        return _train_prepared(stack, folders, trainer, dataset, device, progress, say)
+    except BaseException:
+        for folder in folders:
+            folder.discard_if_bare()
+        raise
+
+
+def _train_prepared(stack, folders, trainer, dataset, device, progress, say) -> list[dict]:
     lead = folders[0]
     checkpoint = lead.load_checkpoint()
     if checkpoint is not None and checkpoint.get("run_ids") == [f.id for f in folders]:
-        trainer.restore(checkpoint)
-        say(f"resuming {lead.id} at step {trainer.state.step}")
+        try:
+            trainer.restore(checkpoint)
+            say(f"resuming {lead.id} at step {trainer.state.step}")
+        except Exception as err:  # loads, but is not this stack's state
+            warnings.warn(f"{lead.checkpoint_path}: checkpoint does not fit this run "
+                          f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                          "starting the run from scratch", stacklevel=2)
+            trainer = Trainer(stack, dataset, device)  # restore may have loaded a part
     trackers = [open_tracker(c["logger"], f.id, _run_name(c), c["logger"].get("group") or
                              c.get("name"), c, f.path) for c, f in zip(stack, folders)]
     exit_code = 1

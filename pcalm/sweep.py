@@ -27,7 +27,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from pcalm import cli
-from pcalm.config import ConfigError
+from pcalm.config import ConfigError, check_name
 from pcalm.results import RunFolder
 from pcalm.train import stack_key
 
@@ -201,7 +201,8 @@ def _settings(base: DictConfig) -> dict:
 
 def _name_scale(base: DictConfig) -> tuple[str, str]:
     scale = OmegaConf.select(base, "sweep.scale", default=None)
-    return str(base.get("name") or "default"), str(scale or "custom")
+    name, scale = str(base.get("name") or "default"), str(scale or "custom")
+    return check_name("name", name), check_name("sweep.scale", scale)  # they name files
 
 
 # ----------------------------------------------------------------------- expansion

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from pcalm.algorithms import BP, Algorithm, make_algorithm, stack_algorithms
-from pcalm.config import DEVICES, DTYPES
 from pcalm.data import Dataset
+from pcalm.device import DTYPES, resolve_device  # noqa: F401  (pcalm.train.resolve_device)
 from pcalm.diagnostics import grad_alignment
 from pcalm.model import ResidualMLP
 from pcalm.optim import make_adam
@@ -27,18 +27,6 @@ from pcalm.provenance import now
 
 EVAL_CHUNK = 2000
 ALIGNMENT_BATCH = 64  # post-training grad cosine: the first 64 training samples
-
-
-def resolve_device(name: str, option: str = "train.device") -> torch.device:
-    """auto (CUDA when present, else CPU), cpu or cuda; a bad value is a one-line ValueError
-    naming `option`."""
-    if name not in DEVICES:
-        raise ValueError(f"bad value {option}={name!r}: allowed: {', '.join(DEVICES)}")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"bad value {option}='cuda': no CUDA device here; allowed: auto, cpu")
-    return torch.device(name)
 
 
 def learning_rate(cfg: dict) -> float:

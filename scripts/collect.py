@@ -11,12 +11,21 @@ are left out and named, so a half-finished sweep still plots.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 from pcalm.cli import exit_with
 from pcalm.config import Cell
 from pcalm.eta import EtaTableError
-from pcalm.results import RunFolder, atomic_write_text, collect, load_metrics
+from pcalm.results import (
+    RunFolder,
+    atomic_write_text,
+    check_results_dir,
+    collect,
+    inside,
+    load_metrics,
+    problems,
+)
 from pcalm.sweep import load_sweep
 
 SHOW_MISSING = 3
@@ -24,13 +33,21 @@ SWEEP_FLAGS = ("--dry-run", "--no-wait")  # sweep.py's; ignored so `make figureN
 
 
 def write_tables(overrides: list[str]) -> tuple[int, int, list[str], Path]:
-    """Write both tables; returns (collected, expected, missing cells, table path)."""
+    """Write both tables; returns (collected, expected, missing cells, table path).
+
+    Complete runs with a missing or unreadable metrics.csv or config.yaml are named on stderr
+    (one line each): they are in the tables, but without those columns or rows.
+    """
     sweep = load_sweep(overrides)
     cells = {RunFolder(c["results_dir"], c).id: c for c in sweep.configs}
-    results_dir = Path(sweep.configs[0]["results_dir"])
-    table = results_dir / "tables" / f"{sweep.label}.csv"
-    df = collect(results_dir, list(cells), table)
-    metrics = load_metrics(results_dir, list(cells))
+    results_dir = check_results_dir(sweep.configs[0]["results_dir"])
+    table = inside(results_dir, "tables", f"{sweep.label}.csv")
+    for line in problems(results_dir, list(cells)):
+        print(f"warning: {line}", file=sys.stderr)
+    with warnings.catch_warnings():  # named above, in one line each
+        warnings.simplefilter("ignore")
+        df = collect(results_dir, list(cells), table)
+        metrics = load_metrics(results_dir, list(cells))
     atomic_write_text(table.with_name(f"{sweep.label}-metrics.csv"), metrics.to_csv(index=False))
     absent = set(df.attrs["missing"])
     missing = [str(Cell.of(cfg)) for rid, cfg in cells.items() if rid in absent]  # grid order
@@ -38,11 +55,16 @@ def write_tables(overrides: list[str]) -> tuple[int, int, list[str], Path]:
 
 
 def main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip())
+        return 0
     overrides = [a for a in argv if a not in SWEEP_FLAGS]
     try:
         collected, expected, missing, table = write_tables(overrides)
     except (ValueError, EtaTableError) as err:
         exit_with(err)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
     line = f"collected {collected} of {expected} runs"
     if missing:
         more = ", ..." if len(missing) > SHOW_MISSING else ""

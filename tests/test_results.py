@@ -231,7 +231,7 @@ def test_run_folder_lifecycle(tmp_path):
     assert folder.load_checkpoint() == {"step": 10, "weights": [1.0, 2.0]}
     assert not folder.exists_complete()
 
-    folder.write_summary({"test_acc": 0.5, "diverged": False})
+    folder.write_summary({"status": "complete", "test_acc": 0.5, "diverged": False})
     assert folder.exists_complete()
     assert not folder.checkpoint_path.exists()
     assert files_in(folder.path) == ["config.yaml", "metrics.csv", "summary.json"]
@@ -269,7 +269,7 @@ def finished_run(results_dir: Path, summary: dict | None = None, metrics=None, *
     if metrics is not None:
         folder.write_metrics(metrics)
     if summary is not None:
-        folder.write_summary(summary)
+        folder.write_summary({"status": "complete", **summary})
     return folder
 
 

@@ -2,15 +2,15 @@
 
 The training loop is deterministic and a batch's data order is a function of seed + epoch, so
 a run resumed from its last checkpoint gives the very same metrics as one never interrupted.
+The run kills itself right after a checkpoint at a known step (tests/stop_run.py): no race
+between a polling test and a busy CPU.
 """
 
 from __future__ import annotations
 
-import os
-import signal
+import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +21,8 @@ from pcalm.results import RunFolder
 from pcalm.runner import execute
 
 REPO = Path(__file__).resolve().parent.parent
+STOP_RUN = REPO / "tests" / "stop_run.py"
+KILL_STEP = 400  # of 500: most of the training time lies before the kill
 # 500 steps of a small PC-ALM net, a checkpoint every 20: long enough to be killed mid-way.
 RUN = ["algo=pcalm", "model.width=16", "model.depth=4", "model.activation=tanh",
        "inference.budget=8", "inference.state_lr=0.25", "data.train_size=1000",
@@ -46,17 +48,11 @@ def reference_metrics(results: Path, monkeypatch) -> pd.DataFrame:
 
 
 def start_and_kill_at_checkpoint(folder: RunFolder) -> None:
-    proc = subprocess.Popen([sys.executable, "experiments/run.py", *RUN], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    try:
-        while not folder.checkpoint_path.exists():
-            assert proc.poll() is None, f"run ended before its first checkpoint: {proc.stderr}"
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)  # no chance to clean up: the worst case
-    finally:
-        proc.wait()
+    """SIGKILL (no chance to clean up: the worst case) right after the checkpoint at
+    KILL_STEP is written."""
+    proc = subprocess.run([sys.executable, str(STOP_RUN), "KILL", "checkpoint", str(KILL_STEP),
+                           *RUN], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
 
 
 def test_killed_run_leaves_no_summary_and_resumes_exactly(fake_data_root, results_dir,
@@ -66,7 +62,9 @@ def test_killed_run_leaves_no_summary_and_resumes_exactly(fake_data_root, result
     start_and_kill_at_checkpoint(folder)
     assert not folder.summary_path.exists() and not folder.exists_complete()
     assert folder.checkpoint_path.exists()
-    assert not list(folder.path.glob(".*.tmp"))  # atomic writes leave no temp files behind
+    assert not list(folder.path.glob(".*.tmp"))  # killed between writes: no temp file
+    before_kill = torch.load(folder.checkpoint_path, weights_only=True)["state"]
+    assert before_kill["step"] == KILL_STEP
 
     rerun = subprocess.run([sys.executable, "experiments/run.py", *RUN], cwd=REPO,
                            capture_output=True, text=True, timeout=300)
@@ -78,3 +76,6 @@ def test_killed_run_leaves_no_summary_and_resumes_exactly(fake_data_root, result
     expected = reference_metrics(tmp_path / "reference", monkeypatch)
     assert len(resumed) == 5 * 4 + 1
     pd.testing.assert_frame_equal(resumed, expected, check_exact=True)
+    # wall_time_s is the run's training time over both processes, not the resumed part only
+    summary = json.loads(folder.summary_path.read_text())
+    assert summary["wall_time_s"] > before_kill["seconds"] > 0

@@ -1,0 +1,109 @@
+"""Local sweeps as processes (issue 10, items 3, 5 and 6): two sweeps on one results folder
+train each run once and both finish; a sweep killed with SIGKILL, or stopped with SIGTERM /
+Ctrl-C, takes its submitit workers with it (one line, no traceback); the next sweep resumes.
+
+No sleeps decide anything here: the tests wait for a file to appear (a checkpoint) or for a
+process to end, each with a generous deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+SMALL = ["scale=smoke", "experiment=figure2", "inference.state_lr=0.25",
+         "data.test_size=100", "train.evals_per_epoch=1", "model.depth=4",
+         "sweep.launcher=local", "sweep.local_jobs=2"]
+QUICK = [*SMALL, "data.train_size=200", "train.batch_size=50",
+         "sweep.grid={model.width:[8,16],train.seed:[0,1]}"]
+# One PC-ALM run of a few thousand steps: long enough to be stopped in the middle.
+LONG = [*SMALL, "data.train_size=1000", "train.batch_size=10", "train.epochs=16",
+        "train.checkpoint_every=20", "sweep.grid={model.width:[16],train.seed:[0]}",
+        "algo=pcalm"]
+
+
+@pytest.fixture
+def env(fake_data_root, results_dir):
+    return {**os.environ, "PCALM_DATA": str(fake_data_root), "PCALM_RESULTS": str(results_dir)}
+
+
+def sweep(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "experiments/sweep.py", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def processes_under(results_dir: Path) -> list[int]:
+    """Pids of processes whose command line names `results_dir` (the sweep's jobs do)."""
+    mine, found = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == mine:
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(results_dir) in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def trained_ids(results_dir: Path) -> list[str]:
+    """Run ids in the jobs' 'test accuracy ... | <folder>' lines: one per run trained."""
+    text = "".join(p.read_text() for p in results_dir.glob("submitit/*/*_log.out"))
+    return re.findall(r"test accuracy .*\| \S*/runs/([0-9a-f]{12})", text)
+
+
+def test_two_sweeps_on_one_results_folder_train_each_run_once(env, results_dir):
+    a, b = sweep(QUICK, env), sweep(QUICK, env)
+    outs = [p.communicate(timeout=600) for p in (a, b)]
+    for proc, (out, err) in zip((a, b), outs):
+        assert proc.returncode == 0, out + err
+        assert "done: 4 complete, 0 missing" in out
+    assert len(list((results_dir / "sweeps").iterdir())) == 2  # a folder each
+    ids = trained_ids(results_dir)
+    assert len(ids) == 4 and len(set(ids)) == 4, ids  # each of the 4 runs trained once
+
+
+def _started(results_dir: Path) -> bool:
+    return bool(list(results_dir.glob("runs/*/checkpoint.pt")))
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_stopping_a_sweep_stops_its_workers_and_the_next_sweep_resumes(stop, env,
+                                                                       results_dir):
+    first = sweep(LONG, env)
+    wait_until(lambda: _started(results_dir) or first.poll() is not None, 300,
+               "the run's first checkpoint")
+    assert first.poll() is None, first.communicate()
+    first.send_signal(stop)
+    out, err = first.communicate(timeout=120)
+    wait_until(lambda: not processes_under(results_dir), 60, "the sweep's workers to stop")
+    (summary,) = [p.parent / "summary.json" for p in results_dir.glob("runs/*/config.yaml")]
+    assert not summary.exists()  # stopped in the middle, not run to its end
+    if stop != signal.SIGKILL:  # the sweep itself says what stopped, in one line
+        assert first.returncode == (130 if stop == signal.SIGINT else 143)
+        lines = err.strip().splitlines()
+        assert "Traceback" not in err and len(lines) == 1, err
+        assert lines[0].startswith("interrupted: sweep ") and "experiment=figure2" in lines[0]
+    again = sweep(LONG, env)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0 and "done: 1 complete, 0 missing" in out, out + err
+    logs = "".join(p.read_text() for p in results_dir.glob("submitit/*/*_log.out"))
+    assert "resuming" in logs and summary.exists()
