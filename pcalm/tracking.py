@@ -16,10 +16,29 @@ Mode precedence (``logger.mode`` in the config vs the ``WANDB_MODE`` environment
 3. Otherwise ``logger.mode`` ("offline" or "online") is passed to ``wandb.init``.
 
 The run id is the wandb run id with ``resume="allow"``, so a requeued job continues its run.
+
+What a run carries (``run_meta``): tags ``algo:<name>``, ``act:<activation>``, ``N:<width>``,
+``L:<depth>``, ``data:<dataset>``, ``scale:<scale>``, ``exp:<experiment>``; ``job_type`` = the
+task (``train``, or a figure's diagnostic such as ``credit_traces``); ``group`` =
+``<experiment>-<scale>`` (``logger.group`` overrides it); the nested config (wandb shows it
+flattened: ``model.width``, ``algo.name``, ...). Tags accumulate: every experiment that opens
+a run adds its tags to those recorded in ``<run_dir>/wandb/pcalm-tags.json`` and the run is
+opened with the union (wandb replaces a run's tags by the list it is given), so one grid cell
+reached from two experiments is one wandb run with both ``exp:`` tags (it stays in the group
+it was first tracked in; ``scripts/dashboard.py`` adds the tag to runs another experiment
+trained). The figure's summary
+run (``open_summary_run``, ``scripts/dashboard.py``) holds the figure, its table and the
+table's CSV as an artifact.
+
+``logger=online`` without an API key or without a network fails in one line (``TrackingError``)
+suggesting ``logger=offline``; the time wandb may take to reach its server is
+``PCALM_WANDB_INIT_TIMEOUT`` seconds (default 20).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +46,14 @@ from typing import Any
 
 MODES = ("none", "offline", "online")
 DEFAULT_PROJECT = "pcalm"
+TAGS_FILE = "pcalm-tags.json"  # under <run_dir>/wandb/: every tag the run was ever opened with
+INIT_TIMEOUT_ENV = "PCALM_WANDB_INIT_TIMEOUT"
+DEFAULT_INIT_TIMEOUT_S = 20.0
+LAYER_KEY = "grad_cosine/layer_{:02d}"  # one metric per layer (1 = input layer)
+
+
+class TrackingError(ValueError):
+    """wandb could not start a run (no key, no network): one line, suggesting what to do."""
 
 
 class Tracker:
@@ -64,6 +91,13 @@ class NullTracker(Tracker):
     def finish(self, exit_code: int = 0) -> None:
         pass
 
+    def log_figure(self, key: str, png: str | os.PathLike) -> None:
+        pass
+
+    def log_table(self, key: str, csv_path: str | os.PathLike, artifact: str,
+                  extra_files: tuple = ()) -> None:
+        pass
+
 
 class WandbTracker(Tracker):
     """Forwards to one wandb run object (never to the global ``wandb.run``, so several
@@ -77,8 +111,50 @@ class WandbTracker(Tracker):
             self.run.log(dict(metrics), step=int(step))
 
     def summary(self, d: Mapping[str, Any]) -> None:
-        if self.run is not None:
-            self.run.summary.update(dict(d))
+        """Final values into the run summary; the gradient alignment (measured once, after
+        training) also as metrics at the last step: ``grad_cosine``, ``grad_rel_error`` and
+        one ``grad_cosine/layer_NN`` per layer, plus a ``grad_cosine_per_layer`` Table."""
+        if self.run is None:
+            return
+        d = dict(d)
+        layers = d.pop("grad_cosine_per_layer", None)
+        metrics = {k: d[k] for k in ("grad_cosine", "grad_rel_error") if k in d}
+        if layers is not None:
+            metrics.update({LAYER_KEY.format(i): float(c) for i, c in enumerate(layers, 1)})
+        self.run.summary.update(d)  # nested (provenance): wandb shows provenance.commit etc.
+        if metrics:
+            import wandb
+
+            if layers is not None:
+                metrics["grad_cosine_per_layer"] = wandb.Table(
+                    columns=["layer", "cosine"],
+                    data=[[i, float(c)] for i, c in enumerate(layers, 1)])
+            step = d.get("steps")
+            self.run.log(metrics, **({"step": int(step)} if isinstance(step, int) else {}))
+            self.run.summary.update({k: v for k, v in metrics.items()
+                                     if k != "grad_cosine_per_layer"})
+
+    def log_figure(self, key: str, png: str | os.PathLike) -> None:
+        """A figure (PNG) as an image."""
+        import wandb
+
+        self.run.log({key: wandb.Image(str(png))})
+
+    def log_table(self, key: str, csv_path: str | os.PathLike, artifact: str,
+                  extra_files: tuple = ()) -> None:
+        """A collected table as a wandb Table, and its CSV file (with ``extra_files``, those
+        that exist) as an artifact of type ``table``."""
+        import pandas as pd
+        import wandb
+
+        frame = pd.read_csv(csv_path)
+        frame = frame.astype(object).where(frame.notna(), None)  # NaN: empty cells
+        self.run.log({key: wandb.Table(dataframe=frame)})
+        art = wandb.Artifact(artifact, type="table")
+        for path in (csv_path, *extra_files):
+            if Path(path).is_file():
+                art.add_file(str(path))
+        self.run.log_artifact(art)
 
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:
@@ -98,6 +174,90 @@ def _import_wandb(mode: str) -> Any:
     return wandb
 
 
+def run_meta(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The wandb tags, job_type and group of a run config (see the module docstring)."""
+    logger = config.get("logger") or {}
+    experiment = str(config.get("name") or "default")
+    scale = logger.get("scale")
+    task = (config.get("task") or {}).get("name", "train")
+    model, algo, data = (config.get(k) or {} for k in ("model", "algo", "data"))
+    tags = [f"algo:{algo['name']}" if "name" in algo else None,
+            f"act:{model['activation']}" if "activation" in model else None,
+            f"N:{model['width']}" if "width" in model else None,
+            f"L:{model['depth']}" if "depth" in model else None,
+            f"data:{data['name']}" if "name" in data else None,
+            f"scale:{scale}" if scale else None,
+            f"exp:{experiment}"]
+    group = logger.get("group") or (f"{experiment}-{scale}" if scale else experiment)
+    return {"tags": [t for t in tags if t], "job_type": task, "group": group}
+
+
+def recorded(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """``{"tags": [...], "group": ...}``: what the run in ``run_dir`` was opened with so far
+    (``{}`` if it was never tracked)."""
+    path = Path(run_dir) / "wandb" / TAGS_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def recorded_tags(run_dir: str | os.PathLike) -> list[str]:
+    """Every tag the run in ``run_dir`` was opened with so far (empty if never tracked)."""
+    tags = recorded(run_dir).get("tags")
+    return [str(t) for t in tags] if isinstance(tags, list) else []
+
+
+def _record(run_dir: Path, tags: list[str], group: str | None) -> None:
+    path = run_dir / "wandb" / TAGS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"tags": tags, "group": group}), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def effective_mode(logger_cfg: Mapping[str, Any]) -> str:
+    """none | offline | online | disabled: what a run with this logger section will do."""
+    mode = logger_cfg.get("mode", "none")
+    if mode not in MODES:
+        raise ValueError(f"bad value logger.mode={mode!r}: allowed: {', '.join(MODES)}")
+    if mode == "none":
+        return "none"
+    return os.environ.get("WANDB_MODE") or mode
+
+
+def _init_timeout() -> float:
+    text = os.environ.get(INIT_TIMEOUT_ENV, "")
+    try:
+        value = float(text) if text else DEFAULT_INIT_TIMEOUT_S
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise TrackingError(f"bad value {INIT_TIMEOUT_ENV}={text!r}: allowed: seconds > 0")
+    return value
+
+
+def _init(wandb: Any, mode: str, **kwargs) -> Any:
+    """``wandb.init``, any failure turned into one line that suggests ``logger=offline``."""
+    timeout = _init_timeout()
+    try:
+        return wandb.init(mode=mode, settings=wandb.Settings(init_timeout=timeout), **kwargs)
+    except Exception as err:  # wandb's UsageError, CommError, AuthenticationError, ...
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        first = lines[0] if lines else type(err).__name__
+        if mode != "online":
+            raise TrackingError(f"wandb could not start a {mode} run: {first}") from None
+        if "api key" in first.lower() or "api_key" in first.lower() or "login" in first.lower():
+            why = "no wandb API key (set WANDB_API_KEY or run `wandb login`)"
+        elif any(w in first.lower() for w in ("timed out", "timeout", "deadline", "connect")):
+            why = f"wandb's server not reached within {timeout:g} s ({first[:160]})"
+        else:
+            why = first[:200]
+        raise TrackingError(f"logger=online: {why}; use logger=offline (runs stay in each run "
+                            "folder; upload later with `make wandb-sync`)") from None
+
+
 def open_tracker(
     logger_cfg: Mapping[str, Any],
     run_id: str,
@@ -111,10 +271,10 @@ def open_tracker(
     wandb files go to ``<run_dir>/wandb/`` (e.g. ``offline-run-<time>-<run_id>/``). Project and
     entity come from ``logger_cfg``, else ``WANDB_PROJECT`` / ``WANDB_ENTITY``, else "pcalm" /
     your default entity. wandb is made quiet (``WANDB_SILENT=true``) unless you set it.
+    ``group`` (the experiment name when ``logger.group`` is unset) gets ``-<scale>`` appended
+    when ``logger.scale`` is known; tags and job_type come from ``run_meta(config)``.
     """
-    mode = logger_cfg.get("mode", "none")
-    if mode not in MODES:
-        raise ValueError(f"logger.mode={mode!r} is not one of {', '.join(MODES)}")
+    mode = effective_mode(logger_cfg)
     if mode == "none":
         return NullTracker()
 
@@ -122,18 +282,66 @@ def open_tracker(
     wandb = _import_wandb(mode)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(
+    meta = run_meta({**config, "logger": logger_cfg})
+    scale = logger_cfg.get("scale")
+    if not logger_cfg.get("group") and group and scale and not group.endswith(f"-{scale}"):
+        group = f"{group}-{scale}"
+    tags = sorted(set(recorded_tags(run_dir)) | set(meta["tags"]))
+    if not logger_cfg.get("group"):  # a run stays in the group it was first tracked in
+        group = recorded(run_dir).get("group") or group or meta["group"]
+    run = _init(
+        wandb, mode,
         project=logger_cfg.get("project") or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
         entity=logger_cfg.get("entity") or os.environ.get("WANDB_ENTITY") or None,
-        group=group,
+        group=group or meta["group"],
+        job_type=meta["job_type"],
+        tags=tags,
         name=run_name,
         id=run_id,
         resume="allow",
         config=dict(config),
-        mode=os.environ.get("WANDB_MODE") or mode,
         dir=str(run_dir),
         reinit=_reinit(wandb),
     )
+    _record(run_dir, tags, group or meta["group"])
+    return WandbTracker(run)
+
+
+def summary_run_id(experiment: str, scale: str) -> str:
+    """The wandb id of an experiment's summary run at one scale (stable: reruns continue it)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{experiment}-{scale}-summary")
+
+
+def open_summary_run(logger_cfg: Mapping[str, Any], experiment: str, scale: str,
+                     run_dir: str | os.PathLike, config: Mapping[str, Any] | None = None,
+                     ) -> Tracker:
+    """The dashboard entry point of an experiment at one scale: one wandb run (job_type
+    ``figure``, same group as its runs, tags ``exp:``/``scale:``/``summary``) that holds the
+    figure, the collected table and the table's CSV as an artifact."""
+    mode = effective_mode(logger_cfg)
+    if mode == "none":
+        return NullTracker()
+    os.environ.setdefault("WANDB_SILENT", "true")
+    wandb = _import_wandb(mode)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tags = sorted(set(recorded_tags(run_dir)) | {f"exp:{experiment}", f"scale:{scale}",
+                                                  "summary"})
+    run = _init(
+        wandb, mode,
+        project=logger_cfg.get("project") or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+        entity=logger_cfg.get("entity") or os.environ.get("WANDB_ENTITY") or None,
+        group=logger_cfg.get("group") or f"{experiment}-{scale}",
+        job_type="figure",
+        tags=tags,
+        name=f"{experiment}-{scale}",
+        id=summary_run_id(experiment, scale),
+        resume="allow",
+        config=dict(config or {"experiment": experiment, "scale": scale}),
+        dir=str(run_dir),
+        reinit=_reinit(wandb),
+    )
+    _record(run_dir, tags, logger_cfg.get("group") or f"{experiment}-{scale}")
     return WandbTracker(run)
 
 

@@ -95,7 +95,8 @@ def base_config(data_root: Path, results: Path, **sections) -> dict:
         "train": {"epochs": 1, "batch_size": 32, "eta0": 0.001, "seed": 0, "device": "cpu",
                   "dtype": "float32", "evals_per_epoch": 4, "threads": None, "progress": "off",
                   "checkpoint_every": 10, "compile": "auto"},
-        "logger": {"mode": "none", "project": "pcalm", "entity": None, "group": None},
+        "logger": {"mode": "none", "project": "pcalm", "entity": None, "group": None,
+                   "scale": None},
         "results_dir": str(results),
     }
     for section, values in sections.items():
