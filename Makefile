@@ -7,23 +7,27 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# CPU wheel by default; on a CUDA machine: make setup TORCH="torch==2.13.0" (PyPI's CUDA build)
+# Plain torch==2.13.0: PyPI's CUDA build on Linux x86-64, the CPU build on macOS/Windows (README:
+# "Set up and test" says how to ask for the CPU-only build on Linux)
 TORCH ?= torch==2.13.0
 EXP ?= figure2
 SCALE ?= smoke
 LAUNCHER ?= local
 ARGS ?=
 DATA ?= fashion_mnist
+# Where runs, tables and reports go: PCALM_RESULTS if set (as in configs/config.yaml), else results
+RESULTS := $(or $(PCALM_RESULTS),results)
 FIGURES := figure1 figure2 figure2_mnist figure3 figure4 figure5 figure6 figure7 figure8 \
            figure9 figure10 figure_eta
 
-.PHONY: help setup test test-slow lint data eta-table sweep collect figures report reference bench gpu-check \
+.PHONY: help setup test test-slow lint data eta-table sweep collect figures report reference bench gpu-check wandb-sync \
         mutants clean-results $(FIGURES)
 
 help:  ## list the commands
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
+	@for f in $(FIGURES); do printf '%-18s%s\n' $$f "run what is missing, collect, plot → figures/$$f.{pdf,png}"; done
 
-setup:  ## create .venv and install everything (CPU torch here; see README for CUDA)
+setup:  ## create .venv and install everything (torch: CUDA build on Linux from PyPI; README)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade --quiet pip
 	$(VENV)/bin/pip install --quiet "$(TORCH)" -e ".[dev]"
@@ -46,11 +50,11 @@ mutants:  ## mutation testing of the math and training loop (MUTANTS="pcalm.ener
 	$(VENV)/bin/mutmut run --max-children $$(nproc) $(if $(MUTANTS),"$(MUTANTS)")
 	$(VENV)/bin/mutmut results
 
-data:  ## download MNIST + Fashion-MNIST with torchvision (needs internet; see DATA.md)
+data:  ## download MNIST + Fashion-MNIST with torchvision (needs internet; see docs/DATA.md)
 	$(PY) scripts/fetch_data.py
 
-eta-table:  ## per-cell activity step η_h = 1/λ_max → configs/eta_table.csv (ARGS=...)
-	$(PY) scripts/eta_table.py $(ARGS)
+eta-table:  ## per-cell activity step η_h = 1/λ_max → configs/eta_table.csv (DATA=, ARGS=...)
+	$(PY) scripts/eta_table.py $(if $(filter command line environment%,$(origin DATA)),--data $(DATA)) $(ARGS)
 
 sweep:  ## run an experiment's sweep, skipping finished runs (EXP=, SCALE=, LAUNCHER=)
 	$(PY) experiments/sweep.py experiment=$(EXP) scale=$(SCALE) sweep.launcher=$(LAUNCHER) $(ARGS)
@@ -74,15 +78,23 @@ $(FIGURES):  ## figureN: run what is missing, collect, plot → figures/figureN.
 	$(if $(call from_reference,$@),$(PY) scripts/plot_$@.py --scale paper --tables $(REFERENCE))
 	$(if $(call from_reference,$@),,$(MAKE) sweep EXP=$@ LAUNCHER=$(LAUNCHER))
 	$(if $(call from_reference,$@),,$(MAKE) collect EXP=$@)
-	$(if $(call from_reference,$@),,$(PY) scripts/plot_$@.py --scale $(SCALE))
+	$(if $(call from_reference,$@),,$(PY) scripts/plot_$@.py --scale $(SCALE) --tables $(RESULTS)/tables)
+	$(if $(call from_reference,$@),,$(PY) scripts/dashboard.py experiment=$@ scale=$(SCALE) $(ARGS))
 
 figures: $(FIGURES)  ## every figure (figure1 … figure10, figure2_mnist, figure_eta)
 
+# SCALE=paper reports on the committed reference unless TRAIN=1 or PCALM_RESULTS names your own
+report_from_reference = $(and $(filter paper,$(SCALE)),$(if $(TRAIN)$(PCALM_RESULTS),,$(wildcard $(REFERENCE)/*-paper.csv)))
 report:  ## reproduction scorecard → results/report-SCALE.md (SCALE=paper: the reference tables)
-	$(PY) scripts/report.py --scale $(SCALE) $(if $(and $(filter paper,$(SCALE)),$(if $(TRAIN)$(PCALM_RESULTS),,$(wildcard $(REFERENCE)/*-paper.csv))),--tables $(REFERENCE) --out results/report-paper.md)
+	$(PY) scripts/report.py --scale $(SCALE) $(if $(report_from_reference),--tables $(REFERENCE) --out results/report-paper.md,--tables $(RESULTS)/tables --out $(RESULTS)/report-$(SCALE).md)
 
 reference:  ## put EXP's collected tables on record in results/reference/tables (SCALE=paper)
 	$(PY) scripts/record_reference.py $(EXP) --scale $(SCALE)
+
+# Offline wandb runs (logger=offline, or WANDB_MODE=offline on nodes without internet) stay in
+# each run folder's wandb/ and in $(RESULTS)/dashboard/; this uploads those not yet synced.
+wandb-sync:  ## upload offline wandb runs (run folders + figure summaries) to wandb
+	find $(RESULTS) -maxdepth 5 -type d -path '*/wandb/offline-run-*' -prune -print0 | sort -z | xargs -0 -r $(VENV)/bin/wandb sync --no-include-synced --yes
 
 bench:  ## speed table → results/bench.csv
 	$(PY) scripts/bench.py

@@ -7,7 +7,7 @@ The image datasets are read from torchvision's on-disk layout,
 
 with a small numpy IDX reader (no torchvision needed to *read*; ``scripts/fetch_data.py``
 uses it only to download). Full-size files are checked against the published MD5s, because
-a silently different dataset makes every number wrong. See DATA.md for where to get them.
+a silently different dataset makes every number wrong. See docs/DATA.md for where to get them.
 
 Every failure a user can cause (missing, truncated or altered file, bad argument) raises
 :class:`DataError` with a one-line message.
@@ -60,7 +60,7 @@ NORMALISATION = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
 # Official number of items per split.
 OFFICIAL_COUNTS = {"train": 60000, "t10k": 10000}
 
-# MD5 of the *uncompressed* official files (DATA.md); keyed by folder, then base name.
+# MD5 of the *uncompressed* official files (docs/DATA.md); keyed by folder, then base name.
 MD5 = {
     "MNIST": {
         "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
@@ -91,7 +91,7 @@ _SYNTH_TEST_SEED = 2_000_000
 _IDX_UBYTE = 0x08
 _MISSING_HINT = (
     "run `make data` (downloads with torchvision) or set PCALM_DATA / data.root to a folder "
-    "holding MNIST/raw and FashionMNIST/raw (see DATA.md)"
+    "holding MNIST/raw and FashionMNIST/raw (see docs/DATA.md)"
 )
 
 
@@ -181,7 +181,7 @@ def verify_md5(path: str | os.PathLike, expected: str, data: bytes | None = None
     if found != expected:
         raise DataError(
             f"MD5 mismatch for {path}: expected {expected}, found {found} "
-            "(not the official file: re-download it, see DATA.md; to train on other IDX files "
+            "(not the official file: re-download it, see docs/DATA.md; to train on other IDX files "
             "set data.verify=false, which puts their checksum in the run id)"
         )
 

