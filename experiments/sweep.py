@@ -332,8 +332,19 @@ def main(argv: list[str]) -> int:
     env = {provenance.COMMAND_ENV: provenance.command()}  # each run records the user's command
     if launcher == "slurm":
         env[RECORD_SLURM_JOBS] = str(manifest.parent / slurm.JOBS_FILE)
+    started = time.monotonic()
     rc = launch(command, pending, env)
+    if wait and projected:
+        print(took_line(time.monotonic() - started, max(projected)), flush=True)
     return report(sweep.configs, rc, name, results_dir, wait, queued)
+
+
+def took_line(seconds: float, projected_s: float) -> str:
+    """The sweep's wall time beside its projection, so the cost model is checked every time."""
+    ratio = f", {seconds / projected_s:.2f}x" if projected_s > 0 else ""
+    return (f"took {describe_seconds(seconds)} (projected {describe_seconds(projected_s)}"
+            f"{ratio}; a busy machine or a model calibrated on a busy one moves this: "
+            "`make bench` recalibrates)")
 
 
 def still_queued(elsewhere: dict[str, str], wait: bool) -> int:

@@ -127,7 +127,7 @@ def test_the_summary_run_holds_the_figure_the_table_and_the_csv_artifact(wandb_e
     png = tmp / "figure2.png"
     plt.figure(figsize=(2, 2))
     plt.plot([0, 1], [1, 0])
-    plt.savefig(png)
+    plt.savefig(png, dpi=100)  # whatever savefig.dpi other tests left set
     plt.close("all")
     run_dir = tmp / "dashboard"
     with open_summary_run({"mode": "offline"}, "figure2", "smoke", run_dir) as tracker:
