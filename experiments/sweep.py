@@ -44,7 +44,9 @@ RECORD_SLURM_JOBS = "PCALM_SLURM_JOBS"  # tells run_job.py where to record SLURM
 FLAGS = ("--dry-run", "--no-wait")
 PROGRESS_EVERY_S = 30.0
 SWEEP_PID = "PCALM_SWEEP_PID"  # local jobs stop when this process (pid:start time) is gone
-STOP_GRACE_S = 30.0  # after SIGTERM, how long the jobs get to stop before SIGKILL
+STOP_GRACE_S = 5.0  # after SIGTERM, how long the group gets before SIGKILL: workers stop within a
+# step (their SIGTERM handler); whatever outlives that is killed, which loses nothing (every write
+# is atomic, the run resumes from its last checkpoint)
 
 
 def cores() -> int:
