@@ -274,36 +274,36 @@ def open_tracker(
     ``group`` (the experiment name when ``logger.group`` is unset) gets ``-<scale>`` appended
     when ``logger.scale`` is known; tags and job_type come from ``run_meta(config)``.
     """
-    mode = effective_mode(logger_cfg)
-    if mode == "none":
+    if effective_mode(logger_cfg) == "none":
         return NullTracker()
-
-    os.environ.setdefault("WANDB_SILENT", "true")
-    wandb = _import_wandb(mode)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     meta = run_meta({**config, "logger": logger_cfg})
     scale = logger_cfg.get("scale")
     if not logger_cfg.get("group") and group and scale and not group.endswith(f"-{scale}"):
         group = f"{group}-{scale}"
-    tags = sorted(set(recorded_tags(run_dir)) | set(meta["tags"]))
     if not logger_cfg.get("group"):  # a run stays in the group it was first tracked in
         group = recorded(run_dir).get("group") or group or meta["group"]
+    return _open_run(logger_cfg, run_dir, meta["tags"], group=group or meta["group"],
+                     job_type=meta["job_type"], name=run_name, id=run_id, config=dict(config))
+
+
+def _open_run(logger_cfg: Mapping[str, Any], run_dir: Path, tags, *, group: str,
+              **init) -> Tracker:
+    """One wandb run in ``run_dir``, opened with ``tags`` plus every tag it had before (wandb
+    replaces a run's tags by the list it is given), resumed if it exists; records what it was
+    opened with for the next time."""
+    mode = effective_mode(logger_cfg)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    wandb = _import_wandb(mode)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tags = sorted(set(recorded_tags(run_dir)) | set(tags))
     run = _init(
         wandb, mode,
         project=logger_cfg.get("project") or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
         entity=logger_cfg.get("entity") or os.environ.get("WANDB_ENTITY") or None,
-        group=group or meta["group"],
-        job_type=meta["job_type"],
-        tags=tags,
-        name=run_name,
-        id=run_id,
-        resume="allow",
-        config=dict(config),
-        dir=str(run_dir),
-        reinit=_reinit(wandb),
+        group=group, tags=tags, resume="allow", dir=str(run_dir), reinit=_reinit(wandb), **init,
     )
-    _record(run_dir, tags, group or meta["group"])
+    _record(run_dir, tags, group)
     return WandbTracker(run)
 
 
@@ -318,31 +318,12 @@ def open_summary_run(logger_cfg: Mapping[str, Any], experiment: str, scale: str,
     """The dashboard entry point of an experiment at one scale: one wandb run (job_type
     ``figure``, same group as its runs, tags ``exp:``/``scale:``/``summary``) that holds the
     figure, the collected table and the table's CSV as an artifact."""
-    mode = effective_mode(logger_cfg)
-    if mode == "none":
+    if effective_mode(logger_cfg) == "none":
         return NullTracker()
-    os.environ.setdefault("WANDB_SILENT", "true")
-    wandb = _import_wandb(mode)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tags = sorted(set(recorded_tags(run_dir)) | {f"exp:{experiment}", f"scale:{scale}",
-                                                  "summary"})
-    run = _init(
-        wandb, mode,
-        project=logger_cfg.get("project") or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
-        entity=logger_cfg.get("entity") or os.environ.get("WANDB_ENTITY") or None,
-        group=logger_cfg.get("group") or f"{experiment}-{scale}",
-        job_type="figure",
-        tags=tags,
-        name=f"{experiment}-{scale}",
-        id=summary_run_id(experiment, scale),
-        resume="allow",
-        config=dict(config or {"experiment": experiment, "scale": scale}),
-        dir=str(run_dir),
-        reinit=_reinit(wandb),
-    )
-    _record(run_dir, tags, logger_cfg.get("group") or f"{experiment}-{scale}")
-    return WandbTracker(run)
+    return _open_run(logger_cfg, Path(run_dir), {f"exp:{experiment}", f"scale:{scale}", "summary"},
+                     group=logger_cfg.get("group") or f"{experiment}-{scale}", job_type="figure",
+                     name=f"{experiment}-{scale}", id=summary_run_id(experiment, scale),
+                     config=dict(config or {"experiment": experiment, "scale": scale}))
 
 
 def _reinit(wandb: Any) -> str | bool:
