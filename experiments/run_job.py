@@ -95,9 +95,9 @@ def set_threads(threads: int | None) -> None:
 def run_job(manifest_path: str, index: int) -> None:
     """Train every run of job `index`; a failing run does not stop the others."""
     from pcalm.config import Cell
+    from pcalm.device import resolve_device
     from pcalm.runner import execute
     from pcalm.sweep import stack_size, stack_units
-    from pcalm.train import resolve_device
 
     manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
     job = manifest["jobs"][index]

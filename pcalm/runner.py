@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pcalm import provenance
 from pcalm.config import Cell
 from pcalm.data import IMAGE_DATASETS, DataError, Dataset, files_checksum, load_dataset
+from pcalm.device import resolve_device
 from pcalm.results import ARRAYS_FILE, RunFolder, RunLock, atomic_save_arrays
 from pcalm.tasks import TASKS
 from pcalm.tracking import open_tracker
-from pcalm.train import Trainer, resolve_device, stack_key
+from pcalm.train import Trainer, stack_key
 
 # Subsets are drawn with a fixed seed: a smoke-scale subset is part of the dataset's
 # definition, so seeds vary only the init and the data order (as with the full data).

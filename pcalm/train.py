@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from pcalm.algorithms import BP, Algorithm, make_algorithm, stack_algorithms
 from pcalm.data import Dataset
-from pcalm.device import DTYPES, resolve_device  # noqa: F401  (pcalm.train.resolve_device)
+from pcalm.device import DTYPES, resolve_device
 from pcalm.diagnostics import grad_alignment
 from pcalm.model import ResidualMLP
 from pcalm.optim import make_adam

@@ -41,9 +41,9 @@ import torch  # noqa: E402
 
 from pcalm import algorithms, cost, naive  # noqa: E402
 from pcalm.algorithms import make_algorithm  # noqa: E402
+from pcalm.device import resolve_device  # noqa: E402
 from pcalm.model import ResidualMLP  # noqa: E402
 from pcalm.results import atomic_write_text  # noqa: E402
-from pcalm.train import resolve_device  # noqa: E402
 
 INPUT_DIM, CLASSES = 784, 10
 GRID = [8, 16, 32, 64, 128]
