@@ -120,8 +120,7 @@ def hessian_lambda_max(
             hv = hessian_vector_product(net64, h, v, rho)
             return hv.transpose(0, 1).reshape(batch, dim)
 
-        gen = torch.Generator().manual_seed(seed)
-        q = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
+        q = _start_vector((batch, dim), seed, h.device)
         q = q / q.norm(dim=1, keepdim=True)
         basis = [q]
         alphas, betas = [], []
@@ -152,8 +151,7 @@ def hessian_power_trace(net: ResidualMLP, x: torch.Tensor, rho: float = 1.0, ite
     net64 = _as_float64(net)
     with torch.no_grad():
         h, _ = net64.forward_states(x.double())
-        v = torch.randn(h.shape, generator=torch.Generator().manual_seed(seed),
-                        dtype=torch.float64)
+        v = _start_vector(h.shape, seed, h.device)
         v = v / v.norm(dim=(-3, -1), keepdim=True)
         trace = []
         for _ in range(iters):
@@ -162,6 +160,12 @@ def hessian_power_trace(net: ResidualMLP, x: torch.Tensor, rho: float = 1.0, ite
             trace.append(norm.reshape(-1))
             v = hv / norm
     return torch.stack(trace)
+
+
+def _start_vector(shape, seed: int, device: torch.device) -> torch.Tensor:
+    """N(0, I) in float64 on `device`, drawn on the CPU (the same numbers on every device)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(tuple(shape), generator=gen, dtype=torch.float64).to(device)
 
 
 def _as_float64(net: ResidualMLP) -> ResidualMLP:

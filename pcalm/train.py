@@ -8,6 +8,7 @@ A single run is a stack of one. Device-agnostic: CUDA when present (`train.devic
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -17,7 +18,15 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from pcalm.algorithms import BP, Algorithm, make_algorithm, stack_algorithms
+from pcalm.algorithms import (
+    BP,
+    Algorithm,
+    float32_matmul_precision,
+    ieee_float32,
+    make_algorithm,
+    release_graphs,
+    stack_algorithms,
+)
 from pcalm.data import Dataset
 from pcalm.device import DTYPES, resolve_device
 from pcalm.diagnostics import grad_alignment
@@ -105,6 +114,9 @@ class TrainState:
     diverged_step: list[int | None] = field(default_factory=list)
     seconds: float = 0.0  # training time so far, over every resume
     started: str | None = None  # when the run first started (provenance.now())
+    # training steps per compute path (eager | compiled | graph | compiled_graph), so the
+    # summary says which path made the numbers (a failed capture falls back mid-run)
+    path_steps: dict[str, int] = field(default_factory=dict)
 
 
 class Trainer:
@@ -178,6 +190,8 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One step for every model; returns the forward-pass training loss per model."""
         g_in, g_hidden, g_out, loss = self.algo.stacked_weight_grads(self.net, x, y)
+        path = self.algo.last_path
+        self.state.path_steps[path] = self.state.path_steps.get(path, 0) + 1
         # A run diverges when its loss or its gradients stop being finite (e.g. η_h far
         # above 2/λ_max blows the states up); such a model's loss is reported as NaN.
         grads_finite = torch.isfinite(
@@ -193,7 +207,18 @@ class Trainer:
     def run(self, on_eval: Callable[[int, dict], None] | None = None,
             save_checkpoint: Callable[[dict], None] | None = None,
             progress: bool = False) -> list[dict]:
-        """Train to the end (or from a restored state); returns one summary per model."""
+        """Train to the end (or from a restored state); returns one summary per model.
+
+        Under IEEE float32 matmuls whatever the process set (`ieee_float32`); the run's CUDA
+        graphs are released when it ends, however it ends.
+        """
+        try:
+            with ieee_float32():
+                return self._run(on_eval, save_checkpoint, progress)
+        finally:
+            release_graphs(self.net)
+
+    def _run(self, on_eval, save_checkpoint, progress: bool) -> list[dict]:
         s = self.state
         s.started = s.started or now()
         self._clock = time.time()
@@ -268,8 +293,12 @@ class Trainer:
             return [None] * len(self.seeds)
         x = self.x_train[:ALIGNMENT_BATCH]
         y = F.one_hot(self.y_train[:ALIGNMENT_BATCH], self.data.num_classes).to(x.dtype)
-        grads = self.algo.weight_grads(self.net, x, y)
-        reference = BP().weight_grads(self.net, x, y)
+        # Once per run: the eager loop, not a CUDA graph (a capture of a shape used once
+        # would cost more than it saves, and hold its memory).
+        algo, bp = copy.copy(self.algo), BP()
+        algo.compile_mode = bp.compile_mode = "off"
+        grads = algo.weight_grads(self.net, x, y)
+        reference = bp.weight_grads(self.net, x, y)
         return [grad_alignment([g[m] for g in grads], [r[m] for r in reference])
                 for m in range(len(self.seeds))]
 
@@ -293,6 +322,7 @@ class Trainer:
                 "wall_time_s": seconds,
                 "device": str(self.device),
                 "models_in_stack": len(self.seeds),
+                **self._path_summary(),
             }
             if alignment[m] is not None and not diverged:
                 a = alignment[m]
@@ -300,6 +330,15 @@ class Trainer:
                                grad_cosine_per_layer=a["cosine_per_layer"])
             summaries.append(summary)
         return summaries
+
+
+    def _path_summary(self) -> dict:
+        """Which compute path trained the run (the most used first, "+"-joined if a
+        fallback happened mid-run), its step counts, and the float32 matmul precision."""
+        steps = self.state.path_steps
+        order = sorted(steps, key=lambda p: -steps[p])
+        return {"compute_path": "+".join(order) or None, "compute_path_steps": dict(steps),
+                "float32_matmul": float32_matmul_precision(self.device)}
 
 
 def _progress_bar(total: int, initial: int, progress, cfg: dict):

@@ -12,9 +12,21 @@ import torch
 from pcalm import algorithms, naive
 from pcalm.algorithms import make_algorithm
 from pcalm.model import ResidualMLP
+from tests import fake_cuda as stubs
 from tests.conftest import load_script
+from tests.fake_cuda import FakeGraph
 
 ACTS = ["identity", "tanh", "relu"]
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    return stubs.install(monkeypatch)
+
+
+@pytest.fixture
+def plain_compiled(monkeypatch):
+    return stubs.plain_compiled(monkeypatch)
 CASES = [
     ("bp", {}),
     ("pc", {"budget": 7, "state_lr": 0.2}),
@@ -203,15 +215,19 @@ def test_cpu_paths_never_pick_cuda_graphs():
 
 def test_cuda_paths(monkeypatch):
     """On CUDA: auto = the eager loop in a CUDA graph, on = the compiled step in one; what is
-    left when a path has failed in this process."""
+    left for a shape whose paths have failed, while other shapes keep theirs."""
     cuda = torch.device("cuda")  # a device name: nothing here touches CUDA
-    monkeypatch.setattr(algorithms, "_available", {"compiled": True, "graph": True})
-    paths = {mode: algorithms._resolve_path(mode, cuda) for mode in ("auto", "on", "off")}
+    monkeypatch.setattr(algorithms, "_disabled", set())
+    failing, other = ("shape", 1), ("shape", 2)
+    paths = {mode: algorithms._resolve_path(mode, cuda, failing) for mode in ("auto", "on", "off")}
     assert paths == {"auto": "graph", "on": "compiled_graph", "off": "eager"}
-    algorithms._available["graph"] = False
-    assert [algorithms._resolve_path(m, cuda) for m in ("auto", "on")] == ["eager", "compiled"]
-    algorithms._available["compiled"] = False
-    assert algorithms._resolve_path("on", cuda) == "eager"
+    algorithms._disabled.add(("graph", failing))
+    assert [algorithms._resolve_path(m, cuda, failing) for m in ("auto", "on")] == [
+        "eager", "compiled"]
+    algorithms._disabled.add(("compiled", failing))
+    assert algorithms._resolve_path("on", cuda, failing) == "eager"
+    assert [algorithms._resolve_path(m, cuda, other) for m in ("auto", "on")] == [
+        "graph", "compiled_graph"]
 
 
 def _compiled_equals_eager(act, depth, name, options, width=6, models=None):
@@ -219,8 +235,9 @@ def _compiled_equals_eager(act, depth, name, options, width=6, models=None):
                       seed=0 if models is None else list(range(models)))
     x, y = _data(dtype=torch.float32, models=models)
     eager = _algo(name, options, "off").stacked_weight_grads(net, x, y)
-    compiled = _algo(name, options, "on").stacked_weight_grads(net, x, y)
-    assert algorithms._available["compiled"], "the compiled path fell back to eager"
+    algo = _algo(name, options, "on")
+    compiled = algo.stacked_weight_grads(net, x, y)
+    assert algo.last_path == "compiled", "the compiled path fell back to eager"
     _close(compiled, eager, rtol=1e-4, atol=1e-6)
 
 
@@ -254,73 +271,6 @@ def test_functional_step_equals_eager_step():
             _close(got, want)
 
 
-class _FakeGraph:
-    """Stands in for torch.cuda.CUDAGraph on the CPU: replay re-runs the captured body and
-    writes into the outputs captured the first time (what a real replay does in place).
-    `stale=True` plays a faulty capture whose replay leaves the captured outputs as they are."""
-
-    stale = False
-
-    def __init__(self):
-        self.runner = None
-
-    def replay(self):
-        if self.stale:
-            return
-        r = self.runner
-        fresh = r._body(r.compiled)
-        for old, new in zip(_flat(r.out), _flat(fresh)):
-            old.copy_(new)
-
-
-def _flat(out):
-    grads, loss = out
-    return [*grads, loss]
-
-
-@pytest.fixture
-def fake_cuda(monkeypatch):
-    """CUDA graphs stubbed out on the CPU; returns the list of captured graphs. Inside a
-    capture, any host round-trip or host-to-device copy fails the test."""
-    import contextlib
-
-    graphs = []
-
-    class Stream:
-        def wait_stream(self, other):
-            pass
-
-    @contextlib.contextmanager
-    def capture(graph):
-        def forbidden(*args, **kwargs):
-            raise AssertionError("host round-trip or host-to-device copy inside the graph")
-
-        with monkeypatch.context() as m:
-            for name in ("tensor", "as_tensor"):
-                m.setattr(torch, name, forbidden)
-            for name in ("item", "tolist", "cpu", "numpy"):
-                m.setattr(torch.Tensor, name, forbidden)
-            yield
-        graphs.append(graph)
-
-    real_check = algorithms._check_first_replay
-
-    def check_wired(runner, *args):  # the fake graph learns which runner it replays
-        runner.graph.runner = runner
-        real_check(runner, *args)
-
-    monkeypatch.setattr(torch.cuda, "Stream", Stream)
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda: Stream())
-    monkeypatch.setattr(torch.cuda, "graph", capture)
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
-    monkeypatch.setattr(algorithms, "_check_first_replay", check_wired)
-    monkeypatch.setattr(algorithms, "_GRAPHS", algorithms.OrderedDict())
-    monkeypatch.setattr(algorithms, "_available", {"compiled": True, "graph": True})
-    monkeypatch.setattr(algorithms, "GRAPH_DEVICE_TYPES", ("cuda", "cpu"))
-    return graphs
-
-
 GRAPH_OPTIONS = {"budget": 5, "state_lr": 0.2, "rho": 1.2, "alpha": 0.8,
                  "weight_credit": "post_dual"}
 
@@ -340,9 +290,10 @@ def test_graph_runner_flow_on_cpu(fake_cuda, compiled):
         ("bp", {}, algorithms._Plan("bp")),
     ]:
         x0, y0 = _data(models=2, dtype=torch.float32)
-        runner = algorithms._graph_runner(net, x0, y0, plan, compiled)
+        key = algorithms._shape_key(net, x0, y0, plan)
+        runner = algorithms._graph_runner(net, x0, y0, plan, compiled, key)
         assert fake_cuda[-1] is runner.graph and runner.compiled == (compiled and name != "bp")
-        assert algorithms._graph_runner(net, x0, y0, plan, compiled) is runner
+        assert algorithms._graph_runner(net, x0, y0, plan, compiled, key) is runner
         for seed in (5, 6):  # new data each call, through the static input buffers
             x, y = _data(models=2, seed=seed, dtype=torch.float32)
             out = runner.run(x, y, want_state=name != "bp")
@@ -354,23 +305,47 @@ def test_graph_runner_flow_on_cpu(fake_cuda, compiled):
         first = out.grads[1].clone()
         runner.run(*_data(models=2, seed=9, dtype=torch.float32), want_state=False)
         torch.testing.assert_close(out.grads[1], first)  # returned grads are copies
-    assert algorithms._available == {"compiled": True, "graph": True}
+    assert not algorithms._disabled
 
 
-def test_mixed_stack_through_the_graph_path(fake_cuda):
+@pytest.mark.parametrize("mode, path", [("auto", "graph"), ("on", "compiled_graph")])
+def test_mixed_stack_through_the_graph_path(fake_cuda, plain_compiled, mode, path):
+    """A mixed PC + PC-ALM stack (Fig. 2's) is captured with the eager loop (auto) or with
+    the compiled step, which takes per-model coefficients (on): each model's numbers are
+    what it computes alone."""
     members = [_algo(name, opts) for name, opts in MIXED["state_lr, rho, alpha"]]
     stacked = algorithms.stack_algorithms(members)
-    stacked.compile_mode = "on"  # the compiled step takes scalars only: the eager loop is captured
+    stacked.compile_mode = mode
     net = ResidualMLP(9, 6, 5, output_dim=4, activation="tanh", seed=[0, 1, 2],
                       dtype=torch.float32)
     for seed in (1, 2):
         x, y = _data(models=3, seed=seed, dtype=torch.float32)
         got = stacked.stacked_weight_grads(net, x, y)
+        assert stacked.last_path == path
         for i, algo in enumerate(members):
             want = algo.stacked_weight_grads(_single_of(net, i), x[i], y[i])
             _close([g[i] for g in got], want, rtol=1e-4, atol=1e-6)
     (runner,) = algorithms._GRAPHS.values()
-    assert not runner.compiled and algorithms._available == {"compiled": True, "graph": True}
+    assert runner.compiled == (mode == "on") and not algorithms._disabled
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_compiled_step_takes_a_mixed_stack(plain_compiled, act):
+    """`compile=on` reaches a mixed stack (Fig. 2's default): the compiled step with
+    per-model η_h, ρ, α gives each model its own numbers (float64, the step traced by
+    torch.compile run as plain Python)."""
+    members = [_algo(name, opts) for name, opts in MIXED["state_lr, rho, alpha"]]
+    stacked = algorithms.stack_algorithms(members)
+    stacked.compile_mode = "on"
+    net = ResidualMLP(9, 6, 5, output_dim=4, activation=act, seed=[0, 1, 2],
+                      dtype=torch.float64, gamma0=0.3)
+    x, y = _data(models=3)
+    g_in, g_hidden, g_out, loss = stacked.stacked_weight_grads(net, x, y)
+    assert stacked.last_path == "compiled"
+    for i, algo in enumerate(members):
+        want, want_loss = naive.layerwise_weight_grads(
+            algo.name, _net(act, 5, seed=i, gamma0=0.3), x[i], y[i], **algo.options())
+        _close([g_in[i], *g_hidden[i].unbind(0), g_out[i], loss[i]], [*want, want_loss])
 
 
 def _single_of(stack: ResidualMLP, i: int) -> ResidualMLP:
@@ -404,24 +379,16 @@ def test_graph_runner_follows_in_place_weight_updates(fake_cuda):
 def test_faulty_capture_falls_back_to_eager(fake_cuda, monkeypatch):
     """A capture whose replay disagrees with the eager loop is caught by its first-replay
     check: one warning naming the mismatch, the eager numbers, graphs and compile off."""
-    monkeypatch.setattr(_FakeGraph, "stale", True)
-    algorithms._available["compiled"] = False  # the stale replay needs no compile to fail
+    monkeypatch.setattr(FakeGraph, "stale", True)
     algo = _algo("pcalm", GRAPH_OPTIONS, mode="auto")
     net = _stack_net()
     x, y = _data(models=2, dtype=torch.float32)
     with pytest.warns(UserWarning, match="graph inference path failed.*ReplayMismatch.*w_in"):
         got = algo.stacked_weight_grads(net, x, y)
     _close(got, _algo("pcalm", GRAPH_OPTIONS).stacked_weight_grads(net, x, y), 1e-5, 1e-7)
-    assert algorithms._available == {"compiled": False, "graph": False}
-    assert not algorithms._GRAPHS  # the faulty capture is not kept
-
-
-def test_replay_check_treats_shared_nan_as_agreement():
-    want = torch.tensor([1.0, float("nan"), 2.0])
-    assert algorithms._relative_error(want.clone(), want) == 0
-    assert algorithms._relative_error(torch.tensor([1.0, 0.0, 2.0]), want) == float("inf")
-    assert algorithms._relative_error(torch.tensor([1.0, float("nan"), 2.2]), want) == (
-        pytest.approx(0.2 / 5 ** 0.5))
+    key = algorithms._shape_key(net, x, y, algo._plan())
+    assert algorithms._disabled == {("graph", key), ("compiled", key)}
+    assert algo.last_path == "eager" and not algorithms._GRAPHS  # the faulty capture is gone
 
 
 def test_bench_script_writes_its_table(tmp_path, monkeypatch, capsys):
@@ -445,13 +412,51 @@ def test_bench_script_writes_its_table(tmp_path, monkeypatch, capsys):
     for column in ("device", "B", "bp_ms", "pc_ms", "pcalm_ms", "pcalm_over_bp",
                    "pcalm_over_T_bp", "naive_pcalm_ms", "prev_eager_pcalm_ms", "eager_pcalm_ms",
                    "pcalm_model_steps_per_s_m1", "pcalm_model_steps_per_s_m2",
-                   "fig2_grid_projected_s", "fig2_grid_method"):
+                   "mixed_model_steps_per_s_m2", "fig2_grid_projected_s", "fig2_grid_method"):
         assert rows[0][column], column
+    # on the CPU, compile=auto runs the eager loop, and every row says so; IEEE float32
+    assert {rows[0][c] for c in ("bp_path", "pc_path", "pcalm_path", "mixed_path_m2")} == {
+        "eager"}
+    assert rows[0]["float32_matmul"] == "ieee" and "mixed_model_steps_per_s_m1" not in rows[0]
     assert float(rows[0]["pcalm_over_T_bp"]) == pytest.approx(
         float(rows[0]["pcalm_ms"]) / (3 * float(rows[0]["bp_ms"])), rel=1e-3)
     grid = list(csv.DictReader((tmp_path / "bench_grid.csv").open()))
     assert len(grid) == 4 and {r["T"] for r in grid} == {"8", "12"}
+    # the sweep's stacks: BP's 3 seeds, and PC's + PC-ALM's 3 seeds as one mixed stack of 6
+    assert {(r["models"], r["pc_pcalm_models"], r["pc_pcalm_path"]) for r in grid} == {
+        ("3", "6", "eager")}
     assert "projected Fig. 2 grid" in capsys.readouterr().out
+
+
+def test_bench_labels_each_row_with_the_path_that_ran(tmp_path, monkeypatch, fake_cuda,
+                                                      plain_compiled):
+    """A capture that fails (here: PC-ALM's) falls back to eager, and the rows measured
+    after it say eager, not the path that was asked for."""
+    import csv
+
+    real_init = algorithms._GraphRunner.__init__
+
+    def pcalm_capture_fails(self, net, x, y, plan, *args):
+        if plan.kind == "pcalm" and not plan.per_model:
+            raise RuntimeError("capture failed (planted)")
+        real_init(self, net, x, y, plan, *args)
+
+    monkeypatch.setattr(algorithms._GraphRunner, "__init__", pcalm_capture_fails)
+    monkeypatch.setenv("PCALM_RESULTS", str(tmp_path))
+    bench = load_script("scripts/bench.py")
+    out = tmp_path / "bench.csv"
+    threads = torch.get_num_threads()
+    try:
+        with pytest.warns(UserWarning, match="capture failed"):
+            bench.main(["--widths", "8", "--depths", "3", "--budget", "3", "--models", "2",
+                        "--repeats", "1", "--min-time", "0", "--threads", "1", "--no-naive",
+                        "--no-grid", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    (row,) = csv.DictReader(out.open())
+    assert (row["bp_path"], row["pc_path"], row["pcalm_path"]) == ("graph", "graph", "eager")
+    assert row["compiled_pcalm_path"] == "compiled"  # graph off for this shape: compiled alone
+    assert (row["mixed_path_m2"], row["compiled_mixed_path_m2"]) == ("graph", "compiled_graph")
 
 
 @pytest.mark.parametrize("device, message", [
