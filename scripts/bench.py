@@ -9,13 +9,19 @@ steps, weight gradients: what a training step costs besides Adam's < 1 %) for BP
 PC-ALM on the fast path (`--compile`), PC-ALM ÷ BP and PC-ALM ÷ (T × BP); PC-ALM's baselines
 side by side: the naive per-layer version (pcalm/naive.py), the previous stacked eager
 loop, and the fast loop eager and compiled; and the vectorised throughput: Trainer-style
-training steps (weight gradients + Adam) of M stacked models, in models·steps per second.
+training steps (weight gradients + Adam) of M stacked models, in models·steps per second,
+for a uniform PC-ALM stack and for the mixed PC + PC-ALM stack the sweep trains (half PC,
+half PC-ALM, each model its own η_h), the latter also compiled (does compile pay for large
+stacks?). Every timing says which path actually ran it (`*_path`: graph | compiled_graph |
+compiled | eager): a capture or compile that fails falls back, and the row says so.
+Matmuls run in IEEE float32 (`float32_matmul`), whatever the process had set.
 
 Projection of the paper-scale Fig. 2 grid (N, L ∈ {8, …, 128}, T = 2L, B = 64, 937 steps,
 3 activations × 3 seeds × BP/PC/PC-ALM = 675 runs) on this device: every cell is measured
-briefly with the 3 seeds stacked (M = 3, as the Trainer runs them): BP, and PC/PC-ALM at a
-short budget T_s = min(2L, 16); forward pass and weight gradients cost about a BP step and
-the rest grows with T, so t(2L) = t_BP + (t(T_s) − t_BP) · 2L / T_s (`--full`: measured at
+briefly in the stacks the sweep trains it in (`sweep.max_stack=auto`: BP's 3 seeds as one
+stack of 3, PC's and PC-ALM's as one mixed stack of 6): BP, and the mixed stack at a short
+budget T_s = min(2L, 16); forward pass and weight gradients cost about a BP step and the
+rest grows with T, so t(2L) = t_BP + (t(T_s) − t_BP) · 2L / T_s (`--full`: measured at
 T = 2L directly).
 ReLU is measured; identity and tanh are scaled by their measured cost relative to ReLU at
 one middle cell. Training steps only (evaluations and data loading are extra).
@@ -40,7 +46,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from pcalm import algorithms, cost, naive  # noqa: E402
-from pcalm.algorithms import make_algorithm  # noqa: E402
+from pcalm.algorithms import make_algorithm, stack_algorithms  # noqa: E402
 from pcalm.device import resolve_device  # noqa: E402
 from pcalm.model import ResidualMLP  # noqa: E402
 from pcalm.results import atomic_write_text  # noqa: E402
@@ -134,14 +140,30 @@ def algo(name, mode, **options):
 
 
 def grads_time(name, net, x, y, mode, device, repeats, warmup=2, min_time=None,
-               **options) -> float:
-    a = algo(name, mode, **options)
-    return best_time(lambda: a.stacked_weight_grads(net, x, y), device, repeats, warmup,
-                     min_time)
+               **options) -> tuple[float, str]:
+    """Best seconds of one weight-gradient computation, and the path that ran it."""
+    return algo_time(algo(name, mode, **options), net, x, y, device, repeats, warmup, min_time)
+
+
+def algo_time(a, net, x, y, device, repeats, warmup=2, min_time=None) -> tuple[float, str]:
+    seconds = best_time(lambda: a.stacked_weight_grads(net, x, y), device, repeats, warmup,
+                        min_time)
+    return seconds, a.last_path
+
+
+def mixed_stack(m: int, mode: str, **options):
+    """The stack the sweep trains a Fig. 2 cell's PC and PC-ALM runs in (one per seed):
+    the first half of the models PC, the rest PC-ALM, so the options are per-model tensors
+    (`pcalm.algorithms.Stacked`)."""
+    members = [make_algorithm("pc" if k < m // 2 else "pcalm", **options) for k in range(m)]
+    a = stack_algorithms(members)
+    a.compile_mode = mode
+    return a
 
 
 def train_step_fn(a, net, x, y):
-    """A Trainer.train_step: stacked weight gradients, then Adam (all M models at once)."""
+    """A Trainer.train_step: stacked weight gradients, then Adam (all M models at once);
+    `a.last_path` says which path the last call ran."""
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     params = (net.w_in, net.w_hidden, net.w_out)
 
@@ -162,11 +184,12 @@ def measure_cell(args, n, l, t, device, dtype) -> dict:
     x, y = batch(None, b, device, dtype)
     opts = {"budget": t, "state_lr": 0.25}
     row = {"device": device_name(device), "threads": torch.get_num_threads(), "clock": args.clock,
-           "path": path_name(args.compile, device), "dtype": args.dtype, "activation": act,
-           "N": n, "L": l, "B": b, "T": t}
-    row["bp_ms"] = 1e3 * grads_time("bp", net, x, y, args.compile, device, r)
-    row["pc_ms"] = 1e3 * grads_time("pc", net, x, y, args.compile, device, r, **opts)
-    row["pcalm_ms"] = 1e3 * grads_time("pcalm", net, x, y, args.compile, device, r, **opts)
+           "compile": args.compile, "float32_matmul": algorithms.float32_matmul_precision(device),
+           "dtype": args.dtype, "activation": act, "N": n, "L": l, "B": b, "T": t}
+    for name, options in (("bp", {}), ("pc", opts), ("pcalm", opts)):
+        seconds, row[f"{name}_path"] = grads_time(name, net, x, y, args.compile, device, r,
+                                                  **options)
+        row[f"{name}_ms"] = 1e3 * seconds
     row["pcalm_over_bp"] = row["pcalm_ms"] / row["bp_ms"]
     row["pcalm_over_T_bp"] = row["pcalm_ms"] / (t * row["bp_ms"])
     # PC-ALM's baselines, side by side in this run.
@@ -175,60 +198,68 @@ def measure_cell(args, n, l, t, device, dtype) -> dict:
             lambda: naive.layerwise_weight_grads("pcalm", net, x, y, **opts), device, 2, 1)
         row["prev_eager_pcalm_ms"] = 1e3 * best_time(
             lambda: naive.stacked_eager_weight_grads("pcalm", net, x, y, **opts), device, r)
-    row["eager_pcalm_ms"] = 1e3 * grads_time("pcalm", net, x, y, "off", device, r, **opts)
+    row["eager_pcalm_ms"] = 1e3 * grads_time("pcalm", net, x, y, "off", device, r, **opts)[0]
     if not args.no_compiled:
-        a = algo("pcalm", "on", **opts)
-        start = time.perf_counter()
-        a.stacked_weight_grads(net, x, y)  # compiles (or loads inductor's on-disk cache)
-        _sync(device)
-        row["compile_s"] = time.perf_counter() - start
-        row["compiled_pcalm_ms"] = 1e3 * best_time(
-            lambda: a.stacked_weight_grads(net, x, y), device, r)
-        if not algorithms._available["compiled"]:
-            row["compiled_pcalm_ms"] = float("nan")  # compile failed: it ran eager
+        row.update(compiled_columns(algo("pcalm", "on", **opts), net, x, y, device, r))
     for m in args.model_counts:
-        stack = net_for(n, l, act, device, dtype, models=m)
-        xm, ym = batch(m, b, device, dtype)
-        step = train_step_fn(algo("pcalm", args.compile, **opts), stack, xm, ym)
-        seconds = best_time(step, device, r)
-        row[f"pcalm_model_steps_per_s_m{m}"] = m / seconds
+        row.update(stack_columns(args, n, l, t, m, device, dtype, opts))
+    algorithms.release_graphs()  # this cell's captures hold memory the next cell needs
     return row
+
+
+def compiled_columns(a, net, x, y, device, repeats) -> dict:
+    """The compiled step's first call (compile_s: inductor, or its on-disk cache) and best
+    time; NaN ms when it did not run compiled (the path column says what ran)."""
+    start = time.perf_counter()
+    a.stacked_weight_grads(net, x, y)
+    _sync(device)
+    compile_s = time.perf_counter() - start
+    seconds, path = algo_time(a, net, x, y, device, repeats)
+    return {"compile_s": compile_s, "compiled_pcalm_path": path,
+            "compiled_pcalm_ms": 1e3 * seconds if "compiled" in path else float("nan")}
+
+
+def stack_columns(args, n, l, t, m, device, dtype, opts) -> dict:
+    """Training steps of M stacked models: uniform PC-ALM, and (M >= 2) the sweep's mixed
+    PC + PC-ALM stack, also compiled unless --no-compiled; models·steps/s and the path."""
+    stack = net_for(n, l, args.activation, device, dtype, models=m)
+    xm, ym = batch(m, args.batch, device, dtype)
+    variants = {"pcalm": algo("pcalm", args.compile, **opts)}
+    if m >= 2:
+        variants["mixed"] = mixed_stack(m, args.compile, **opts)
+        if not args.no_compiled:
+            variants["compiled_mixed"] = mixed_stack(m, "on", **opts)
+    cols = {}
+    for label, a in variants.items():
+        seconds = best_time(train_step_fn(a, stack, xm, ym), device, args.repeats)
+        cols[f"{label}_model_steps_per_s_m{m}"] = m / seconds
+        cols[f"{label}_path_m{m}"] = a.last_path
+    return cols
 
 
 # -- the Fig. 2 projection -----------------------------------------------------------------
 
 def grid_projection(args, device, dtype) -> tuple[list[dict], dict]:
-    """Seconds per training step of each grid cell (M = grid-models stacked) → totals."""
+    """Seconds per training step of each grid cell, in the sweep's stacks → totals: BP's
+    `grid-models` seeds stacked, and PC's and PC-ALM's seeds as one mixed stack of twice as
+    many (what `sweep.max_stack=auto` trains them in)."""
     m, b, r = args.grid_models, args.batch, max(2, min(args.repeats, 3))
     rows = []
-    # Activation cost relative to ReLU, measured at one middle cell (PC-ALM, short budget).
+    # Activation cost relative to ReLU, measured at one middle cell (the mixed stack, short budget).
     rel = {}
-    mid_net = {a: net_for(*GRID_MID, a, device, dtype, models=m) for a in GRID_ACTS}
-    xm, ym = batch(m, b, device, dtype)
+    xm, ym = batch(2 * m, b, device, dtype)
     for a in GRID_ACTS:
-        rel[a] = grads_time("pcalm", mid_net[a], xm, ym, args.compile, device, 3 * r,
-                            min_time=4 * MIN_TIME, budget=16, state_lr=0.25)
+        net = net_for(*GRID_MID, a, device, dtype, models=2 * m)
+        stack = mixed_stack(2 * m, args.compile, budget=16, state_lr=0.25)
+        rel[a] = algo_time(stack, net, xm, ym, device, 3 * r, min_time=4 * MIN_TIME)[0]
     rel = {a: rel[a] / rel["relu"] for a in GRID_ACTS}
     for n in GRID:
         for l in GRID:
-            net = net_for(n, l, "relu", device, dtype, models=m)
-            x, y = batch(m, b, device, dtype)
-            t_full = 2 * l
-            row = {"N": n, "L": l, "T": t_full, "models": m}
-            row["bp_s"] = grads_time("bp", net, x, y, args.compile, device, r, warmup=1)
-            t_short = t_full if args.full else min(t_full, GRID_SHORT_T)
-            for name in ("pc", "pcalm"):
-                sec = grads_time(name, net, x, y, args.compile, device, r, warmup=1,
-                                 budget=t_short, state_lr=0.25)
-                # forward + weight grads cost about one BP step; the rest scales with T
-                row[f"{name}_s"] = row["bp_s"] + max(sec - row["bp_s"], 0) * t_full / t_short
-            # One cell's runs: 937 steps × (BP + PC + PC-ALM), each step trains m seeds at
-            # once; × the activations (relative cost) × seeds / m stacks.
-            per_act = GRID_STEPS * (row["bp_s"] + row["pc_s"] + row["pcalm_s"])
-            row["cell_s"] = per_act * sum(rel.values()) * GRID_SEEDS / m
-            rows.append(row)
+            rows.append(grid_cell(args, n, l, m, r, device, dtype, rel))
+            algorithms.release_graphs()
     total = sum(row["cell_s"] for row in rows)
-    method = (f"all {len(rows)} cells measured, {m} seeds stacked, "
+    method = (f"all {len(rows)} cells measured in the sweep's stacks (BP: {m} seeds; "
+              f"PC + PC-ALM: one mixed stack of {2 * m}), "
               + ("at T=2L" if args.full else f"PC/PC-ALM at T=min(2L,{GRID_SHORT_T}), "
                  "t(2L) = t_BP + (t(T) - t_BP)·2L/T")
               + "; identity/tanh scaled by measured cost relative to ReLU at "
@@ -237,16 +268,33 @@ def grid_projection(args, device, dtype) -> tuple[list[dict], dict]:
     return rows, {"total_s": total, "method": method, "relative": rel}
 
 
+def grid_cell(args, n, l, m, r, device, dtype, rel) -> dict:
+    t_full = 2 * l
+    row = {"N": n, "L": l, "T": t_full, "models": m, "pc_pcalm_models": 2 * m}
+    x, y = batch(m, args.batch, device, dtype)
+    net = net_for(n, l, "relu", device, dtype, models=m)
+    row["bp_s"], row["bp_path"] = grads_time("bp", net, x, y, args.compile, device, r, warmup=1)
+    t_short = t_full if args.full else min(t_full, GRID_SHORT_T)
+    x2, y2 = batch(2 * m, args.batch, device, dtype)
+    net2 = net_for(n, l, "relu", device, dtype, models=2 * m)
+    stack = mixed_stack(2 * m, args.compile, budget=t_short, state_lr=0.25)
+    sec, row["pc_pcalm_path"] = algo_time(stack, net2, x2, y2, device, r, warmup=1)
+    bp2 = grads_time("bp", net2, x2, y2, args.compile, device, r, warmup=1)[0]
+    # forward + weight grads cost about one BP step (of the same stack); the rest scales with T
+    row["pc_pcalm_s"] = bp2 + max(sec - bp2, 0) * t_full / t_short
+    # One cell's runs: 937 steps × (BP's stack + the PC/PC-ALM stack), each step training
+    # every seed at once; × the activations (relative cost) × seeds / m stacks.
+    per_act = GRID_STEPS * (row["bp_s"] + row["pc_pcalm_s"])
+    row["cell_s"] = per_act * sum(rel.values()) * GRID_SEEDS / m
+    return row
+
+
 # -- output --------------------------------------------------------------------------------
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
-
-
-def path_name(mode: str, device: torch.device) -> str:
-    return algorithms._resolve_path(mode, device)
 
 
 def fmt(v) -> str:
@@ -286,7 +334,11 @@ def hms(seconds: float) -> str:
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
+    with algorithms.ieee_float32():  # the numbers (and speeds) training gets: trainer.run pins it
+        run(parse_args(argv))
+
+
+def run(args) -> None:
     global clock, MIN_TIME
     args.model_counts = [int(v) for v in args.models.split(",") if v.strip()]
     clock, MIN_TIME = CLOCK[args.clock], args.min_time
@@ -301,7 +353,7 @@ def main(argv=None) -> None:
     results = Path(os.environ.get("PCALM_RESULTS", REPO / "results"))
     out = args.out or results / "bench.csv"
     print(f"device: {device_name(device)}; torch {torch.__version__}; {args.dtype}; "
-          f"fast path: {path_name(args.compile, device)} (--compile {args.compile}); "
+          f"--compile {args.compile} (each row names the path that ran); "
           f"clock: {args.clock}; load average {_load()}", flush=True)
 
     rows = []
@@ -311,24 +363,29 @@ def main(argv=None) -> None:
             rows.append(measure_cell(args, n, l, t, device, dtype))
             print(f"  measured N={n} L={l} T={t}", flush=True)
     main_cols = ["N", "L", "B", "T", "bp_ms", "pc_ms", "pcalm_ms", "pcalm_over_bp",
-                 "pcalm_over_T_bp"]
+                 "pcalm_over_T_bp", "pcalm_path"]
     base_cols = ["naive_pcalm_ms", "prev_eager_pcalm_ms", "eager_pcalm_ms",
-                 "compiled_pcalm_ms", "compile_s"]
-    vec_cols = [f"pcalm_model_steps_per_s_m{m}" for m in args.model_counts]
+                 "compiled_pcalm_ms", "compile_s", "compiled_pcalm_path"]
+    vec_cols = [c for m in args.model_counts for c in (
+        f"pcalm_model_steps_per_s_m{m}", f"mixed_model_steps_per_s_m{m}",
+        f"compiled_mixed_model_steps_per_s_m{m}", f"mixed_path_m{m}",
+        f"compiled_mixed_path_m{m}") if c in rows[0]]
     print("\nms per weight-gradient computation (forward, T steps, weight grads), best of "
           f"{args.repeats}:")
     print(table(rows, main_cols))
     print("\nPC-ALM baselines (ms) — naive per-layer, previous stacked eager, fast eager, "
           "compiled (+ first-call compile s):")
     print(table(rows, ["N", "L", "T"] + [c for c in base_cols if c in rows[0]]))
-    print("\nvectorised PC-ALM training steps (grads + Adam), models·steps per second:")
+    print("\nvectorised training steps (grads + Adam), models·steps per second: uniform "
+          "PC-ALM, the sweep's mixed PC + PC-ALM stack, and that compiled:")
     print(table(rows, ["N", "L", "T"] + vec_cols))
 
     if not args.no_grid:
         print(f"\nprojecting the paper-scale Fig. 2 grid (measuring {len(GRID) ** 2} cells)…",
               flush=True)
         grid_rows, proj = grid_projection(args, device, dtype)
-        print(table(grid_rows, ["N", "L", "T", "models", "bp_s", "pc_s", "pcalm_s", "cell_s"]))
+        print(table(grid_rows, ["N", "L", "T", "models", "pc_pcalm_models", "bp_s",
+                                "pc_pcalm_s", "cell_s", "pc_pcalm_path"]))
         print(f"\nprojected Fig. 2 grid (675 runs, 937 steps each) on {device_name(device)}: "
               f"{proj['total_s']:.0f} s = {hms(proj['total_s'])}\n  method: {proj['method']}")
         for r in rows:
