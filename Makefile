@@ -50,7 +50,7 @@ mutants:  ## mutation testing of the math and training loop (MUTANTS="pcalm.ener
 	$(VENV)/bin/mutmut run --max-children $$(nproc) $(if $(MUTANTS),"$(MUTANTS)")
 	$(VENV)/bin/mutmut results
 
-data:  ## download MNIST + Fashion-MNIST with torchvision (needs internet; see docs/DATA.md)
+data:  ## download what MNIST + Fashion-MNIST lack (43 MB, MD5-checked; runs do it too; docs/DATA.md)
 	$(PY) scripts/fetch_data.py
 
 eta-table:  ## per-cell activity step η_h = 1/λ_max → configs/eta_table.csv (DATA=, ARGS=...)
