@@ -38,6 +38,7 @@ URL_SCHEMES = ("https://", "http://", "file://")
 TIMEOUT_S = 30.0  # per connection attempt and per read: a dead mirror costs this much, once
 _CHUNK = 1 << 16
 LOCK_NAME = ".download.lock"
+FILE_MODE = 0o644  # a data file as any tool writes one under the usual umask
 OFFLINE_HINT = (
     "offline: copy the files from a connected machine (`make data` there) and set PCALM_DATA "
     "(or data.root=) to the folder holding MNIST/raw and FashionMNIST/raw, or for Fashion-MNIST "
@@ -155,6 +156,7 @@ def _download(url: str, dest: Path, md5: str, timeout: float,
     """Fetch ``url`` to a temporary file beside ``dest``, verify it, rename it to ``dest``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes it private (0600); others' jobs read it too
         with os.fdopen(fd, "wb") as out:
             _stream(url, out, timeout, say)
             out.flush()
@@ -177,7 +179,7 @@ def _stream(url: str, out, timeout: float, say: Callable[[str], None]) -> None:
     try:
         with urlopen(url, timeout=timeout) as response:
             total = _content_length(response)
-            size = f" ({total / 1e6:.1f} MB)" if total else ""
+            size = f" ({_megabytes(total)})" if total else ""
             say(f"downloading {url}{size}")
             # disable=None: a bar on a terminal, nothing in a SLURM log or a test's pipe.
             with tqdm(total=total, unit="B", unit_scale=True, leave=False, disable=None,
@@ -196,6 +198,10 @@ def _stream(url: str, out, timeout: float, say: Callable[[str], None]) -> None:
     # http.client returns a short body without raising when the server closes early.
     if total is not None and written != total:
         raise _Failed(f"connection closed after {written} of {total} bytes")
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
 
 
 def _content_length(response) -> int | None:

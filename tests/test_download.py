@@ -151,6 +151,7 @@ def test_good_download_lands_gz_verified_and_loads(tmp_path, mirror, gz_files, m
     assert raw_listing(root) == sorted([LOCK_NAME, *gz_files])  # no temporary file left
     for name, body in gz_files.items():
         assert (raw / name).read_bytes() == body  # kept gzipped, byte for byte
+        assert (raw / name).stat().st_mode & 0o777 == 0o644  # readable by others' jobs
     assert [line.split()[0] for line in said] == ["downloading"] * 4
     # The loader reads them and, told these are the official MD5s, verifies them.
     monkeypatch.setitem(data.MD5, "MNIST", table)
