@@ -10,16 +10,21 @@ skipped. Sweeps: experiments/sweep.py (or `make sweep`).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from pcalm.cli import CONFIG_DIR, check_overrides, exit_with, interrupted, run_config
-from pcalm.config import Cell
-from pcalm.data import DataError
-from pcalm.eta import EtaTableError
-from pcalm.results import RunFolder, check_results_dir
-from pcalm.runner import execute
+# Hydra finds launcher plugins by scanning sys.path for hydra_plugins/, and an editable
+# install is not scanned: let it see this checkout's (hydra_plugins/pcalm_launcher).
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+
+from pcalm.cli import CONFIG_DIR, check_overrides, exit_with, interrupted, run_config  # noqa: E402
+from pcalm.config import Cell  # noqa: E402
+from pcalm.data import DataError  # noqa: E402
+from pcalm.eta import EtaTableError  # noqa: E402
+from pcalm.results import RunFolder, check_results_dir  # noqa: E402
+from pcalm.runner import execute  # noqa: E402
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")

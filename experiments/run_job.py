@@ -1,11 +1,10 @@
 """One sweep job: train its share of a sweep's runs, listed in the sweep's manifest.
 
 experiments/sweep.py launches this as a Hydra multirun over the job index (configs/job.yaml,
-hydra/launcher=local|slurm|basic). A job skips runs already complete and resumes an
-interrupted run from its checkpoint, so a requeued job (SLURM preemption or time limit:
-submitit calls the launcher's `checkpoint`, which resubmits the same job) simply goes on.
-With --submit-only (experiments/sweep.py --no-wait) the multirun returns once SLURM has
-accepted the jobs instead of waiting for them.
+hydra/launcher=local|slurm|basic; SLURM: pcalm/launcher.py). A job skips runs already
+complete and resumes an interrupted run from its checkpoint, so a requeued job (SLURM
+preemption or time limit: submitit calls the launcher's `checkpoint`, which resubmits the
+same job) simply goes on.
 """
 
 from __future__ import annotations
@@ -24,10 +23,12 @@ import hydra
 from omegaconf import DictConfig
 
 # The submitting process needs neither torch nor the package: only the jobs import them.
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO / "configs"
+# Hydra finds launcher plugins by scanning sys.path for hydra_plugins/, and an editable
+# install is not scanned: let it see this checkout's (hydra_plugins/pcalm_launcher).
+sys.path.insert(1, str(REPO))
 log = logging.getLogger("run_job")
-SUBMIT_ONLY = "--submit-only"
-RECORD_SLURM_JOBS = "PCALM_SLURM_JOBS"  # set by experiments/sweep.py: where to record job ids
 SWEEP_PID = "PCALM_SWEEP_PID"  # set by experiments/sweep.py: `pid:start time` of the sweep
 WATCH_EVERY_S = 1.0
 
@@ -92,6 +93,16 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def use_one_gpu(gpu: int | None) -> None:
+    """A local job on a machine with GPUs: see only the `gpu`-th of the GPUs it was given,
+    so that the sweep's jobs spread over the GPUs instead of all training on the first.
+    Before CUDA starts (torch reads CUDA_VISIBLE_DEVICES then)."""
+    if gpu is None:
+        return
+    given = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    os.environ["CUDA_VISIBLE_DEVICES"] = given[gpu % len(given)] if given else str(gpu)
+
+
 def run_job(manifest_path: str, index: int) -> None:
     """Train every run of job `index`; a failing run does not stop the others."""
     from pcalm.config import Cell
@@ -101,6 +112,7 @@ def run_job(manifest_path: str, index: int) -> None:
 
     manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
     job = manifest["jobs"][index]
+    use_one_gpu(job.get("gpu"))
     threads = job_threads(job)
     try:
         device = resolve_device(job["runs"][0]["train"]["device"]).type
@@ -136,62 +148,5 @@ def main(cfg: DictConfig) -> None:
     run_job(cfg.manifest, int(cfg.job))
 
 
-def submit_only() -> None:
-    """Let this (the submitting) process treat SLURM jobs as done once they are submitted.
-
-    hydra-submitit-launcher submits the array, then waits on `job.results()` of each job; here
-    that returns a completed placeholder at once. The jobs themselves are untouched: they run
-    on the cluster and write their run folders; re-running the sweep reports on them.
-    """
-    from hydra.core.utils import JobReturn, JobStatus
-    from submitit.slurm.slurm import SlurmJob
-
-    def submitted(job: SlurmJob) -> list[JobReturn]:
-        if not job.job_id.partition("_")[2].strip("0"):  # say it once per array
-            log.info(f"submitted SLURM job {job.job_id.split('_')[0]}; not waiting for it")
-        return [JobReturn(status=JobStatus.COMPLETED)]
-
-    SlurmJob.results = submitted
-
-
-def record_slurm_jobs(path: str) -> None:
-    """In the submitting process: write which SLURM job got which manifest job to `path`
-    (JSON {job id: job index}, merged over Hydra's batches), so that pcalm/slurm.py can tell
-    a later sweep which runs are still queued. The jobs themselves are untouched."""
-    import submitit
-
-    submit = submitit.AutoExecutor.map_array
-
-    def map_array(self, fn, *iterables):
-        jobs = submit(self, fn, *iterables)
-        if self.cluster == "slurm":  # iterables[0]: each Hydra job's overrides, with job=K
-            indices = [next(int(o.split("=", 1)[1]) for o in overrides if o.startswith("job="))
-                       for overrides in iterables[0]]
-            merge_json(Path(path), {job.job_id: k for job, k in zip(jobs, indices)})
-        return jobs
-
-    submitit.AutoExecutor.map_array = map_array
-
-
-def merge_json(path: Path, entries: dict) -> None:
-    """path ← its JSON object updated with `entries`, replaced atomically."""
-    import tempfile
-
-    current = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    current.update(entries)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(current, f, indent=1)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # as any file the user makes (mkstemp's is 0600)
-    os.replace(tmp, path)
-
-
 if __name__ == "__main__":
-    if os.environ.get(RECORD_SLURM_JOBS):
-        record_slurm_jobs(os.environ[RECORD_SLURM_JOBS])
-    if SUBMIT_ONLY in sys.argv:
-        sys.argv.remove(SUBMIT_ONLY)
-        submit_only()
     main()

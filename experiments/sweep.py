@@ -21,6 +21,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from pcalm import launcher as launcher_api
 from pcalm import provenance, slurm
 from pcalm.cli import REPO, compose, exit_with, interrupted
 from pcalm.cost import describe_seconds
@@ -40,7 +41,6 @@ from pcalm.sweep import (
 from pcalm.tasks import TASKS
 
 RUN_JOB = REPO / "experiments" / "run_job.py"
-RECORD_SLURM_JOBS = "PCALM_SLURM_JOBS"  # tells run_job.py where to record SLURM job ids
 FLAGS = ("--dry-run", "--no-wait")
 PROGRESS_EVERY_S = 30.0
 SWEEP_PID = "PCALM_SWEEP_PID"  # local jobs stop when this process (pid:start time) is gone
@@ -85,29 +85,46 @@ def check_data(configs: list[dict]) -> None:
                              f"{sizes[key]} training samples of {d['name']} (one batch per step)")
 
 
-def launcher_overrides(sweep: Sweep, name: str, results_dir: Path) -> tuple[list[str], bool]:
-    """The multirun's launcher overrides, checked now by composing configs/job.yaml, and
-    whether its jobs will have a GPU (SLURM: gpus_per_node or gres asked for)."""
+def launcher_overrides(sweep: Sweep, name: str, results_dir: Path) -> tuple[list[str], int, str]:
+    """The multirun's launcher overrides, checked now by composing configs/job.yaml; how many
+    GPUs its jobs will have (local: this machine's, each job gets one; SLURM: each job's);
+    and for SLURM a line saying what each job asks for (checked against sinfo)."""
     launcher = sweep.settings["launcher"]
     overrides = [f"hydra/launcher={launcher}", quoted("results_dir", results_dir),
                  quoted("sweep_name", name), *sweep.hydra_overrides]
     given = {o.split("=", 1)[0].lstrip("+") for o in sweep.hydra_overrides}
-    if launcher != "slurm":
-        import torch  # local jobs see no GPU unless told to: give them this machine's
+    gpus, request = 0, ""
+    if launcher == "local":
+        import torch  # local jobs see no GPU unless told to: each gets one of this machine's
 
-        gpus = torch.cuda.device_count()
-        if launcher == "local" and "hydra.launcher.gpus_per_node" not in given:
+        gpus = torch.cuda.device_count() if "hydra.launcher.gpus_per_node" not in given else 0
+        if gpus:
             overrides.append(f"hydra.launcher.gpus_per_node={gpus}")
     cfg = compose(overrides + ["manifest=x", "job=0"], config_name="job", with_hydra=True)
     if launcher == "slurm":
-        gpus = cfg.hydra.launcher.get("gpus_per_node") or cfg.hydra.launcher.get("gres")
-    return overrides, bool(gpus)
+        from omegaconf import OmegaConf
+
+        asked = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+        devices = {c["train"]["device"] for c in sweep.configs}
+        resources, request = slurm.job_request(asked, devices, slurm.partitions())
+        overrides += [f"hydra.launcher.{key}={'null' if value is None else value}"
+                      for key, value in resources.items()]
+        gpus = resources["gpus_per_node"] or (1 if asked.get("gres") else 0)
+    elif launcher == "local" and "hydra.launcher.gpus_per_node" in given:
+        gpus = cfg.hydra.launcher.get("gpus_per_node") or 0
+    return overrides, gpus, request
 
 
-def planning_device(configs: list[dict], jobs_have_gpu: bool) -> str:
+def planning_device(configs: list[dict], jobs_have_gpu: int) -> str:
     """Where the jobs will train (cpu | cuda), for `sweep.max_stack=auto` when grouping runs."""
     cpu_only = all(c["train"]["device"] == "cpu" for c in configs)
     return "cuda" if jobs_have_gpu and not cpu_only else "cpu"
+
+
+def local_slots(device: str, gpus: int) -> int:
+    """How many local jobs the machine holds at once: one per GPU when the runs train on
+    GPUs (each job gets its own: run_job.py), else one per core."""
+    return gpus if device == "cuda" and gpus else cores()
 
 
 def quoted(key: str, value) -> str:
@@ -137,15 +154,18 @@ def sweep_name(sweep: Sweep, results_dir: Path, claim: bool = True) -> str:
 
 
 def write_manifest(path: Path, sweep: Sweep, jobs: list[list[dict]], threads: int | None,
-                   projected: list[float] | None = None):
-    """The sweep's manifest.json: each job's resolved run configs, torch threads and
-    projected wall time (s), to check the cost model against what the job then takes."""
+                   projected: list[float] | None = None, local_gpus: int = 0):
+    """The sweep's manifest.json: each job's resolved run configs, torch threads, projected
+    wall time (s), to check the cost model against what the job then takes, and, for local
+    jobs on a machine with GPUs, which of them the job uses (`gpu`: an index among those the
+    job sees; run_job.py hides the others)."""
     atomic_write_json(path, {
         "experiment": sweep.name, "scale": sweep.scale, "launcher": sweep.settings["launcher"],
         "created": datetime.now().isoformat(timespec="seconds"),
         "max_stack": sweep.settings["max_stack"],
         "jobs": [{"threads": threads, "projected_s": projected[i] if projected else None,
-                  "runs": job} for i, job in enumerate(jobs)],
+                  "gpu": i % local_gpus if local_gpus else None, "runs": job}
+                 for i, job in enumerate(jobs)],
     })
 
 
@@ -264,10 +284,14 @@ def launch(command: list[str], pending: list[dict], env: dict[str, str]) -> int:
     return proc.returncode
 
 
-def in_flight(results_dir: Path) -> dict[str, str]:
-    """Run id → the queued or running SLURM job (of an earlier sweep) that will train it."""
+def in_flight(results_dir: Path, launcher: str) -> dict[str, str]:
+    """Run id → the queued or running SLURM job (of an earlier sweep) that will train it.
+    Only SLURM sweeps ask: a local sweep must not depend on SLURM being up (a run that a
+    SLURM job trains meanwhile is not trained twice: each run trains under a lock)."""
+    if launcher != "slurm":
+        return {}
     try:
-        live = slurm.live_jobs()
+        live = slurm.queued_jobs()
     except slurm.QueueUnknown as err:
         print(f"warning: {err}; runs of queued SLURM jobs may be submitted again",
               file=sys.stderr)
@@ -275,13 +299,14 @@ def in_flight(results_dir: Path) -> dict[str, str]:
     return slurm.in_flight_runs(results_dir, live) if live else {}
 
 
-def plan(sweep: Sweep, queued: dict[str, str], device: str) -> tuple[list[dict], list[list[dict]]]:
+def plan(sweep: Sweep, queued: dict[str, str], device: str, slots: int
+         ) -> tuple[list[dict], list[list[dict]]]:
     """The runs still missing and not `queued` in SLURM, and the jobs they go into (seeds
-    that will train as one stack on `device` stay in one job)."""
+    that will train as one stack on `device` stay in one job; local: at most `slots` jobs)."""
     s = sweep.settings
     pending = [c for c in sweep.configs
                if not is_complete(c) and RunFolder(c["results_dir"], c).id not in queued]
-    n_jobs = job_count(s["launcher"], len(pending), s["runs_per_job"], s["local_jobs"], cores())
+    n_jobs = job_count(s["launcher"], len(pending), s["runs_per_job"], s["local_jobs"], slots)
     stack = stack_size(s["max_stack"], device)
     return pending, plan_jobs(pending, n_jobs, stack) if pending else []
 
@@ -302,9 +327,10 @@ def main(argv: list[str]) -> int:
             raise ValueError(f"--no-wait needs sweep.launcher=slurm, not {launcher}")
         results_dir = check_results_dir(sweep.configs[0]["results_dir"])
         name = sweep_name(sweep, results_dir, claim=False)  # claimed once there is a job
-        hydra_args, jobs_have_gpu = launcher_overrides(sweep, name, results_dir)
-        queued = in_flight(results_dir)
-        pending, jobs = plan(sweep, queued, planning_device(sweep.configs, jobs_have_gpu))
+        hydra_args, gpus, request = launcher_overrides(sweep, name, results_dir)
+        device = planning_device(sweep.configs, gpus)
+        queued = in_flight(results_dir, launcher)
+        pending, jobs = plan(sweep, queued, device, local_slots(device, gpus))
         check_data(pending)
     except (ValueError, DataError, EtaTableError) as err:
         exit_with(err)
@@ -315,8 +341,10 @@ def main(argv: list[str]) -> int:
           f"{in_slurm}, {len(pending)} to run in {len(jobs)} jobs on {launcher}", flush=True)
     if not pending:
         return still_queued(elsewhere, wait and "--dry-run" not in flags)
+    if request:
+        print(request, flush=True)
     threads = max(1, cores() // len(jobs)) if launcher == "local" else None
-    device = planning_device(sweep.configs, jobs_have_gpu)
+    local_gpus = gpus if launcher == "local" and device == "cuda" else 0
     projected = projection(sweep, jobs, device, threads, results_dir)
     if "--dry-run" in flags:
         for i, job in enumerate(jobs):
@@ -328,17 +356,33 @@ def main(argv: list[str]) -> int:
                   for a in hydra_args]  # started in the same second took `name`
     name = claimed
     manifest = results_dir / "sweeps" / name / "manifest.json"
-    write_manifest(manifest, sweep, jobs, threads, projected)
-    command = [sys.executable, str(RUN_JOB), *([] if wait else ["--submit-only"]), "-m",
-               *hydra_args, quoted("manifest", manifest), f"job=range(0,{len(jobs)})"]
+    write_manifest(manifest, sweep, jobs, threads, projected, local_gpus)
+    command = [sys.executable, str(RUN_JOB), "-m", *hydra_args, quoted("manifest", manifest),
+               f"job=range(0,{len(jobs)})"]
     env = {provenance.COMMAND_ENV: provenance.command()}  # each run records the user's command
+    # submitit logs each line through its own stdout and stderr handlers and through Hydra's:
+    # three copies in a job's log. Without its config, Hydra's handler prints it once.
+    env["SUBMITIT_LOG_LEVEL"] = os.environ.get("SUBMITIT_LOG_LEVEL", "NOCONFIG")
     if launcher == "slurm":
-        env[RECORD_SLURM_JOBS] = str(manifest.parent / slurm.JOBS_FILE)
+        env[launcher_api.RECORD_JOBS] = str(manifest.parent / slurm.JOBS_FILE)
+        if not wait:
+            env[launcher_api.SUBMIT_ONLY] = "1"
     started = time.monotonic()
     rc = launch(command, pending, env)
+    if rc == launcher_api.REFUSED:  # SLURM took nothing (the launcher said why in one line)
+        discard_sweep(results_dir, name)
+        return 2
     if wait and projected:
         print(took_line(time.monotonic() - started, max(projected)), flush=True)
     return report(sweep.configs, rc, name, results_dir, wait, queued)
+
+
+def discard_sweep(results_dir: Path, name: str) -> None:
+    """Remove what a sweep that submitted nothing left: its folder (manifest) and logs."""
+    import shutil
+
+    for folder in (inside(results_dir, "sweeps", name), inside(results_dir, "submitit", name)):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def took_line(seconds: float, projected_s: float) -> str:

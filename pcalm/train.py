@@ -113,6 +113,7 @@ class TrainState:
     loss_count: int = 0
     diverged_step: list[int | None] = field(default_factory=list)
     seconds: float = 0.0  # training time so far, over every resume
+    attempts: int = 0  # how many times training started or resumed (preemptions, requeues)
     started: str | None = None  # when the run first started (provenance.now())
     # training steps per compute path (eager | compiled | graph | compiled_graph), so the
     # summary says which path made the numbers (a failed capture falls back mid-run)
@@ -221,6 +222,7 @@ class Trainer:
     def _run(self, on_eval, save_checkpoint, progress: bool) -> list[dict]:
         s = self.state
         s.started = s.started or now()
+        s.attempts += 1
         self._clock = time.time()
         if s.step == 0 and not s.rows[0]:
             self._evaluate(0, on_eval)
@@ -320,6 +322,7 @@ class Trainer:
                 "train_loss": last.get("train_loss", math.nan),
                 "lr": learning_rate(self.configs[m]),
                 "wall_time_s": seconds,
+                "attempts": s.attempts,
                 "device": str(self.device),
                 "models_in_stack": len(self.seeds),
                 **self._path_summary(),

@@ -1,9 +1,11 @@
-"""The SLURM path with a fake SLURM: sbatch/squeue/sacct/srun/scancel/scontrol on PATH.
+"""The SLURM path where a one-node cluster cannot reach, with a fake SLURM on PATH.
 
-The fakes record their arguments; sbatch also keeps the submitted script and answers
-"Submitted batch job <id>" as submitit expects. With FAKE_SLURM_RUN=1, sbatch runs the
-script's array tasks itself (environment as SLURM sets it, srun just runs the command), so
-the whole path — manifest, pickled job, run_job under SLURM — runs on this machine.
+tests/test_slurm_cluster.py runs sweeps on a real cluster. This file keeps what a local
+cluster cannot show: the sbatch flags of a cluster with GPU partitions, accounts and QOS;
+an squeue that does not answer; how a GPU partition changes the plan; and that a local
+sweep never asks SLURM anything. The fakes record their arguments; sbatch keeps the
+submitted script and answers "Submitted batch job <id>" as submitit expects; sinfo
+describes a cluster with a `cpu` (default) and a `gpu` partition.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 
 from pcalm.results import RunFolder
 from pcalm.sweep import expand
-from tests.conftest import REPO, load_script
+from tests.conftest import load_script
 
 FIRST_JOB_ID = 4242
 SMALL = ["data.train_size=200", "data.test_size=100", "train.batch_size=50",
@@ -30,7 +31,7 @@ SMALL = ["data.train_size=200", "data.test_size=100", "train.batch_size=50",
 
 
 SBATCH = """\
-import os, re, subprocess, sys
+import os, sys
 log = os.environ["FAKE_SLURM_DIR"]
 script = sys.argv[-1]
 n = len([f for f in os.listdir(log) if f.startswith("sbatch-") and f.endswith(".sh")])
@@ -38,38 +39,7 @@ job_id = FIRST_JOB_ID + 100 * n
 open(os.path.join(log, f"sbatch-{n}.args"), "w").write("\\n".join(sys.argv[1:]))
 text = open(script).read()
 open(os.path.join(log, f"sbatch-{n}.sh"), "w").write(text)
-if os.environ.get("FAKE_SLURM_RUN"):  # run the tasks in the background, as SLURM would
-    array = re.search(r"#SBATCH --array=(\\d+)-(\\d+)", text)
-    for t in range(int(array[1]), int(array[2]) + 1) if array else [None]:
-        env = dict(os.environ, SLURM_JOB_ID=str(job_id if t is None else job_id + 1 + t),
-                   SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_NTASKS="1",
-                   SLURM_JOB_NUM_NODES="1", SLURM_JOB_NODELIST="node1",
-                   SLURM_CPUS_PER_TASK="1")
-        if t is not None:
-            env.update(SLURM_ARRAY_JOB_ID=str(job_id), SLURM_ARRAY_TASK_ID=str(t))
-        task = subprocess.Popen(["bash", script], env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        name = str(job_id) if t is None else f"{job_id}_{t}"
-        open(os.path.join(log, f"task-{name}.pid"), "w").write(str(task.pid))
 print(f"Submitted batch job {job_id}")
-"""
-
-SRUN = """\
-import os, subprocess, sys
-args, out, err = sys.argv[1:], None, None
-while args and args[0].startswith("--"):
-    flag = args.pop(0)
-    if flag in ("--output", "--error"):
-        path = args.pop(0)
-        for tag, var in (("%A", "SLURM_ARRAY_JOB_ID"), ("%a", "SLURM_ARRAY_TASK_ID"),
-                         ("%j", "SLURM_JOB_ID"), ("%t", "SLURM_PROCID")):
-            path = path.replace(tag, os.environ.get(var, ""))
-        if flag == "--output":
-            out = path
-        else:
-            err = path
-with open(out, "a") as o, open(err or out, "a") as e:
-    sys.exit(subprocess.call(args, stdout=o, stderr=e))
 """
 
 RECORD = """\
@@ -78,22 +48,12 @@ log = os.environ["FAKE_SLURM_DIR"]
 name = os.path.basename(sys.argv[0])
 with open(os.path.join(log, name + ".calls"), "a") as f:
     f.write(" ".join(sys.argv[1:]) + "\\n")
-if name == "squeue":  # the queue a test wrote to squeue.out; squeue.fail: slurmctld is down
+if name == "squeue":  # squeue.fail: slurmctld is down
     if os.path.exists(os.path.join(log, "squeue.fail")):
         sys.exit("squeue: error: slurm_load_jobs error: Socket timed out")
-    queue = os.path.join(log, "squeue.out")
-    if os.path.exists(queue):
-        print(open(queue).read(), end="")
-if name == "sacct":  # a task is RUNNING while its process lives, then COMPLETED
-    print("JobID|State|NodeList")
-    for pid_file in sorted(f for f in os.listdir(log) if f.startswith("task-")):
-        pid = int(open(os.path.join(log, pid_file)).read())
-        try:
-            os.kill(pid, 0)
-            state = "RUNNING"
-        except OSError:
-            state = "COMPLETED"
-        print(f"{pid_file[5:-4]}|{state}|node1")
+if name == "sinfo":  # partition|CPUs|memory (MB)|gres, one line per kind of node
+    print("cpu*|8|64000|(null)")
+    print("gpu|16|128000|gpu:a100:4")
 """
 
 
@@ -103,8 +63,8 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
     bin_dir, log = tmp_path / "fake_slurm_bin", tmp_path / "fake_slurm_log"
     bin_dir.mkdir()
     log.mkdir()
-    scripts = {"sbatch": SBATCH.replace("FIRST_JOB_ID", str(FIRST_JOB_ID)), "srun": SRUN,
-               **{name: RECORD for name in ("squeue", "sacct", "scancel", "scontrol")}}
+    scripts = {"sbatch": SBATCH.replace("FIRST_JOB_ID", str(FIRST_JOB_ID)),
+               **{name: RECORD for name in ("squeue", "sacct", "scancel", "scontrol", "sinfo")}}
     for name, body in scripts.items():
         path = bin_dir / name
         path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
@@ -140,6 +100,8 @@ def test_slurm_submission_groups_runs_into_an_array(fake_slurm, data_env, capsys
     tasks = math.ceil(runs / 3)
     assert (runs, tasks) == (12, 4)
     assert f"12 runs, 0 already complete (skipped), 12 to run in {tasks} jobs on slurm" in out
+    # the gpu partition's nodes have 16 CPUs and 125 GB: 4 CPUs, 16 GB and the GPU asked for
+    assert "each job asks SLURM for 4 CPUs, 16 GB, 1 GPU, on partition gpu\n" in out
     assert "submitted" in out
 
     (script_file,) = fake_slurm.glob("sbatch-*.sh")  # one sbatch: one array for the sweep
@@ -153,6 +115,7 @@ def test_slurm_submission_groups_runs_into_an_array(fake_slurm, data_env, capsys
     assert flags["cpus-per-task"] == "4" and flags["mem"] == "16GB"
     assert flags["signal"] == "USR2@120"  # time to requeue before the kill
     assert "submitit/figure2-smoke-" in flags["output"]
+    assert flags["job-name"].startswith("pcalm-figure2-smoke-")
     assert "-m submitit.core._submit" in script
 
     (manifest,) = data_env.glob("sweeps/figure2-smoke-*/manifest.json")
@@ -162,40 +125,14 @@ def test_slurm_submission_groups_runs_into_an_array(fake_slurm, data_env, capsys
     assert planned == sorted(RunFolder(data_env, c).id for c in expand(GRID))
     assert not (data_env / "runs").exists()  # the fake SLURM ran nothing
 
-    # Which SLURM job got which manifest job, for the next sweep to ask squeue about.
+    # Which SLURM job (id and name) got which manifest job, for the next sweep's squeue.
     record = json.loads((manifest.parent / "slurm_jobs.json").read_text())
-    assert record == {f"{FIRST_JOB_ID}_{k}": k for k in range(tasks)}
+    name = f"pcalm-{manifest.parent.name}"
+    assert record == {f"{FIRST_JOB_ID}_{k}": {"job": k, "name": name} for k in range(tasks)}
 
 
-def test_rerun_skips_runs_of_queued_slurm_jobs(fake_slurm, data_env, capsys):
-    """A sweep re-run while its jobs are queued submits nothing twice: runs of jobs squeue
-    still lists are skipped; once a job has left the queue its missing runs go again."""
+def test_an_squeue_that_does_not_answer_is_one_warning(fake_slurm, data_env, capsys):
     sweep_py = load_script("experiments/sweep.py")
-    assert sweep_py.main([*GRID, "--no-wait"]) == 0
-    (manifest,) = data_env.glob("sweeps/figure2-smoke-*/manifest.json")
-    jobs = json.loads(manifest.read_text())["jobs"]
-    capsys.readouterr()
-    queue = fake_slurm / "squeue.out"
-
-    queue.write_text("".join(f"{FIRST_JOB_ID}_{k}\n" for k in range(4)) + "999_7\n")
-    assert sweep_py.main([*GRID, "--no-wait"]) == 0  # nothing to submit
-    out = capsys.readouterr().out
-    assert "0 already complete (skipped), 12 in queued or running SLURM jobs (skipped), " \
-           "0 to run in 0 jobs on slurm" in out
-    assert f"12 runs wait for SLURM jobs {FIRST_JOB_ID}_0, {FIRST_JOB_ID}_1" in out
-    assert len(list(fake_slurm.glob("sbatch-*.sh"))) == 1
-    assert sweep_py.main(GRID) == 1  # waiting for them here would draw half a grid
-    assert "re-run the same command when they are done" in capsys.readouterr().err
-    assert sweep_py.main([*GRID, "--dry-run"]) == 0  # a plan, not a wait
-    (call,) = {c for c in (fake_slurm / "squeue.calls").read_text().splitlines()}
-    assert "--array" in call.split() and "--noheader" in call.split() and "--user=" in call
-
-    queue.write_text(f"{FIRST_JOB_ID}_2\n")  # tasks 0, 1, 3 ended without finishing
-    assert sweep_py.main([*GRID, "--dry-run"]) == 0
-    out = capsys.readouterr().out
-    assert f"{len(jobs[2]['runs'])} in queued or running SLURM jobs (skipped), " \
-           f"{12 - len(jobs[2]['runs'])} to run" in out
-
     (fake_slurm / "squeue.fail").write_text("")  # no answer: warn, and plan as if none queued
     assert sweep_py.main([*GRID, "--dry-run"]) == 0
     captured = capsys.readouterr()
@@ -205,32 +142,100 @@ def test_rerun_skips_runs_of_queued_slurm_jobs(fake_slurm, data_env, capsys):
                                     "SLURM jobs may be submitted again")
 
 
-@pytest.mark.slow
-def test_slurm_jobs_run_and_complete(fake_slurm, data_env, monkeypatch):
-    monkeypatch.setenv("FAKE_SLURM_RUN", "1")
-    grid = [*CELL, "algo=pc", "model.width=8", "train.seed=0,1", "sweep.runs_per_job=1"]
-    proc = subprocess.run(
-        [sys.executable, "experiments/sweep.py", *grid, "hydra.launcher.gpus_per_node=null"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "2 to run in 2 jobs on slurm" in proc.stdout
-    assert "done: 2 complete, 0 missing" in proc.stdout
-    flags = sbatch_flags(next(fake_slurm.glob("sbatch-*.sh")).read_text())
-    assert flags["array"] == "0-1%2" and "gpus-per-node" not in flags
-    logs = list(data_env.glob("submitit/figure2-smoke-*/*_log.out"))
-    assert len(logs) == 2
-    assert all("1 threads" in log.read_text() for log in logs)  # SLURM_CPUS_PER_TASK
+def test_a_local_sweep_asks_slurm_nothing(fake_slurm, data_env, capsys):
+    """A local sweep must not depend on SLURM: no squeue (a SLURM client without a controller
+    made a local --dry-run wait 12 s), no sinfo."""
+    sweep_py = load_script("experiments/sweep.py")
+    local = [a.replace("sweep.launcher=slurm", "sweep.launcher=local") for a in GRID]
+    assert sweep_py.main([*local, "--dry-run"]) == 0
+    assert "12 to run" in capsys.readouterr().out
+    assert not list(fake_slurm.glob("*.calls"))
 
 
-@pytest.mark.parametrize("gpus, device, even", [("1", "auto", True), ("null", "auto", False),
-                                                ("1", "cpu", False)])
-def test_seeds_of_a_cell_share_a_job_when_jobs_have_gpus(fake_slurm, data_env, capsys, gpus,
-                                                         device, even):
+@pytest.mark.parametrize("partition, gpus, device, even", [
+    ("gpu", "null", "auto", True),   # runs meant for a GPU on a GPU partition: one each
+    ("gpu", "1", "cpu", False),      # CPU runs: spread, whatever the job asks for
+    ("cpu", "null", "auto", False),  # no GPUs on the partition: CPU planning
+    ("gpu", "null", "cpu", False),
+])
+def test_seeds_of_a_cell_share_a_job_when_jobs_have_gpus(fake_slurm, data_env, capsys,
+                                                         partition, gpus, device, even):
     """sweep.max_stack=auto: seed-mates are planned into one job (to train as one stack) when
-    the SLURM jobs ask for a GPU and may use it, and spread like any runs otherwise."""
+    the SLURM jobs get a GPU and may use it, and spread like any runs otherwise."""
     sweep_py = load_script("experiments/sweep.py")
     grid = [a.replace("train.device=cpu", f"train.device={device}") for a in GRID]
-    assert sweep_py.main([*grid, f"hydra.launcher.gpus_per_node={gpus}", "--dry-run"]) == 0
-    sizes = [int(n) for n in re.findall(r"job \d+: (\d+) runs", capsys.readouterr().out)]
+    assert sweep_py.main([*grid, f"hydra.launcher.partition={partition}",
+                          f"hydra.launcher.gpus_per_node={gpus}", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    sizes = [int(n) for n in re.findall(r"job \d+: (\d+) runs", out)]
     assert sum(sizes) == 12
     assert all(n % 2 == 0 for n in sizes) == even  # the grid has seeds 0 and 1 of each cell
+    assert (", 1 GPU," in out) == (gpus == "1" or even)
+
+
+def test_a_recorded_job_is_in_flight_only_under_its_recorded_name(tmp_path):
+    """Job ids repeat (a cluster reset; two clusters on one results folder): squeue listing
+    the id under another job name means another job."""
+    from pcalm import slurm
+
+    runs = expand([*CELL, "algo=pc", "model.width=8", "train.seed=0,1"])
+    folder = tmp_path / "sweeps" / "figure2-smoke-x"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"jobs": [{"runs": runs[:1]},
+                                                               {"runs": runs[1:]}]}))
+    slurm.record_jobs(folder / slurm.JOBS_FILE, {"7_0": 0, "7_1": 1}, "pcalm-figure2-smoke-x")
+    ours = {"name": "pcalm-figure2-smoke-x", "state": "PENDING", "reason": "Priority"}
+    other = {**ours, "name": "someone-else"}
+    owners = slurm.in_flight_runs(tmp_path, {"7_0": ours, "7_1": other})
+    assert owners == {RunFolder(tmp_path, runs[0]).id: "7_0"}
+    assert slurm.in_flight_runs(tmp_path, {"7_0": other, "7_1": other}) == {}
+
+
+NODES = {"small": {"cpus": 2, "mem_mb": 8192, "gpus": False, "default": True},
+         "gpu": {"cpus": 32, "mem_mb": 256000, "gpus": True, "default": False}}
+
+
+@pytest.mark.parametrize("asked, devices, want", [
+    ({}, {"auto"}, (2, 8, None)),                       # capped by the 2-CPU, 8 GB node
+    ({"cpus_per_task": 1}, {"cpu"}, (1, 4, None)),      # memory: the node's share per CPU
+    ({"partition": "gpu"}, {"auto"}, (4, 16, 1)),       # meant for the GPU partition's GPU
+    ({"partition": "gpu"}, {"cpu"}, (4, 16, None)),     # CPU runs ask for none
+    ({"partition": "gpu", "gpus_per_node": 2}, {"auto"}, (4, 16, 2)),
+])
+def test_job_request_fills_what_the_user_left_open(asked, devices, want):
+    from pcalm import slurm
+
+    full = {"partition": None, "gpus_per_node": None, "gres": None, "cpus_per_task": None,
+            "mem_gb": None, **asked}
+    request, line = slurm.job_request(full, devices, NODES)
+    assert (request["cpus_per_task"], request["mem_gb"], request["gpus_per_node"]) == want
+    assert line.startswith(f"each job asks SLURM for {want[0]} CPUs, {want[1]} GB")
+
+
+@pytest.mark.parametrize("asked, devices, message", [
+    ({"cpus_per_task": 3}, {"cpu"}, "bad value hydra.launcher.cpus_per_task=3: allowed: at "
+                                    "most 2, the CPUs of the largest node of partition small"),
+    ({"mem_gb": 9}, {"cpu"}, "bad value hydra.launcher.mem_gb=9: allowed: at most 8"),
+    ({"gpus_per_node": 1}, {"auto"}, "bad value hydra.launcher.gpus_per_node=1: partition "
+                                     "small has no GPUs"),
+    ({}, {"cuda"}, "bad value train.device=cuda: partition small has no GPUs"),
+    ({"partition": "nope"}, {"cpu"}, "bad value hydra.launcher.partition=nope: allowed: gpu, "
+                                     "small (sinfo)"),
+])
+def test_job_request_refuses_what_no_node_can_give(asked, devices, message):
+    from pcalm import slurm
+
+    full = {"partition": None, "gpus_per_node": None, "gres": None, "cpus_per_task": None,
+            "mem_gb": None, **asked}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        slurm.job_request(full, devices, NODES)
+
+
+def test_job_request_without_sinfo_keeps_the_defaults_and_says_so():
+    from pcalm import slurm
+
+    full = {"partition": None, "gpus_per_node": None, "gres": None, "cpus_per_task": None,
+            "mem_gb": None}
+    request, line = slurm.job_request(full, {"cuda"}, None)
+    assert request == {"cpus_per_task": 4, "mem_gb": 16, "gpus_per_node": 1}
+    assert "not checked against the nodes" in line
