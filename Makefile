@@ -20,7 +20,7 @@ RESULTS := $(or $(PCALM_RESULTS),results)
 FIGURES := figure1 figure2 figure2_mnist figure3 figure4 figure5 figure6 figure7 figure8 \
            figure9 figure10 figure_eta
 
-.PHONY: help setup test test-slow lint data eta-table sweep collect figures report reference bench gpu-check wandb-sync \
+.PHONY: help setup test test-slow lint data eta-table sweep collect figures report reference bench gpu-check wandb-sync slurm-up slurm-down \
         mutants clean-results $(FIGURES)
 
 help:  ## list the commands
@@ -49,6 +49,12 @@ MUTANTS ?=
 mutants:  ## mutation testing of the math and training loop (MUTANTS="pcalm.energy*" for one module)
 	$(VENV)/bin/mutmut run --max-children $$(nproc) $(if $(MUTANTS),"$(MUTANTS)")
 	$(VENV)/bin/mutmut results
+
+slurm-up:  ## a one-node SLURM cluster on this machine (Debian/Ubuntu, root; ~30 s; README)
+	bash scripts/local-slurm.sh
+
+slurm-down:  ## stop what slurm-up started (PURGE=1 also removes its packages)
+	bash scripts/local-slurm-stop.sh
 
 data:  ## download what MNIST + Fashion-MNIST lack (43 MB, MD5-checked; runs do it too; docs/DATA.md)
 	$(PY) scripts/fetch_data.py
