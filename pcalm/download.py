@@ -33,6 +33,7 @@ from urllib.error import HTTPError, URLError
 from urllib.request import urlopen
 
 from pcalm.data import _FOLDERS, MD5, DataError, missing_files, raw_dir
+from pcalm.results import _fsync_dir  # the one way this project persists a rename
 
 URL_SCHEMES = ("https://", "http://", "file://")
 TIMEOUT_S = 30.0  # per connection attempt and per read: a dead mirror costs this much, once
@@ -224,17 +225,3 @@ def _gunzip_md5(path: Path) -> str:
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise _Failed(f"not a complete gzip file: {_reason(exc)}") from None
     return digest.hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename (best effort: not possible on every platform)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
