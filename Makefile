@@ -105,10 +105,11 @@ wandb-sync:  ## upload offline wandb runs (run folders + figure summaries) to wa
 bench:  ## speed table → results/bench.csv
 	$(PY) scripts/bench.py
 
-gpu-check:  ## on a CUDA machine: the real-GPU tests, then the bench table → results/bench-cuda.csv
-	@$(PY) -c "import sys, torch; torch.cuda.is_available() or sys.exit('error: make gpu-check needs a CUDA device; torch ' + torch.__version__ + ' sees none')"
-	$(PY) -m pytest -m cuda -rs
-	$(PY) scripts/bench.py --device cuda --models 1,3,8,16,32 --out results/bench-cuda.csv
+# Staged, each stage with its own timeout, < 5 min in all; fits a bare GPU machine (python3 +
+# torch, no Hydra/wandb: `make gpu-check PY=python3`). Logs and tables → $OUT if set, else
+# results/gpu-check (scripts/gpu_check.sh says what each file holds).
+gpu-check:  ## on a CUDA machine: real-GPU checks, tests, bench, grid projection → results/gpu-check
+	PY=$(PY) bash scripts/gpu_check.sh
 
 clean-results:  ## delete every run folder (asks first)
 	@read -p "delete results/runs? [y/N] " ok && [ "$$ok" = y ] && rm -rf results/runs || true

@@ -175,7 +175,7 @@ def test_graph_follows_stacked_adam_updates():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["auto", "on"])
+@pytest.mark.parametrize("mode", ["auto", "on"], ids=["graph", "compiled"])
 def test_realistic_size_graph_equals_eager(mode):
     """N = L = 128, T = 256, B = 64, a mixed stack of 6 (the largest Fig. 2 cell)."""
     algo, _ = _mixed(256, mode, state_lr=0.05)
@@ -192,7 +192,7 @@ def test_realistic_size_graph_equals_eager(mode):
     assert algo.last_path == ("graph" if mode == "auto" else "compiled_graph")
 
 
-@pytest.mark.parametrize("mode", ["auto", "on"])
+@pytest.mark.parametrize("mode", ["auto", "on"], ids=["graph", "compiled"])
 def test_credit_short_of_the_input_layer(mode):
     """T < L − 1: credit has not reached the first layers, whose gradient is (about) zero;
     rounding noise there on another path must not fail the replay check."""
@@ -206,7 +206,7 @@ def test_credit_short_of_the_input_layer(mode):
     _assert_close(got, want)  # noise in the zero layers is far below atol
 
 
-@pytest.mark.parametrize("mode", ["auto", "on"])
+@pytest.mark.parametrize("mode", ["auto", "on"], ids=["graph", "compiled"])
 def test_a_diverging_model_passes_the_replay_check(mode):
     """η_h far above 2/λ_max for one model of the stack (the η_h sweep does this): its numbers
     overflow, the check leaves it out, and the healthy model runs on the graph."""
