@@ -104,6 +104,8 @@ def launcher_overrides(sweep: Sweep, name: str, results_dir: Path) -> tuple[list
     if launcher == "slurm":
         from omegaconf import OmegaConf
 
+        slurm.check_submission_commands()
+
         asked = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
         devices = {c["train"]["device"] for c in sweep.configs}
         resources, request = slurm.job_request(asked, devices, slurm.partitions())

@@ -53,7 +53,11 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     from hydra.core.utils import JobReturn, JobStatus
     from submitit.core.utils import FailedJobError
 
-    executor = make_executor(launcher.params)
+    try:
+        executor = make_executor(launcher.params)
+    except RuntimeError as err:  # submitit finds no srun: this is no SLURM login node
+        print(f"error: cannot submit to SLURM here: {err}", file=sys.stderr)
+        raise SystemExit(REFUSED) from None
     arguments = job_arguments(launcher.config, job_overrides, initial_job_idx)
     said = io.StringIO()  # submitit prints sbatch's complaint itself: say it once, below
     try:

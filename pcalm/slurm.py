@@ -107,6 +107,18 @@ DEFAULT_CPUS = 4
 DEFAULT_MEM_GB = 16
 
 
+SUBMISSION_COMMANDS = ("sbatch", "srun")  # submitit needs both where it submits
+
+
+def check_submission_commands() -> None:
+    """A one-line error, before anything is planned, where SLURM's commands are missing."""
+    missing = [name for name in SUBMISSION_COMMANDS if shutil.which(name) is None]
+    if missing:
+        raise ValueError(f"bad value sweep.launcher=slurm: {' and '.join(missing)} not found "
+                         "on PATH: run the sweep on a SLURM login node, or use "
+                         "sweep.launcher=local")
+
+
 def partitions() -> dict[str, dict] | None:
     """What `sinfo` says of each partition: its largest node's CPUs and memory (MB), whether
     a node has GPUs (gpu gres), and whether it is the default. None without an answer."""

@@ -116,6 +116,17 @@ def test_default_recipe_is_power_iteration_with_its_step_count(x_train):
     assert got < exact  # power iteration converges from below
 
 
+def test_power_traces_are_the_recipe_after_each_step(x_train):
+    """`make eta-table --choose-iters` picks the step count from these traces: entry k−1 is
+    the recipe's value after k power steps (median over seeds of the batch max)."""
+    iters = 5
+    got = eta.cell_power_traces(x_train, "tanh", 6, 5, iters)
+    want = [statistics.median(_per_seed(x_train, "tanh", 6, 5, method="power", iters=k))
+            for k in range(1, iters + 1)]
+    assert got == pytest.approx(want, rel=1e-10)
+    assert len(set(got)) == iters  # each step moves the estimate
+
+
 def test_linear_cells_reproduce_the_published_table_without_real_data(x_train):
     """A linear net's Hessian does not depend on x (SPEC §4), so the test's IDX files give
     the real cell's λ_max: within a few percent of the authors' 0.19710 at N = L = 8 (their

@@ -5,7 +5,8 @@ cluster cannot show: the sbatch flags of a cluster with GPU partitions, accounts
 an squeue that does not answer; how a GPU partition changes the plan; and that a local
 sweep never asks SLURM anything. The fakes record their arguments; sbatch keeps the
 submitted script and answers "Submitted batch job <id>" as submitit expects; sinfo
-describes a cluster with a `cpu` (default) and a `gpu` partition.
+describes a cluster with a `cpu` (default) and a `gpu` partition. On a machine without
+SLURM, a SLURM sweep is one line.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
     bin_dir.mkdir()
     log.mkdir()
     scripts = {"sbatch": SBATCH.replace("FIRST_JOB_ID", str(FIRST_JOB_ID)),
-               **{name: RECORD for name in ("squeue", "sacct", "scancel", "scontrol", "sinfo")}}
+               **{name: RECORD for name in ("squeue", "sacct", "scancel", "scontrol", "sinfo",
+                                                   "srun")}}
     for name, body in scripts.items():
         path = bin_dir / name
         path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
@@ -129,6 +131,25 @@ def test_slurm_submission_groups_runs_into_an_array(fake_slurm, data_env, capsys
     record = json.loads((manifest.parent / "slurm_jobs.json").read_text())
     name = f"pcalm-{manifest.parent.name}"
     assert record == {f"{FIRST_JOB_ID}_{k}": {"job": k, "name": name} for k in range(tasks)}
+
+
+@pytest.mark.parametrize("hidden, named", [(("sbatch", "srun"), "sbatch and srun"),
+                                           (("srun",), "srun")])
+def test_a_slurm_sweep_where_slurm_is_missing_is_one_line(fake_slurm, data_env, capsys,
+                                                          hidden, named):
+    bin_dir = fake_slurm.parent / "fake_slurm_bin"
+    for name in hidden:
+        (bin_dir / name).unlink()
+    os.environ["PATH"] = str(bin_dir)  # restored by the fixture's monkeypatch
+    sweep_py = load_script("experiments/sweep.py")
+    with pytest.raises(SystemExit) as stop:
+        sweep_py.main([*CELL, "algo=pc", "model.width=8", "--no-wait"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: bad value sweep.launcher=slurm: {named} not found on PATH: run the "
+                   "sweep on a SLURM login node, or use sweep.launcher=local\n")
+    assert not list(fake_slurm.glob("sbatch-*"))
+    assert not (data_env / "sweeps").exists() or not any((data_env / "sweeps").iterdir())
 
 
 def test_an_squeue_that_does_not_answer_is_one_warning(fake_slurm, data_env, capsys):
