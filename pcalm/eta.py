@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from pcalm.model import ACTIVATION_ALIASES, ResidualMLP
+from pcalm.model import ACTIVATION_ALIASES, ACTIVATIONS, ResidualMLP
 
 TABLE_COLUMNS = ("data", "activation", "width", "depth", "lambda_max", "state_lr", "seeds")
 WRITTEN_COLUMNS = (*TABLE_COLUMNS, "recipe")  # recipe: how λ_max was computed (power16 ...)
@@ -136,6 +136,15 @@ def _field(path: Path, line: int, row: dict, column: str, kind, fix: str):
     return value
 
 
+def _activation(path: Path, line: int, row: dict, fix: str) -> str:
+    """The row's activation under its canonical name (`linear` is `identity`)."""
+    name = row.get("activation")
+    if name not in ACTIVATIONS:
+        raise EtaTableError(f"{path}, line {line}: bad activation {name!r} (allowed: "
+                            f"{', '.join(ACTIVATIONS)}): {fix}")
+    return _canonical_activation(name)
+
+
 def _cell_entry(path: Path, line: int, key: tuple, lam: float, eta: float, fix: str) -> tuple:
     """Check one cell's (λ_max, η_h): positive, in range, and η_h = 1/λ_max."""
     if key[2] < 1 or key[3] < 2:
@@ -155,7 +164,7 @@ def load_table(path: Path | str) -> dict[tuple, float]:
     fix = "restore it (git checkout configs/eta_table.csv) or rerun `make eta-table`"
     table = {}
     for line, r in _rows(path, TABLE_COLUMNS, fix):
-        key = (r["data"], _canonical_activation(r["activation"] or ""),
+        key = (r["data"], _activation(path, line, r, fix),
                _field(path, line, r, "width", int, fix), _field(path, line, r, "depth", int, fix))
         lam = _field(path, line, r, "lambda_max", float, fix)
         eta = _field(path, line, r, "state_lr", float, fix)
@@ -170,7 +179,7 @@ def load_authors_table(path: Path | str) -> dict[tuple, float]:
     fix = f"restore it from the project (git checkout configs/{AUTHORS_TABLE_NAME})"
     table = {}
     for line, r in _rows(path, AUTHORS_COLUMNS, fix):
-        key = (r["dataset"], _canonical_activation(r["activation"] or ""),
+        key = (r["dataset"], _activation(path, line, r, fix),
                _field(path, line, r, "N", int, fix), _field(path, line, r, "L", int, fix))
         lam = _field(path, line, r, "lambda_max_total_gn_median", float, fix)
         eta = _field(path, line, r, "eta_best_1_over_lambda_median", float, fix)
@@ -214,8 +223,7 @@ def write_table(path: Path | str, rows: list[dict]) -> None:
         existing[(r["data"], r["activation"], int(r["width"]), int(r["depth"]))] = r
     lines = [",".join(WRITTEN_COLUMNS)]
     for key in sorted(existing):
-        r = existing[key]
         # rows written before recipes were recorded were computed with the exact λ_max
-        lines.append(",".join(str(r.get(c) or recipe_name("lanczos")) if c == "recipe"
-                              else str(r[c]) for c in WRITTEN_COLUMNS))
+        row = {**existing[key], "recipe": existing[key].get("recipe") or recipe_name("lanczos")}
+        lines.append(",".join(str(row[c]) for c in WRITTEN_COLUMNS))
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -12,6 +12,7 @@ from pcalm.eta import (
     load_authors_table,
     load_table,
     lookup_state_lr,
+    recipe_name,
     write_table,
 )
 
@@ -66,20 +67,27 @@ def test_a_missing_table_is_named_with_its_fix(tmp_path, load):
         load(path)
 
 
-@pytest.mark.parametrize("load, header, missing, fix", [
-    (load_table, "data,activation,width,depth,lambda_max,seeds", "state_lr", OURS_FIX),
-    (load_table, "activation,width,depth,lambda_max,state_lr", "data", OURS_FIX),
+OURS_EXPECTED = "data,activation,width,depth,lambda_max,state_lr,seeds"
+AUTHORS_EXPECTED = ("dataset,activation,N,L,lambda_max_total_gn_median,"
+                    "eta_best_1_over_lambda_median")
+
+
+@pytest.mark.parametrize("load, header, missing, expected, fix", [
+    (load_table, "data,activation,width,depth,lambda_max,seeds", "state_lr", OURS_EXPECTED,
+     OURS_FIX),
+    (load_table, "activation,width,depth,lambda_max,state_lr", "data", OURS_EXPECTED, OURS_FIX),
     (load_authors_table, "dataset,activation,N,L,eta_best_1_over_lambda_median",
-     "lambda_max_total_gn_median", AUTHORS_FIX),
+     "lambda_max_total_gn_median", AUTHORS_EXPECTED, AUTHORS_FIX),
 ])
-def test_a_bad_header_names_the_first_missing_column(tmp_path, load, header, missing, fix):
+def test_a_bad_header_names_the_first_missing_column(tmp_path, load, header, missing, expected,
+                                                     fix):
     path = tmp_path / "t.csv"
     path.write_text(header + "\n")
     with pytest.raises(EtaTableError) as err:
         load(path)
     message = str(err.value)
     assert message.startswith(f"{path}, line 1: bad header (missing column {missing}, "
-                              f"expected ")
+                              f"expected {expected}): restore it")
     assert fix in message
 
 
@@ -101,6 +109,8 @@ def _error(load, path) -> str:
     (_row(eta=""), "bad state_lr ''"),
     (_row(lam="inf", eta="0.2"), "lambda_max 'inf' is not finite"),
     (_row(eta="nan"), "state_lr 'nan' is not finite"),
+    (_row(act=""), "bad activation '' (allowed: identity, tanh, relu, linear)"),
+    (_row(act="gelu"), "bad activation 'gelu' (allowed: identity, tanh, relu, linear)"),
     (_row(n=0), "bad cell N=0 L=4"),
     (_row(depth=1), "bad cell N=16 L=1"),
     (_row(eta="2.5", lam="0.4"), "η_h 2.5 outside [0.001, 2.0]"),
@@ -119,6 +129,7 @@ def test_a_bad_value_in_our_table_names_file_line_and_fix(tmp_path, row, fragmen
     (_authors_row(depth="x"), "bad L 'x'"),
     (_authors_row(lam="-inf"), "lambda_max_total_gn_median '-inf' is not finite"),
     (_authors_row(eta="zero"), "bad eta_best_1_over_lambda_median 'zero'"),
+    (_authors_row(act="ReLU"), "bad activation 'ReLU'"),
     (_authors_row(n=0), "bad cell N=0 L=8"),
     (_authors_row(depth=1), "bad cell N=8 L=1"),
     (_authors_row(eta="0.19", lam="5.0735071486275825"), "η_h 0.19 is not 1/λ_max"),
@@ -211,3 +222,11 @@ def test_write_table_never_merges_into_a_damaged_table(tmp_path):
     with pytest.raises(EtaTableError, match="line 3: η_h 0.3 is not 1/λ_max"):
         write_table(path, [_written(8, 4, 4.0, 0.25)])
     assert path.read_text() == before
+
+
+def test_recipe_names_say_method_and_steps():
+    """What the `recipe` column holds: the method and its step count (17 power steps, 60
+    Lanczos steps unless told)."""
+    assert (recipe_name(), recipe_name("power"), recipe_name("lanczos")) == (
+        "power17", "power17", "lanczos60")
+    assert (recipe_name("power", 5), recipe_name("lanczos", 30)) == ("power5", "lanczos30")
