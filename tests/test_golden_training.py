@@ -161,3 +161,36 @@ def test_trainer_matches_the_golden_recomputation(tmp_path, case, act):
             assert summary["grad_rel_error"] == pytest.approx(extra["grad_rel_error"],
                                                               rel=1e-9)
             assert abs(summary["grad_cosine"] - 1) > 1e-4  # not BP compared with itself
+
+
+def test_a_diverging_model_stops_alone_and_reports_nan(tmp_path):
+    """A stack whose first model blows up (η_h = 1e100: the states overflow in the first
+    step) and whose second trains normally: the second still matches its golden run to
+    1e-10 (a divergence check summed over the whole stack would stop it too); the first is
+    `diverged` at step 1, with NaN test metrics in every row from then on; every row reaches
+    the on_eval hook as (model index, row)."""
+    data = _dataset()
+    blowing_up = dict(PC, state_lr=1e100)
+    configs = [_config(tmp_path, blowing_up, "tanh", 0, 1e-2),
+               _config(tmp_path, dict(PCALM), "tanh", 2, 1e-2)]
+    seen = []
+    trainer = Trainer(configs, data)
+    summaries = trainer.run(on_eval=lambda m, row: seen.append((m, row)))
+    weights, rows, extra = golden_run(PCALM, "tanh", 2, 1e-2, data)
+    for got, want in zip(trainer.net.weights, weights):
+        torch.testing.assert_close(got.detach()[1], want, rtol=TOL, atol=TOL)
+    assert [r["test_acc"] for r in trainer.state.rows[1]] == pytest.approx(
+        [r["test_acc"] for r in rows], abs=TOL)
+    bad, good = summaries
+    assert (bad["status"], bad["diverged"], bad["diverged_step"]) == ("diverged", True, 1)
+    assert (good["status"], good["diverged"], good["diverged_step"]) == ("complete", False, None)
+    first = trainer.state.rows[0]
+    start = _metrics(_init(0), data, "tanh", oracle.scales(D, N, L, GAMMA0))
+    assert first[0]["step"] == 0
+    assert first[0]["test_mse"] == pytest.approx(start["test_mse"], rel=TOL)  # before step 1
+    for row in first[1:]:
+        assert all(math.isnan(row[k]) for k in ("test_acc", "test_mse", "test_ce", "train_loss"))
+    assert sorted((m, r["step"]) for m, r in seen) == sorted(
+        (m, r["step"]) for m in (0, 1) for r in trainer.state.rows[m])
+    assert all(row is trainer.state.rows[m][[r["step"] for r in trainer.state.rows[m]]
+                                            .index(row["step"])] for m, row in seen)

@@ -1,0 +1,78 @@
+"""What the Trainer records around the math (pcalm/train.py): when it evaluates, which net it
+builds from the config, how it keeps time across ticks. Expected values are written out."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from pcalm import train
+from pcalm.data import Dataset
+from pcalm.train import Trainer, evaluation_steps
+from tests.conftest import base_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("steps_per_epoch, epochs, evals, want", [
+    (10, 2, 3, {0, 3, 7, 10, 13, 17, 20}),  # round(10/3) = 3, round(20/3) = 7
+    (8, 1, 4, {0, 2, 4, 6, 8}),
+    (5, 3, 1, {0, 5, 10, 15}),
+    (4, 1, 8, {0, 1, 2, 3, 4}),  # more evaluations than steps: each step once
+])
+def test_evaluation_steps_are_step_zero_and_evenly_spaced_per_epoch(steps_per_epoch, epochs,
+                                                                    evals, want):
+    assert evaluation_steps(steps_per_epoch, epochs, evals) == want
+
+
+def _dataset(classes: int = 10, n_train: int = 40, n_test: int = 12, dim: int = 9):
+    gen = torch.Generator().manual_seed(3)
+    return Dataset("synthetic", torch.randn(n_train, dim, generator=gen),
+                   torch.arange(n_train) % classes, torch.randn(n_test, dim, generator=gen),
+                   torch.arange(n_test) % classes, num_classes=classes)
+
+
+def _configs(tmp_path, seeds=(0,), **model):
+    return [base_config(tmp_path, tmp_path, algo={"name": "bp"},
+                        model={"width": 6, "depth": 3, **model},
+                        train={"seed": s, "batch_size": 8, "evals_per_epoch": 1,
+                               "checkpoint_every": 1})
+            for s in seeds]
+
+
+def test_the_net_is_built_from_the_config(tmp_path):
+    """Parameterisation, γ0, width, depth, the dataset's input size and class count, one
+    model per seed; SP means unit scales and PyTorch's U(±1/√fan_in) init."""
+    trainer = Trainer(_configs(tmp_path, seeds=(4, 5), param="sp", gamma0=2.0),
+                      _dataset(classes=3))
+    net = trainer.net
+    assert (net.param, net.gamma0, net.num_models) == ("sp", 2.0, 2)
+    assert (net.a_in, net.a_hidden, net.a_out) == (1.0, 1.0, 1.0)
+    assert [tuple(w.shape) for w in net.weights] == [(2, 6, 9), (2, 6, 6), (2, 3, 6)]
+    gen = torch.Generator().manual_seed(5)
+    want = [(torch.rand(shape, generator=gen) * 2 - 1) / math.sqrt(shape[-1])
+            for shape in ((6, 9), (1, 6, 6), (3, 6))]
+    for got, w in zip((net.w_in[1], net.w_hidden[1], net.w_out[1]), want):
+        torch.testing.assert_close(got.detach(), w, rtol=1e-6, atol=1e-7)
+    mupc = Trainer(_configs(tmp_path, gamma0=2.0), _dataset()).net
+    assert (mupc.param, mupc.a_out) == ("mupc", 1 / (2.0 * 6))
+    assert mupc.w_out.shape == (1, 10, 6)  # a stack of one
+
+
+def test_wall_time_adds_every_tick(tmp_path, monkeypatch):
+    """`wall_time_s` is the sum of the intervals between ticks (one per checkpoint, kept
+    across resumes), so with a clock that moves 1.5 s per reading it is the last reading
+    minus the first: 5 steps, a checkpoint after each but the last."""
+    readings = []
+
+    def clock():
+        readings.append(100.0 + 1.5 * len(readings))
+        return readings[-1]
+
+    monkeypatch.setattr(train, "time", SimpleNamespace(time=clock))  # this module's clock
+    (summary,) = Trainer(_configs(tmp_path), _dataset()).run(save_checkpoint=lambda _: None)
+    assert len(readings) == 6  # the start, a tick at each of 4 checkpoints, the end
+    assert summary["wall_time_s"] == pytest.approx(readings[-1] - readings[0])
