@@ -139,6 +139,21 @@ def _resolve_algo(cfg: dict, eta_table: Path | None, authors_table: Path | None)
             algo[key] = float(algo[key])
 
 
+def _check_representable(cfg: dict) -> None:
+    """Step sizes the training dtype cannot hold (η_h = 1e100 in float32) fail here, in one
+    line, rather than deep inside the first inference step."""
+    import torch
+
+    dtype = cfg["train"]["dtype"]
+    largest = torch.finfo(DTYPES[dtype]).max
+    numbers = [("train", "eta0"), *(("algo", k) for k in ("state_lr", "rho", "alpha"))]
+    for section, key in numbers:
+        value = cfg[section].get(key)
+        if isinstance(value, float) and value > largest:
+            raise _fail(f"{section}.{key}", value,
+                        f"allowed: at most {largest:.4g}, the largest train.dtype={dtype} number")
+
+
 def _resolve_task(cfg: dict) -> None:
     task = cfg.setdefault("task", {"name": "train"})
     if not isinstance(task, dict) or task.get("name") not in TASKS:
@@ -200,6 +215,7 @@ def resolve_run_config(raw: dict, eta_table: Path | str | None = None,
     _choice(cfg, "logger", "mode", LOGGER_MODES)
     _resolve_algo(cfg, Path(eta_table) if eta_table else None,
                   Path(authors_table) if authors_table else None)
+    _check_representable(cfg)
     cfg.setdefault("name", "default")
     check_name("name", cfg["name"])
     cfg.setdefault("results_dir", "results")

@@ -266,6 +266,25 @@ def test_non_finite_eta0_from_the_command_line(data_env):
     assert "train.eta0=nan" in err and "finite number" in err
 
 
+@pytest.mark.parametrize("section, key", [("train", "eta0"), ("algo", "state_lr"),
+                                          ("algo", "rho"), ("algo", "alpha")])
+def test_a_step_size_the_dtype_cannot_hold_fails_at_validation(section, key, tmp_path):
+    """η_h = 1e100 is a float64 number but overflows float32 (largest 3.4028e38): one line at
+    validation, not a traceback from the first inference step; float64 runs it."""
+    def config(dtype):
+        cfg = base_config(tmp_path, tmp_path / "results", train={"dtype": dtype})
+        cfg[section][key] = 1e100
+        return cfg
+
+    with pytest.raises(ConfigError, match=rf"^bad value {section}\.{key}=1e\+100: allowed: at "
+                                          r"most 3\.403e\+38, the largest train\.dtype=float32"):
+        resolve_run_config(config("float32"))
+    assert resolve_run_config(config("float64"))[section][key] == 1e100
+    at_the_edge = config("float32")
+    at_the_edge[section][key] = float(torch.finfo(torch.float32).max)
+    assert resolve_run_config(at_the_edge)[section][key] == at_the_edge[section][key]
+
+
 def test_batch_larger_than_train_size_fails_at_validation():
     with pytest.raises(ConfigError, match=r"train.batch_size=200.*100 training samples"):
         cli.run_config(cli.compose(["data.train_size=100", "train.batch_size=200"]))

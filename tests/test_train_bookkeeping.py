@@ -76,3 +76,22 @@ def test_wall_time_adds_every_tick(tmp_path, monkeypatch):
     (summary,) = Trainer(_configs(tmp_path), _dataset()).run(save_checkpoint=lambda _: None)
     assert len(readings) == 6  # the start, a tick at each of 4 checkpoints, the end
     assert summary["wall_time_s"] == pytest.approx(readings[-1] - readings[0])
+
+
+def test_one_batch_per_epoch_trains_and_a_stack_all_diverged_stops(tmp_path):
+    """train_size = batch_size is one step per epoch, not an error; once every model of a
+    stack has diverged (η_h = 1e30 overflows float32 states at once) training stops at the
+    next evaluation (the losses reach the host only there): evaluating every step, 1 step of
+    the 5 planned."""
+    (summary,) = Trainer([dict(c, train={**c["train"], "batch_size": 40, "epochs": 2})
+                          for c in _configs(tmp_path)], _dataset()).run()
+    assert (summary["status"], summary["steps"]) == ("complete", 2)
+    blow_up = [dict(c, algo={"name": "pc", "budget": 5, "state_lr": 1e30},
+                    model={**c["model"], "activation": "tanh"},
+                    train={**c["train"], "evals_per_epoch": 5})
+               for c in _configs(tmp_path, seeds=(0, 1))]
+    trainer = Trainer(blow_up, _dataset())
+    assert trainer.total_steps == 5
+    summaries = trainer.run()
+    assert [(s["status"], s["steps"], s["diverged_step"]) for s in summaries] == [
+        ("diverged", 1, 1), ("diverged", 1, 1)]
