@@ -52,11 +52,11 @@ def lagrangian(weights, x, y, z, lam, rho, act, a):
     return total
 
 
-def inference_grads(weights, x, y, act, a, *, algo, budget, state_lr, rho=1.0, alpha=1.0,
-                    inner_steps=1, post_dual=False):
-    """SPEC §4 by autograd: PC / PC-ALM inference from the forward pass, then ∂𝓛/∂W at the
-    final (z, λ) (weights' gradient of the batch-mean energy). Returns (grads, ℓ at the
-    forward pass)."""
+def inference(weights, x, y, act, a, *, algo, budget, state_lr, rho=1.0, alpha=1.0,
+              inner_steps=1, post_dual=False):
+    """SPEC §4 by autograd: PC / PC-ALM inference from the forward pass. Returns the final
+    states z and multipliers λ (lists over hidden layers; λ = 0 for PC), the residuals r at
+    z, and ℓ at the forward pass."""
     weights = [w.detach() for w in weights]
     h, y_hat = forward(weights, x, act, a)
     forward_loss = loss(y_hat, y)
@@ -81,9 +81,21 @@ def inference_grads(weights, x, y, act, a, *, algo, budget, state_lr, rho=1.0, a
             z = [zl - state_lr * batch * g for zl, g in zip(z, grads)]
         if algo == "pcalm" and (t < budget - 1 or post_dual):
             lam = [ll + alpha * rl for ll, rl in zip(lam, residuals(z))]
-    wr = [w.clone().requires_grad_(True) for w in weights]
+    return z, lam, residuals(z), forward_loss.detach()
+
+
+def inference_grads(weights, x, y, act, a, *, algo, budget, state_lr, rho=1.0, alpha=1.0,
+                    inner_steps=1, post_dual=False):
+    """∂𝓛/∂W at the final (z, λ) of `inference` (weights' gradient of the batch-mean
+    energy). Returns (grads, ℓ at the forward pass)."""
+    z, lam, _, forward_loss = inference(
+        weights, x, y, act, a, algo=algo, budget=budget, state_lr=state_lr, rho=rho,
+        alpha=alpha, inner_steps=inner_steps, post_dual=post_dual)
+    if algo == "pc":
+        rho = 1.0
+    wr = [w.detach().clone().requires_grad_(True) for w in weights]
     grads = torch.autograd.grad(lagrangian(wr, x, y, z, lam, rho, act, a), wr)
-    return [g.detach() for g in grads], forward_loss.detach()
+    return [g.detach() for g in grads], forward_loss
 
 
 def bp_grads(weights, x, y, act, a):

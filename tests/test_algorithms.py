@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pcalm import energy
-from pcalm.algorithms import make_algorithm
+from pcalm.algorithms import make_algorithm, run_inference, stack_algorithms
 from pcalm.diagnostics import (
     alignment_to_bp,
     hessian_lambda_max,
@@ -146,6 +146,127 @@ def test_post_dual_and_inner_steps_follow_spec(options):
         post_dual=options.get("weight_credit") == "post_dual")
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-11, atol=1e-13)
+
+
+INFERENCE_OPTIONS = [
+    ("pc", {"budget": 5, "state_lr": 0.2}),
+    ("pcalm", {"budget": 4, "state_lr": 0.2, "rho": 1.4, "alpha": 0.6, "inner_steps": 2}),
+    ("pcalm", {"budget": 4, "state_lr": 0.15, "rho": 0.8, "weight_credit": "post_dual"}),
+]
+
+
+def _oracle_state(net, x, y, act, name, options):
+    """z, λ, ε = ρ r + λ, e and ℓ at the forward pass, by autograd (tests/oracle.py)."""
+    rho = options.get("rho", 1.0) if name == "pcalm" else 1.0
+    weights = [w.detach() for w in net.weights]
+    a = (net.a_in, net.a_hidden, net.a_out)
+    z, lam, r, forward_loss = oracle.inference(
+        weights, x, y, act, a, algo=name, budget=options["budget"],
+        state_lr=options["state_lr"], rho=rho, alpha=options.get("alpha", 1.0),
+        inner_steps=options.get("inner_steps", 1),
+        post_dual=options.get("weight_credit") == "post_dual")
+    e = a[2] * oracle.PHI[act][0](z[-1]) @ weights[-1].T - y
+    eps = [rho * rl + ll for rl, ll in zip(r, lam)]
+    return torch.stack(z), torch.stack(lam), torch.stack(eps), e, forward_loss
+
+
+def _run_inference(net, x, y, name, options):
+    """The public run_inference, its keywords from an algorithm's options."""
+    kwargs = {"budget": options["budget"], "state_lr": options["state_lr"], "compile": "off"}
+    if name == "pcalm":
+        kwargs.update(rho=options.get("rho", 1.0), alpha=options.get("alpha", 1.0),
+                      inner_steps=options.get("inner_steps", 1),
+                      post_dual=options.get("weight_credit") == "post_dual")
+    return run_inference(net, x, y, **kwargs)
+
+
+@pytest.mark.parametrize("name, options", INFERENCE_OPTIONS)
+def test_run_inference_ends_in_the_oracle_state(name, options):
+    """The public run_inference (README) ends where SPEC §4's inference written out with
+    autograd ends: z, λ (None for PC), the credit ε = ρr + λ, e = ŷ(z) − y, ℓ at the
+    forward pass."""
+    net = _net("tanh")
+    x, y = _batch()
+    state = _run_inference(net, x, y, name, options)
+    z, lam, eps, e, forward_loss = _oracle_state(net, x, y, "tanh", name, options)
+    close = {"rtol": 1e-11, "atol": 1e-13}
+    torch.testing.assert_close(state.z, z, **close)
+    if name == "pc":
+        assert state.lam is None
+    else:
+        torch.testing.assert_close(state.lam, lam, **close)
+    torch.testing.assert_close(state.eps, eps, **close)
+    torch.testing.assert_close(state.e, e, **close)
+    torch.testing.assert_close(state.forward_loss, forward_loss, **close)
+
+
+@pytest.mark.parametrize("name, options", [("bp", {}), *INFERENCE_OPTIONS])
+def test_a_batch_of_batches_takes_the_reference_path_and_computes_each_batch(name, options):
+    """x of shape [K, B, D] for one net is K independent batches (the fast loop declines it;
+    the reference path runs): each batch's weight gradients, loss and final state are its
+    own oracle's."""
+    net = _net("relu")
+    batches = [_batch(seed=s) for s in (1, 2)]
+    x, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+    algo = make_algorithm(name, **options)
+    g_in, g_hidden, g_out, loss = algo.stacked_weight_grads(net, x, y)
+    assert algo.last_path == "eager"
+    state = None if name == "bp" else _run_inference(net, x, y, name, options)
+    weights = [w.detach() for w in net.weights]
+    a = (net.a_in, net.a_hidden, net.a_out)
+    for k, (xk, yk) in enumerate(batches):
+        if name == "bp":
+            want, want_loss = oracle.bp_grads(weights, xk, yk, "relu", a)
+        else:
+            want, want_loss = oracle.inference_grads(
+                weights, xk, yk, "relu", a, algo=name, budget=options["budget"],
+                state_lr=options["state_lr"], rho=options.get("rho", 1.0),
+                alpha=options.get("alpha", 1.0), inner_steps=options.get("inner_steps", 1),
+                post_dual=options.get("weight_credit") == "post_dual")
+        got = [g_in[k], *g_hidden[k].unbind(0), g_out[k]]
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-11, atol=1e-13)
+        torch.testing.assert_close(loss[k], want_loss, rtol=1e-12, atol=0)
+        if state is not None:
+            z, lam, eps, e, _ = _oracle_state(net, xk, yk, "relu", name, options)
+            torch.testing.assert_close(state.z[k], z, rtol=1e-11, atol=1e-13)
+            torch.testing.assert_close(state.eps[k], eps, rtol=1e-11, atol=1e-13)
+            torch.testing.assert_close(state.e[k], e, rtol=1e-11, atol=1e-13)
+            if name == "pc":
+                assert state.lam is None
+            else:
+                torch.testing.assert_close(state.lam[k], lam, rtol=1e-11, atol=1e-13)
+
+
+def test_the_reference_path_shows_the_observer_every_primal_step():
+    """An observer on the reference path sees step 0 (the forward pass) and each of the
+    budget × inner_steps primal steps, each a copy of the state then: the state after step
+    s is the oracle's after s primal steps (here budget 3, inner_steps 1: T steps)."""
+    net = _net("tanh")
+    batches = [_batch(seed=s) for s in (1, 2)]
+    x, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+    seen = []
+    algo = make_algorithm("pc", budget=3, state_lr=0.2)
+    algo.infer(net, x, y, observer=lambda step, s: seen.append((step, s.z.clone())))
+    assert [step for step, _ in seen] == [0, 1, 2, 3]
+    for step, z in seen:
+        for k, (xk, yk) in enumerate(batches):
+            if step == 0:
+                want = net.forward_states(xk)[0]
+            else:
+                want = _oracle_state(net, xk, yk, "tanh", "pc",
+                                     {"budget": step, "state_lr": 0.2})[0]
+            torch.testing.assert_close(z[k], want, rtol=1e-11, atol=1e-13)
+
+
+def test_a_stack_with_per_model_options_refuses_a_batch_it_cannot_split():
+    net = ResidualMLP(12, 6, 4, seed=(0, 1), dtype=torch.float64)
+    x, y = _batch()
+    algo = stack_algorithms([make_algorithm("pc", budget=2, state_lr=0.1),
+                             make_algorithm("pc", budget=2, state_lr=0.2)])
+    with pytest.raises(ValueError, match=r"^a stack with per-model options takes x of shape "
+                                         r"\[M, B, 12\] or \[B, 12\], not \[3, 5, 12\]$"):
+        algo.stacked_weight_grads(net, x.expand(3, -1, -1), y.expand(3, -1, -1))
 
 
 def test_linear_system_matches_the_residuals():
