@@ -174,8 +174,11 @@ def test_a_failing_shape_leaves_other_shapes_on_the_graph_path(fake_cuda, monkey
     monkeypatch.setattr(algorithms._GraphRunner, "__init__", out_of_memory_for_batch_7)
     algo = make_algorithm("pc", budget=4, state_lr=0.2)
     net = ResidualMLP(9, 6, 4, output_dim=4, seed=[0, 1])
-    with pytest.warns(UserWarning, match="graph inference path failed for pc .*x \\[2, 7, 9\\]"):
+    with pytest.warns(UserWarning) as caught:
         algo.stacked_weight_grads(net, *_data(models=2, batch=7))
+    assert [str(w.message) for w in caught] == [
+        "pcalm: the graph inference path failed for pc w_hidden [2, 2, 6, 6] relu x [2, 7, 9] "
+        "(OutOfMemoryError: CUDA out of memory (planted)); this shape runs without it from now on"]
     assert algo.last_path == "eager"
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=FALLBACK)

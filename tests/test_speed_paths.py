@@ -348,6 +348,89 @@ def test_compiled_step_takes_a_mixed_stack(plain_compiled, act):
         _close([g_in[i], *g_hidden[i].unbind(0), g_out[i], loss[i]], [*want, want_loss])
 
 
+def _assert_same_state(got, want, rtol=1e-12, atol=1e-13):
+    for field in ("z", "lam", "eps", "e", "forward_loss"):
+        g, w = getattr(got, field), getattr(want, field)
+        assert (g is None) == (w is None), field
+        if w is not None:
+            torch.testing.assert_close(g, w, rtol=rtol, atol=atol, msg=field)
+
+
+@pytest.mark.parametrize("depth", [2, 5])
+@pytest.mark.parametrize("inputs", ["random", "zero"])
+@pytest.mark.parametrize("name, options", CASES[1:])
+def test_the_compiled_step_ends_in_the_eager_state(plain_compiled, name, options, inputs,
+                                                   depth):
+    """compile=on (the step torch.compile traces, run as plain Python) ends in the eager
+    loop's state: z, λ (None for PC), ε, e, ℓ and the weight grads, for L = 2 (no hidden
+    block) and L = 5. Zero inputs put every ReLU pre-activation at exactly 0, where φ'(0) = 0
+    (autograd's) must hold in the compiled step too."""
+    net = _net("relu", depth)
+    x, y = _data()
+    if inputs == "zero":
+        x = torch.zeros_like(x)
+    compiled = _algo(name, options, mode="on")
+    state = compiled.infer(net, x, y)
+    assert compiled.last_path == "compiled"
+    _assert_same_state(state, _algo(name, options).infer(net, x, y))
+    _close(compiled.stacked_weight_grads(net, x, y),
+           _algo(name, options).stacked_weight_grads(net, x, y))
+
+
+def test_the_observer_sees_the_credit_and_loss_of_every_kind_of_loop():
+    """The observed state after the last primal step is the returned one (ε, λ, ℓ), for
+    PC with ρ ≠ 1 (run_inference without α: ε = ρ r) and for a mixed stack (per-model ρ)."""
+    net = _net("tanh", 4)
+    x, y = _data()
+    seen = []
+    final = algorithms.run_inference(net, x, y, budget=3, state_lr=0.2, rho=1.7,
+                                     observer=lambda step, s: seen.append((step, s)))
+    assert [step for step, _ in seen] == [0, 1, 2, 3]
+    _assert_same_state(seen[-1][1], final)
+    _assert_same_state(final, algorithms.run_inference(net, x, y, budget=3, state_lr=0.2,
+                                                       rho=1.7))
+    members = [_algo(n, o) for n, o in MIXED["state_lr, rho, alpha"]]
+    stacked = algorithms.stack_algorithms(members)
+    stack = ResidualMLP(9, 6, 4, output_dim=4, activation="tanh", seed=[0, 1, 2],
+                        dtype=torch.float64)
+    xs, ys = _data(models=3)
+    seen.clear()
+    final = stacked.infer(stack, xs, ys, observer=lambda step, s: seen.append((step, s)))
+    assert [step for step, _ in seen] == list(range(6))
+    _assert_same_state(seen[-1][1], final)
+    _assert_same_state(final, stacked.infer(stack, xs, ys))
+
+
+def test_the_compiled_step_is_one_whole_graph_per_variant_and_lifts_dynamos_limits(
+        monkeypatch):
+    """_compiled_step asks torch.compile for the functional step of its (activation, λ)
+    variant as one whole graph (fullgraph: a graph break would run Python between kernels)
+    specialised to its shapes (dynamic=False), once per variant; first it lifts dynamo's
+    per-function and accumulated recompile limits (past them dynamo silently runs the step
+    uncompiled), never lowering a limit the user raised further."""
+    import torch._dynamo.config as dynamo_config
+
+    monkeypatch.setattr(algorithms, "_COMPILED", {})
+    monkeypatch.setattr(dynamo_config, "recompile_limit", 8)
+    monkeypatch.setattr(dynamo_config, "accumulated_recompile_limit", 10**9)
+    built, compiled = [], []
+    monkeypatch.setattr(algorithms, "_functional_step",
+                        lambda act, has_lam: built.append((act, has_lam)) or (act, has_lam))
+    monkeypatch.setattr(torch, "compile",
+                        lambda fn, **kwargs: compiled.append((fn, kwargs)) or ("compiled", fn))
+    assert algorithms._compiled_step("tanh", True) == ("compiled", ("tanh", True))
+    assert algorithms._compiled_step("tanh", True) == ("compiled", ("tanh", True))
+    assert algorithms._compiled_step("relu", False) == ("compiled", ("relu", False))
+    assert built == [("tanh", True), ("relu", False)]
+    assert compiled == [(("tanh", True), {"dynamic": False, "fullgraph": True}),
+                        (("relu", False), {"dynamic": False, "fullgraph": True})]
+    assert dynamo_config.recompile_limit == algorithms.RECOMPILE_LIMIT == 1024
+    assert dynamo_config.accumulated_recompile_limit == 10**9
+    monkeypatch.setattr(dynamo_config, "accumulated_recompile_limit", 256)
+    algorithms._raise_dynamo_limits()
+    assert dynamo_config.accumulated_recompile_limit == 8 * 1024
+
+
 def _single_of(stack: ResidualMLP, i: int) -> ResidualMLP:
     """Model i of a stack as a lone net with the same weights."""
     single = ResidualMLP(stack.input_dim, stack.width, stack.depth, output_dim=stack.output_dim,
