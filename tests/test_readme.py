@@ -46,3 +46,21 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, one_thread):
     M = torch.cat([torch.cat([eye - eta * H, -eta * R.T], 1),
                    torch.cat([R @ (eye - eta * H), eye - eta * R @ R.T], 1)])
     torch.testing.assert_close(namespace["M"], M, rtol=1e-12, atol=1e-12)
+
+
+def test_every_test_docs_testing_names_exists():
+    """docs/TESTING.md points at tests by name (`file.py::test_x`, then `::test_y` in the same
+    file): each must be a test function of that file, so the map cannot go stale."""
+    text = (REPO / "docs" / "TESTING.md").read_text(encoding="utf-8")
+    named = 0
+    for line in text.splitlines():
+        current = None
+        for path, name in re.findall(r"`(?:(test_\w+\.py))?(?:::(test_\w+))?`", line):
+            current = path or current
+            if not current:
+                continue
+            source = (REPO / "tests" / current).read_text(encoding="utf-8")
+            if name:
+                assert re.search(rf"^def {name}\(", source, flags=re.M), f"{current}::{name}"
+                named += 1
+    assert named >= 30

@@ -95,3 +95,40 @@ def test_one_batch_per_epoch_trains_and_a_stack_all_diverged_stops(tmp_path):
     summaries = trainer.run()
     assert [(s["status"], s["steps"], s["diverged_step"]) for s in summaries] == [
         ("diverged", 1, 1), ("diverged", 1, 1)]
+
+
+PCALM = {"name": "pcalm", "budget": 8, "state_lr": 0.25, "rho": 1.0, "alpha": 1.0,
+         "inner_steps": 1, "weight_credit": "pre_dual"}
+
+
+@pytest.mark.parametrize("change, stacks", [
+    ({"train": {"seed": 3}}, True),
+    ({"train": {"eta0": 0.01}}, True),
+    ({"algo": {**PCALM, "state_lr": 0.1, "rho": 2.0, "alpha": 0.5}}, True),
+    ({"algo": {"name": "pc", "budget": 8, "state_lr": 0.1}}, True),  # PC = PC-ALM, α = 0
+    ({"name": "other", "results_dir": "elsewhere", "logger": {"mode": "offline"}}, True),
+    ({"algo": {"name": "pc", "budget": 4, "state_lr": 0.25}}, False),
+    ({"algo": {**PCALM, "inner_steps": 2}}, False),
+    ({"algo": {**PCALM, "weight_credit": "post_dual"}}, False),
+    ({"algo": {"name": "bp"}}, False),
+    ({"model": {"width": 32}}, False),
+    ({"model": {"gamma0": 0.5}}, False),
+    ({"data": {"train_size": 100}}, False),
+    ({"train": {"batch_size": 16}}, False),
+    ({"train": {"epochs": 2}}, False),
+    ({"train": {"dtype": "float64"}}, False),
+    ({"task": {"name": "eta_sweep"}}, False),
+])
+def test_runs_stack_when_they_differ_only_in_what_a_stack_holds_per_model(tmp_path, change,
+                                                                         stacks):
+    """One stack trains models that differ only in seed, η0, η_h, ρ, α or PC vs PC-ALM (and
+    in where their results go); anything else that changes the numbers — the budget, inner
+    steps, weight credit, BP, the net, the data, the loop — is another stack."""
+    base = base_config(tmp_path, tmp_path / "results", algo=PCALM)
+    other = base_config(tmp_path, tmp_path / "results", algo=PCALM)
+    for section, values in change.items():
+        if isinstance(values, dict) and section not in ("algo", "task"):
+            other[section] = {**other[section], **values}
+        else:
+            other[section] = values
+    assert (train.stack_key(base) == train.stack_key(other)) is stacks
