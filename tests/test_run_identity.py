@@ -84,5 +84,13 @@ def test_post_training_alignment_uses_the_first_64_training_samples(tmp_path, on
 
     on_train = cosine_on(x_train[:64], y_train[:64])
     assert summary["grad_cosine"] == pytest.approx(on_train, abs=1e-12)
+    # per layer: W_1, each W_l of the residual blocks, W_L
+    y64 = onehot(y_train[:64], 10).double()
+    local = [w[0] for w in trainer.algo.weight_grads(trainer.net, x_train[:64].double()[None],
+                                                     y64[None])]
+    g_in, g_hidden, g_out = _plain_bp_grads(trainer.net, x_train[:64].double(), y64)
+    per_layer = [_cosine([a], [b]) for a, b in zip(local, [g_in, *g_hidden, g_out])]
+    assert len(per_layer) == 4
+    assert summary["grad_cosine_per_layer"] == pytest.approx(per_layer, abs=1e-12)
     assert abs(on_train - cosine_on(x_test[:64], y_test[:64])) > 1e-4  # the batch matters
     assert abs(on_train - cosine_on(x_train[64:128], y_train[64:128])) > 1e-4

@@ -3,6 +3,8 @@ builds from the config, how it keeps time across ticks. Expected values are writ
 
 from __future__ import annotations
 
+import io
+import json
 import math
 from types import SimpleNamespace
 
@@ -12,6 +14,7 @@ import torch
 from pcalm import train
 from pcalm.data import Dataset
 from pcalm.train import Trainer, evaluation_steps
+from tests import oracle
 from tests.conftest import base_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -132,3 +135,81 @@ def test_runs_stack_when_they_differ_only_in_what_a_stack_holds_per_model(tmp_pa
         else:
             other[section] = values
     assert (train.stack_key(base) == train.stack_key(other)) is stacks
+
+
+def _through_disk(payload: dict) -> dict:
+    """A checkpoint as a resumed run reads it: saved, then loaded with weights_only."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_a_run_resumed_from_its_checkpoint_ends_as_the_uninterrupted_run(tmp_path):
+    """Restoring step 3's checkpoint (weights, Adam's moments, rows, losses, the clock and
+    the start time) into a fresh Trainer and training on ends in the uninterrupted run's
+    weights and summaries exactly; the summary counts the 2 attempts, says where it ran and
+    how many models the stack held. A checkpoint of other seeds is refused."""
+    configs = [dict(c, algo={"name": "pcalm", "budget": 3, "state_lr": 0.2})
+               for c in _configs(tmp_path, seeds=(0, 1))]
+    configs = [dict(c, train={**c["train"], "dtype": "float64", "evals_per_epoch": 2})
+               for c in configs]
+    whole = Trainer(configs, _dataset())
+    checkpoints = {}
+    want = whole.run(save_checkpoint=lambda p: checkpoints.setdefault(
+        p["state"]["step"], _through_disk(p)))
+    assert sorted(checkpoints) == [1, 2, 3, 4]
+    resumed = Trainer(configs, _dataset())
+    checkpoints[3]["state"]["started"] = "2026-01-01T00:00:00+00:00"  # an earlier attempt's
+    resumed.restore(checkpoints[3])
+    got = resumed.run()
+    for a, b in zip(resumed.net.weights, whole.net.weights):
+        assert torch.equal(a, b)
+    timing = ("wall_time_s", "attempts")
+    assert [{k: v for k, v in s.items() if k not in timing} for s in got] == [
+        {k: v for k, v in s.items() if k not in timing} for s in want]
+    assert [(s["attempts"], s["device"], s["models_in_stack"]) for s in got] == [
+        (2, "cpu", 2), (2, "cpu", 2)]
+    assert [s["attempts"] for s in want] == [1, 1]
+    assert resumed.state.started == "2026-01-01T00:00:00+00:00"  # the first attempt's
+    assert json.dumps(resumed.state.rows) == json.dumps(whole.state.rows)  # NaN at step 0
+    stranger = Trainer([dict(c, train={**c["train"], "seed": 7}) for c in configs[:1]],
+                       _dataset())
+    with pytest.raises(ValueError, match="^checkpoint belongs to another stack$"):
+        stranger.restore(checkpoints[3])
+
+
+def test_the_compute_path_most_used_comes_first(tmp_path):
+    trainer = Trainer(_configs(tmp_path), _dataset())
+    trainer.state.path_steps = {"graph": 3, "eager": 5, "compiled": 1}
+    summary = trainer._path_summary()
+    assert summary["compute_path"] == "eager+graph+compiled"
+    assert summary["compute_path_steps"] == {"graph": 3, "eager": 5, "compiled": 1}
+    assert summary["float32_matmul"] == "ieee"
+
+
+def test_the_summary_aligns_each_layer_with_bp_on_the_first_training_samples(tmp_path):
+    """grad_cosine and grad_cosine_per_layer (W_1, each residual W_l, W_L) compare the
+    trained net's PC gradients with BP's by autograd (tests/oracle.py) on the first
+    min(64, n) training samples."""
+    cfg = dict(_configs(tmp_path, depth=4)[0], algo={"name": "pc", "budget": 3,
+                                                        "state_lr": 0.2})
+    cfg["train"] = {**cfg["train"], "dtype": "float64"}
+    data = _dataset()
+    trainer = Trainer([cfg], data)
+    (summary,) = trainer.run()
+    net = trainer.net
+    x = data.x_train.double()
+    y = torch.nn.functional.one_hot(data.y_train, 10).double()
+    weights = [w[0].detach() for w in net.weights]
+    bp, _ = oracle.bp_grads(weights, x, y, "relu", oracle.scales(9, 6, 4))
+    local = [g[0] for g in trainer.algo.weight_grads(net, x[None], y[None])]
+
+    def cosine(a, b):
+        return float((a * b).sum() / (a.norm() * b.norm()))
+
+    assert summary["grad_cosine_per_layer"] == pytest.approx(
+        [cosine(a, b) for a, b in zip(local, bp)], abs=1e-12)
+    flat = [torch.cat([g.reshape(-1) for g in grads]) for grads in (local, bp)]
+    assert summary["grad_cosine"] == pytest.approx(cosine(*flat), abs=1e-12)
+    assert len(summary["grad_cosine_per_layer"]) == 4
