@@ -292,6 +292,18 @@ def test_linear_system_matches_the_residuals():
         ("pcalm", {"state_lr": -1.0}, "state_lr must be a number > 0"),
         ("pcalm", {"weight_credit": "later"}, "allowed: pre_dual, post_dual"),
         ("pcalm", {"alpha": -0.5}, "alpha must be a number >= 0"),
+        ("pcalm", {"alpha": float("nan")}, "alpha must be a number >= 0, got nan"),
+        ("pcalm", {"alpha": "1"}, "alpha must be a number >= 0, got '1'"),
+        ("pc", {"state_lr": 0.0}, "state_lr must be a number > 0, got 0.0"),
+        ("pc", {"state_lr": float("inf")}, "state_lr must be a number > 0, got inf"),
+        ("pc", {"state_lr": True}, "state_lr must be a number > 0, got True"),
+        ("pcalm", {"rho": 0.0}, "rho must be a number > 0, got 0.0"),
+        ("pcalm", {"inner_steps": 0}, "inner_steps must be an integer >= 1, got 0"),
+        ("pcalm", {"inner_steps": 2.0}, "inner_steps must be an integer >= 1, got 2.0"),
+        ("pc", {"budget": True}, "budget must be an integer >= 1, got True"),
+        ("pc", {"budget": 2.5}, "budget must be an integer >= 1, got 2.5"),
+        ("pc", {"bogus": 1, "rho": 2}, "unknown option(s) bogus, rho for algorithm 'pc': "
+                                       "allowed: budget, state_lr"),
     ],
 )
 def test_bad_algorithm_input_is_one_clear_line(name, options, fragment):

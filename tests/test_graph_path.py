@@ -115,6 +115,50 @@ def test_replay_errors_of_a_zero_layer_are_relative_to_the_model():
     assert algorithms.replay_errors(got, want, True)["w_in"] == pytest.approx(1e-4)
 
 
+def test_replay_errors_judge_each_model_and_tensor_by_its_own_rule():
+    """Divergence is judged per model: beside a huge model (its own excuse), a moderate
+    model's NaN still counts, and a huge-but-finite model's real mismatch counts. "Huge" is
+    beyond √max of the dtype (1.8e19 in float32), not max / 2. The 1 % floor of the whole
+    gradient applies to each weight gradient (w_out too), not to the loss."""
+    inf, nan = math.inf, math.nan
+    huge_finite = [1e25, 1.0, 1.0, 1.0]
+    errors = algorithms.replay_errors(_grads(huge_finite, [nan, 2.0, 3.0, 0.5]),
+                                      _grads(huge_finite, [1.0, 2.0, 3.0, 0.5]), True)
+    assert errors["w_in"] == math.inf
+    errors = algorithms.replay_errors(_grads([inf, 1.0, 1.0, 1.0], [1.1e25, 1.0, 1.0, 1.0]),
+                                      _grads([1e25, 1.0, 1.0, 1.0], [1e25, 1.0, 1.0, 1.0]),
+                                      True)
+    assert errors["w_in"] == pytest.approx(0.1, rel=1e-6)  # model 0 left out, model 1 not
+    errors = algorithms.replay_errors(_grads([inf, 1.0, 1.0, 1.0]),
+                                      _grads([1e25, 1.0, 1.0, 1.0]), True)
+    assert max(errors.values()) == 0  # beyond √max, overflowing on the other path
+    want = _grads([3.0, 4.0, 0.0, 1e-6])  # whole gradient norm 5; w_out exactly 0
+    got = _grads([3.0, 4.0, 5e-6, 2e-6])
+    errors = algorithms.replay_errors(got, want, True)
+    assert errors["w_out"] == pytest.approx(1e-4, rel=1e-3)  # 5e-6 against 1 % of 5
+    assert errors["loss"] == pytest.approx(1.0, rel=1e-3)  # the loss at its own scale
+
+
+def test_the_graph_cache_keeps_the_four_most_recently_used_captures(fake_cuda):
+    """Captures are kept per (weights, shape) up to GRAPH_CACHE_SIZE = 4; a new one evicts
+    the least recently *used* (a replay counts as a use), and a kept one replays without a
+    new capture."""
+    algo = make_algorithm("pc", budget=2, state_lr=0.2)
+    net = ResidualMLP(9, 6, 3, output_dim=4, seed=[0, 1])
+
+    def batches_cached():
+        return [key[1][7][1] for key in algorithms._GRAPHS]  # x's batch size, oldest first
+
+    for batch in (1, 2, 3, 4):
+        algo.stacked_weight_grads(net, *_data(models=2, batch=batch))
+    assert batches_cached() == [1, 2, 3, 4] and len(fake_cuda) == 4
+    algo.stacked_weight_grads(net, *_data(models=2, batch=1))  # a use: no new capture
+    assert batches_cached() == [2, 3, 4, 1] and len(fake_cuda) == 4
+    algo.stacked_weight_grads(net, *_data(models=2, batch=5))
+    assert batches_cached() == [3, 4, 1, 5] and len(fake_cuda) == 5
+    assert algo.last_path == "graph"
+
+
 def _diverging_stack():
     """Model 0 at η_h = 2 (far above 2/λ_max) for 12 steps: finite gradients ~1e20–1e26,
     whose float32 squared norms overflow; model 1 healthy."""
