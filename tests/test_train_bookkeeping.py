@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -213,3 +214,35 @@ def test_the_summary_aligns_each_layer_with_bp_on_the_first_training_samples(tmp
     flat = [torch.cat([g.reshape(-1) for g in grads]) for grads in (local, bp)]
     assert summary["grad_cosine"] == pytest.approx(cosine(*flat), abs=1e-12)
     assert len(summary["grad_cosine_per_layer"]) == 4
+
+
+def test_the_progress_bar_shows_the_run_its_steps_and_test_accuracy(tmp_path, capsys,
+                                                                  monkeypatch):
+    """train.progress=on: one bar on stderr named by algorithm, N, L and φ, counting steps
+    from where the run (re)starts to the total, with the first model's test accuracy; off,
+    or auto off a terminal: nothing."""
+    def configs(mode):
+        return [dict(c, train={**c["train"], "progress": mode, "evals_per_epoch": 5})
+                for c in _configs(tmp_path, seeds=(0, 1))]
+
+    trainer = Trainer(configs("on"), _dataset())
+    checkpoints = {}
+    trainer.run(save_checkpoint=lambda p: checkpoints.setdefault(p["state"]["step"],
+                                                                 _through_disk(p)))
+    bar = capsys.readouterr().err.replace("\r", "\n")
+    assert "bp N=6 L=3 relu:" in bar and "0/5" in bar and "5/5" in bar
+    final_acc = trainer.state.rows[0][-1]["test_acc"]
+    assert f"test_acc={final_acc:.4f}" in bar.strip().splitlines()[-1]
+    resumed = Trainer(configs("on"), _dataset())
+    resumed.restore(checkpoints[3])
+    resumed.run()
+    bar = capsys.readouterr().err.replace("\r", "\n")
+    assert "3/5" in bar and "5/5" in bar and "0/5" not in bar
+    for mode, progress in (("off", True), ("auto", True), ("auto", False)):
+        Trainer(configs(mode), _dataset()).run(progress=progress)  # pytest's stderr: no tty
+        assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # auto on a terminal: shown
+    Trainer(configs("auto"), _dataset()).run(progress=True)
+    assert "5/5" in capsys.readouterr().err
+    Trainer(configs("auto"), _dataset()).run(progress=False)  # a caller that wants none
+    assert capsys.readouterr().err == ""
