@@ -246,3 +246,15 @@ def test_the_progress_bar_shows_the_run_its_steps_and_test_accuracy(tmp_path, ca
     assert "5/5" in capsys.readouterr().err
     Trainer(configs("auto"), _dataset()).run(progress=False)  # a caller that wants none
     assert capsys.readouterr().err == ""
+
+
+def test_a_stack_key_ignores_key_order_and_takes_paths(tmp_path):
+    """Configs read from different files (a checkpoint's JSON, Hydra's YAML) may list their
+    keys in another order, and a data root may be a Path: still one stack."""
+    base = base_config(tmp_path, tmp_path / "results", algo=PCALM)
+    reordered = {k: (dict(reversed(list(v.items()))) if isinstance(v, dict) else v)
+                 for k, v in reversed(list(base.items()))}
+    assert list(reordered["model"]) != list(base["model"])
+    assert train.stack_key(reordered) == train.stack_key(base)
+    with_path = dict(base, data={**base["data"], "root": tmp_path})
+    assert train.stack_key(with_path) == train.stack_key(base)
