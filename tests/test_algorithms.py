@@ -227,11 +227,12 @@ def test_a_batch_of_batches_takes_the_reference_path_and_computes_each_batch(nam
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=1e-11, atol=1e-13)
         torch.testing.assert_close(loss[k], want_loss, rtol=1e-12, atol=0)
-        if state is not None:
+        if name != "bp":
             z, lam, eps, e, _ = _oracle_state(net, xk, yk, "relu", name, options)
             torch.testing.assert_close(state.z[k], z, rtol=1e-11, atol=1e-13)
             torch.testing.assert_close(state.eps[k], eps, rtol=1e-11, atol=1e-13)
             torch.testing.assert_close(state.e[k], e, rtol=1e-11, atol=1e-13)
+            torch.testing.assert_close(state.forward_loss[k], want_loss, rtol=1e-12, atol=0)
             if name == "pc":
                 assert state.lam is None
             else:
