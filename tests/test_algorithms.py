@@ -200,6 +200,18 @@ def test_run_inference_ends_in_the_oracle_state(name, options):
     torch.testing.assert_close(state.forward_loss, forward_loss, **close)
 
 
+def test_run_inference_defaults_to_spec_pcalm():
+    """Without options beyond α, run_inference is SPEC §4's PC-ALM: ρ = 1, one primal step
+    per dual update, the credit before the last dual update (pre-dual)."""
+    net = _net("tanh")
+    x, y = _batch()
+    state = run_inference(net, x, y, budget=4, state_lr=0.2, alpha=1.0)
+    z, lam, eps, _, _ = _oracle_state(net, x, y, "tanh", "pcalm", {"budget": 4, "state_lr": 0.2})
+    torch.testing.assert_close(state.z, z, rtol=1e-11, atol=1e-13)
+    torch.testing.assert_close(state.lam, lam, rtol=1e-11, atol=1e-13)
+    torch.testing.assert_close(state.eps, eps, rtol=1e-11, atol=1e-13)
+
+
 @pytest.mark.parametrize("name, options", [("bp", {}), *INFERENCE_OPTIONS])
 def test_a_batch_of_batches_takes_the_reference_path_and_computes_each_batch(name, options):
     """x of shape [K, B, D] for one net is K independent batches (the fast loop declines it;
