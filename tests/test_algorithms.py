@@ -129,6 +129,14 @@ def test_nonlinear_pcalm_reaches_bp_at_a_large_budget():
     assert pc["cosine"] < 0.99
 
 
+def _spec_options(options: dict) -> dict:
+    """An algorithm's options as SPEC §4's inference keywords (oracle and run_inference)."""
+    return {"budget": options["budget"], "state_lr": options["state_lr"],
+            "rho": options.get("rho", 1.0), "alpha": options.get("alpha", 1.0),
+            "inner_steps": options.get("inner_steps", 1),
+            "post_dual": options.get("weight_credit") == "post_dual"}
+
+
 @pytest.mark.parametrize("options", [{}, {"weight_credit": "post_dual"}, {"inner_steps": 2},
                                      {"weight_credit": "post_dual", "inner_steps": 3,
                                       "rho": 1.4, "alpha": 0.6}])
@@ -141,9 +149,7 @@ def test_post_dual_and_inner_steps_follow_spec(options):
     got = make_algorithm("pcalm", budget=4, state_lr=0.2, **options).weight_grads(net, x, y)
     want, _ = oracle.inference_grads(
         [w.detach() for w in net.weights], x, y, "relu", (net.a_in, net.a_hidden, net.a_out),
-        algo="pcalm", budget=4, state_lr=0.2, rho=options.get("rho", 1.0),
-        alpha=options.get("alpha", 1.0), inner_steps=options.get("inner_steps", 1),
-        post_dual=options.get("weight_credit") == "post_dual")
+        algo="pcalm", **_spec_options({"budget": 4, "state_lr": 0.2, **options}))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-11, atol=1e-13)
 
@@ -160,11 +166,8 @@ def _oracle_state(net, x, y, act, name, options):
     rho = options.get("rho", 1.0) if name == "pcalm" else 1.0
     weights = [w.detach() for w in net.weights]
     a = (net.a_in, net.a_hidden, net.a_out)
-    z, lam, r, forward_loss = oracle.inference(
-        weights, x, y, act, a, algo=name, budget=options["budget"],
-        state_lr=options["state_lr"], rho=rho, alpha=options.get("alpha", 1.0),
-        inner_steps=options.get("inner_steps", 1),
-        post_dual=options.get("weight_credit") == "post_dual")
+    z, lam, r, forward_loss = oracle.inference(weights, x, y, act, a, algo=name,
+                                               **_spec_options(options))
     e = a[2] * oracle.PHI[act][0](z[-1]) @ weights[-1].T - y
     eps = [rho * rl + ll for rl, ll in zip(r, lam)]
     return torch.stack(z), torch.stack(lam), torch.stack(eps), e, forward_loss
@@ -172,12 +175,10 @@ def _oracle_state(net, x, y, act, name, options):
 
 def _run_inference(net, x, y, name, options):
     """The public run_inference, its keywords from an algorithm's options."""
-    kwargs = {"budget": options["budget"], "state_lr": options["state_lr"], "compile": "off"}
-    if name == "pcalm":
-        kwargs.update(rho=options.get("rho", 1.0), alpha=options.get("alpha", 1.0),
-                      inner_steps=options.get("inner_steps", 1),
-                      post_dual=options.get("weight_credit") == "post_dual")
-    return run_inference(net, x, y, **kwargs)
+    kwargs = _spec_options(options)
+    if name == "pc":  # PC: no multipliers (alpha=None), ρ = 1, one step per update
+        kwargs = {"budget": kwargs["budget"], "state_lr": kwargs["state_lr"], "alpha": None}
+    return run_inference(net, x, y, compile="off", **kwargs)
 
 
 @pytest.mark.parametrize("name, options", INFERENCE_OPTIONS)
@@ -230,11 +231,8 @@ def test_a_batch_of_batches_takes_the_reference_path_and_computes_each_batch(nam
         if name == "bp":
             want, want_loss = oracle.bp_grads(weights, xk, yk, "relu", a)
         else:
-            want, want_loss = oracle.inference_grads(
-                weights, xk, yk, "relu", a, algo=name, budget=options["budget"],
-                state_lr=options["state_lr"], rho=options.get("rho", 1.0),
-                alpha=options.get("alpha", 1.0), inner_steps=options.get("inner_steps", 1),
-                post_dual=options.get("weight_credit") == "post_dual")
+            want, want_loss = oracle.inference_grads(weights, xk, yk, "relu", a, algo=name,
+                                                     **_spec_options(options))
         got = [g_in[k], *g_hidden[k].unbind(0), g_out[k]]
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=1e-11, atol=1e-13)
