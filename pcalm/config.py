@@ -106,6 +106,28 @@ def _resolve_data_identity(cfg: dict) -> None:
         pass
 
 
+_TABLE_MULTIPLE = re.compile(r"table\s*\*\s*(\S+)")
+
+
+def _table_multiple(value) -> float | None:
+    """k of `algo.state_lr: table` (k = 1) or `table*k` (η_h = k/λ_max of the cell, the
+    appendix's η_h sweep); None for a plain number. A k that is not a positive finite
+    number is a one-line error."""
+    if value == "table":
+        return 1.0
+    match = _TABLE_MULTIPLE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        return None
+    try:
+        k = float(match.group(1))
+    except ValueError:
+        k = math.nan
+    if not (math.isfinite(k) and k > 0):
+        raise _fail("algo.state_lr", value, "table, table*k with k a positive number "
+                    "(η_h = k/λ_max of the cell), or a positive number")
+    return k
+
+
 def _resolve_algo(cfg: dict, eta_table: Path | None, authors_table: Path | None) -> None:
     algo = cfg.get("algo")
     if not isinstance(algo, dict) or "name" not in algo:
@@ -122,11 +144,15 @@ def _resolve_algo(cfg: dict, eta_table: Path | None, authors_table: Path | None)
     model = cfg["model"]
     if algo.get("budget") == "2L":  # the paper's grid rule T = 2L (SPEC §4)
         algo["budget"] = 2 * model["depth"]
-    if algo.get("state_lr") == "table":  # the paper's grid rule η_h = 1/λ_max (SPEC §4)
-        algo["state_lr"], cfg["state_lr_source"] = lookup_state_lr(
+    multiple = _table_multiple(algo.get("state_lr"))
+    if multiple is not None:  # the paper's grid rule η_h = k/λ_max (SPEC §4: k = 1)
+        table_value, cfg["state_lr_source"] = lookup_state_lr(
             eta_table, cfg["data"]["name"], model["activation"], model["width"], model["depth"],
             authors_table,
         )
+        algo["state_lr"] = table_value if multiple == 1 else multiple * table_value
+        if multiple != 1:
+            cfg["state_lr_multiple"] = multiple
     elif "state_lr" in algo:
         cfg["state_lr_source"] = SOURCE_CONFIG
     options = {k: v for k, v in algo.items() if k != "name"}

@@ -42,6 +42,7 @@ import yaml
 NON_NUMERIC_KEYS: tuple[str, ...] = (
     "name",
     "state_lr_source",  # where algo.state_lr came from; the value itself is in the id
+    "state_lr_multiple",  # k of `algo.state_lr: table*k`; the value k/λ_max is in the id
     "data.root",
     "data.mirrors",  # where files come from; the MD5s checked on download and load fix what
     "train.device",

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from pcalm.cli import AUTHORS_ETA_TABLE, ETA_TABLE
-from pcalm.config import resolve_run_config
+from pcalm.config import ConfigError, resolve_run_config
 from pcalm.eta import EtaTableError, load_authors_table, load_table
 from pcalm.results import run_id
 from tests.conftest import REPO, base_config
@@ -95,3 +95,31 @@ def test_a_damaged_table_names_file_line_and_fix(tmp_path, transform, line, frag
 def test_the_committed_tables_pass_their_own_checks():
     assert len(load_table(ETA_TABLE)) >= 200
     assert (REPO / "configs" / "authors_eta_best_by_cell.csv") == AUTHORS_ETA_TABLE
+
+
+@pytest.mark.parametrize("k", [0.5, 1.8, 2.2])
+def test_a_multiple_of_the_table_step_is_k_over_the_authors_lambda_max(tmp_path,
+                                                                       fake_data_root, k):
+    """`algo.state_lr: table*k` (the appendix's η_h sweep) is k times the published η_h of
+    the cell (= k/λ_max with their λ_max); k = 1 is exactly the grid rule's run (same id)."""
+    raw = _grid_rule(tmp_path, fake_data_root, width=32, depth=16)
+    raw["algo"]["state_lr"] = f"table*{k}"
+    cfg = resolve_run_config(raw, ETA_TABLE, AUTHORS_ETA_TABLE)
+    published = float(_authors_row("fashion_mnist", "relu", 32, 16)
+                      ["eta_best_1_over_lambda_median"])
+    assert cfg["algo"]["state_lr"] == pytest.approx(k * published, rel=1e-15)
+    assert cfg["state_lr_multiple"] == k and cfg["state_lr_source"] == "authors"
+    one = _grid_rule(tmp_path, fake_data_root, width=32, depth=16)
+    one["algo"]["state_lr"] = "table*1"
+    plain = resolve_run_config(_grid_rule(tmp_path, fake_data_root, width=32, depth=16),
+                               ETA_TABLE, AUTHORS_ETA_TABLE)
+    assert run_id(resolve_run_config(one, ETA_TABLE, AUTHORS_ETA_TABLE)) == run_id(plain)
+    assert run_id(cfg) != run_id(plain)
+
+
+@pytest.mark.parametrize("bad", ["table*0", "table*-1", "table*abc", "table*nan"])
+def test_a_bad_multiple_of_the_table_step_is_one_line(tmp_path, fake_data_root, bad):
+    raw = _grid_rule(tmp_path, fake_data_root, width=32, depth=16)
+    raw["algo"]["state_lr"] = bad
+    with pytest.raises(ConfigError, match=r"bad value algo\.state_lr=.*table\*k"):
+        resolve_run_config(raw, ETA_TABLE, AUTHORS_ETA_TABLE)

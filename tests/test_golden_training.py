@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -102,9 +103,13 @@ def golden_run(algo: dict, act: str, seed: int, eta0: float, data: Dataset):
                 losses = []
     weights = [p.detach() for p in params]
     extra = {"lr": lr, "steps": step}
-    if algo["name"] != "bp":  # alignment to BP on the first min(64, n_train) training samples
-        x = data.x_train[:64]
-        y = F.one_hot(data.y_train[:64], C).double()
+    if algo["name"] != "bp":  # alignment to BP on the authors' batch (SPEC §7): the first
+        # min(64, n_train) samples of numpy's default_rng(seed) shuffle of arange(n_train)
+        order = np.arange(len(data.x_train))
+        np.random.default_rng(seed).shuffle(order)
+        first = torch.as_tensor(order[:64])
+        x = data.x_train[first]
+        y = F.one_hot(data.y_train[first], C).double()
         g_algo = torch.cat([g.reshape(-1) for g in _grads(algo, weights, x, y, act, a)[0]])
         g_bp = torch.cat([g.reshape(-1) for g in oracle.bp_grads(weights, x, y, act, a)[0]])
         extra["grad_cosine"] = (g_algo @ g_bp / (g_algo.norm() * g_bp.norm())).item()
