@@ -2,20 +2,21 @@
 
     python scripts/plot_figure_eta.py --scale smoke [--tables DIR] [--out PATH]
 
-x: η_h · λ_max (multiples of 1/λ_max; λ_max of the cell read from configs/eta_table.csv, the
-value the experiment's η_h list was derived from; if the cell is not in the table, x is the
-absolute η_h). y: test accuracy after one epoch, mean ± sd over seeds; single seeds as dots,
-diverged runs (non-finite loss) as crosses at chance (10 %). The PC stability limit
+x: η_h · λ_max, the multiple k of 1/λ_max (λ_max = 1/η_h of the cell's table step: the
+authors' published value where they have the cell, else ours, read through pcalm.eta's
+validated reader — so `algo.state_lr: table*k` runs sit at exactly k). One panel per network
+(N, L, activation). y: test accuracy after one epoch, mean ± sd over seeds; single seeds as
+dots, diverged runs (non-finite loss) as crosses at chance (10 %). The PC stability limit
 η_h = 2/λ_max and the grid rule η_h = 1/λ_max are marked.
 """
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -24,7 +25,6 @@ from plotting import (  # noqa: E402
     ACTIVATION_LABELS,
     ALGO_COLORS,
     ALGO_LABELS,
-    REPO,
     parse_args,
     plt,
     read_table,
@@ -32,42 +32,58 @@ from plotting import (  # noqa: E402
     settings_note,
 )
 
-ETA_TABLE = REPO / "configs" / "eta_table.csv"
+NETWORK = ["data.name", "model.activation", "model.width", "model.depth"]
 
 
-def lambda_max(data: str, activation: str, width: int, depth: int,
-               table: Path | None = None) -> float | None:
-    """λ_max of a cell from the eta table (None if the table or the cell is missing)."""
-    table = Path(table or ETA_TABLE)
-    if not table.is_file():
+def table_step(data: str, activation: str, width: int, depth: int) -> float | None:
+    """The cell's grid-rule step η_h = 1/λ_max (authors' table, else ours), or None."""
+    from pcalm.cli import AUTHORS_ETA_TABLE, ETA_TABLE
+    from pcalm.eta import EtaTableError, lookup_state_lr
+
+    try:
+        return lookup_state_lr(ETA_TABLE, data, activation, width, depth, AUTHORS_ETA_TABLE)[0]
+    except EtaTableError:
         return None
-    activation = {"linear": "identity"}.get(activation, activation)
-    with open(table, newline="") as f:
-        for row in csv.DictReader(f):
-            if (row["data"], row["activation"], int(row["width"]), int(row["depth"])) == \
-                    (data, activation, width, depth):
-                return float(row["lambda_max"])
-    return None
 
 
-def eta_multiples(df, table: Path | None = None):
-    """(x values, λ_max or None) for a normalised figure_eta table (one cell)."""
-    first = df.iloc[0]
-    lam = lambda_max(str(first["data.name"]), str(first["model.activation"]),
-                     int(first["model.width"]), int(first["model.depth"]), table)
-    eta = df["algo.state_lr"].astype(float)
-    return (eta * lam if lam else eta), lam
+def eta_multiples(df: pd.DataFrame) -> pd.Series:
+    """k = η_h / η_table of each row's cell, i.e. η_h in multiples of 1/λ_max (NaN where
+    neither table has the cell)."""
+    steps = {}
+    for cell in df[NETWORK].drop_duplicates().itertuples(index=False):
+        step = table_step(str(cell[0]), str(cell[1]), int(cell[2]), int(cell[3]))
+        steps[tuple(cell)] = np.nan if step is None else step
+    per_row = [steps[tuple(r)] for r in df[NETWORK].itertuples(index=False)]
+    return df["algo.state_lr"].astype(float) / np.asarray(per_row, dtype=float)
 
 
 def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
     df = normalise(read_table(tables, experiment, scale))
-    df["x"], lam = eta_multiples(df)
-    df["x"] = df["x"].round(3)
-    stats = seed_stats(df, ["algo.name", "x"])
+    df["x"] = eta_multiples(df).round(3)
+    networks = df[NETWORK].drop_duplicates().sort_values(NETWORK).itertuples(index=False)
+    networks = list(networks)
+    fig, axes = plt.subplots(1, len(networks), figsize=(1.0 + 3.6 * len(networks), 3.9),
+                             layout="constrained", sharey=True, squeeze=False)
+    for ax, net in zip(axes[0], networks):
+        rows = df[(df[NETWORK] == pd.Series(net, index=NETWORK)).all(axis=1)]
+        _panel(ax, rows, net)
+    axes[0][0].set_ylabel("test accuracy after one epoch (%)")
+    axes[0][-1].legend(loc="upper right", bbox_to_anchor=(1.0, 0.9), frameon=False, fontsize=7)
+    first = df.iloc[0]
+    data = DATA_LABELS.get(str(first.get("data.name")), first.get("data.name"))
+    budgets = sorted({int(b) for b in df["algo.budget"].dropna().unique()})
+    seeds = sorted(int(s) for s in df["train.seed"].unique())
+    fig.suptitle(f"{data}: accuracy vs activity step η_h (multiples of 1/λ_max)")
+    settings_note(fig, f"{data} | T = {'/'.join(map(str, budgets))} (2L) | λ_max = 1/η_h of "
+                  f"the cell's table step (authors') | one epoch | seeds {seeds}", scale)
+    fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))
+    return save(fig, experiment, out)
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.9), layout="constrained")
-    algos = [a for a in ALGO_ORDER if a in set(df["algo.name"])]
-    for algo in algos:
+
+def _panel(ax, df: pd.DataFrame, net) -> None:
+    """One network: mean ± sd per algorithm over the seeds, single runs, diverged runs."""
+    stats = seed_stats(df, ["algo.name", "x"])
+    for algo in [a for a in ALGO_ORDER if a in set(df["algo.name"])]:
         colour = ALGO_COLORS[algo]
         rows = stats[stats["algo.name"] == algo].sort_values("x")
         x, mean = rows["x"].to_numpy(float), rows["mean"].to_numpy(float)
@@ -83,7 +99,8 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
             ax.scatter(bad["x"], bad["acc"], s=40, marker="x", color=colour, linewidths=1.3,
                        label=f"{ALGO_LABELS[algo]}: diverged run (plotted at chance)")
     ax.axhline(CHANCE, color="0.6", linewidth=0.8, linestyle=":", label="chance (10 %)")
-    if lam:
+    placed = df["x"].notna().all()
+    if placed:
         ax.axvline(2.0, color="0.25", linewidth=1.0, linestyle="--")
         ax.axvline(1.0, color="0.55", linewidth=0.8, linestyle=":")
         ax.text(2.0, 1.0, " 2/λ_max (PC stability limit)", transform=ax.get_xaxis_transform(),
@@ -92,26 +109,15 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
                 fontsize=7, va="top", ha="right", color="0.45")
         ax.set_xlabel("activity step η_h × λ_max  (multiples of 1/λ_max)")
     else:
-        ax.set_xlabel("activity step η_h (per sample; no λ_max for this cell in the eta table)")
-    ax.set_ylabel("test accuracy after one epoch (%)")
+        ax.set_xlabel("η_h × λ_max (the cell is in no η table: not placed)")
     ax.yaxis.set_major_formatter(lambda v, _: f"{100 * v:.4g}")
     ax.set_ylim(0, max(0.3, float(df["acc"].max()) + 0.08))
     ax.grid(alpha=0.25)
-    ax.legend(loc="upper right", bbox_to_anchor=(1.0, 0.9), frameon=False, fontsize=7)
-
-    first = df.iloc[0]
-    data = DATA_LABELS.get(str(first.get("data.name")), first.get("data.name"))
-    width, depth = int(first["model.width"]), int(first["model.depth"])
-    act = ACTIVATION_LABELS.get(first["model.activation"], first["model.activation"])
-    budgets = sorted({int(b) for b in df["algo.budget"].dropna().unique()})
-    seeds = sorted(int(s) for s in df["train.seed"].unique())
-    ax.set_title(f"{data}: accuracy vs activity step η_h (N = {width}, L = {depth}, {act})")
-    lam_text = f"λ_max = {lam:.4g}" if lam else "λ_max unknown"
-    settings_note(fig, f"{data} | N = {width}, L = {depth}, {act} | T = "
-                  f"{'/'.join(map(str, budgets))} | {lam_text} | one epoch | seeds {seeds}",
-                  scale)
-    fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))
-    return save(fig, experiment, out)
+    data, act, width, depth = net
+    lam = 1 / table_step(str(data), str(act), int(width), int(depth)) if placed else None
+    act = ACTIVATION_LABELS.get(act, act)
+    ax.set_title(f"N = {int(width)}, L = {int(depth)}, {act}"
+                 + (f" (λ_max = {lam:.4g})" if lam else ""), fontsize=9)
 
 
 if __name__ == "__main__":

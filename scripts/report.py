@@ -261,13 +261,13 @@ def claim_eta_collapse(tables: Path, scale: str) -> Claim:
     if df is None:
         return not_measured("5", text, scale, "figure_eta")
     df = normalise(df)
-    df["x"], lam = eta_multiples(df)
+    df["x"] = eta_multiples(df)
     pc = df[df["algo.name"] == "pc"]
     if pc.empty:
         return Claim("5", text, "no PC runs in the figure_eta table", scale, "–")
-    if not lam:
-        return Claim("5", text, "λ_max of the cell not in configs/eta_table.csv: cannot place "
-                     "2/λ_max", scale, "? (run `make eta-table`)")
+    if pc["x"].isna().any():
+        return Claim("5", text, "a cell is in no η table: cannot place 2/λ_max", scale,
+                     "? (run `make eta-table`)")
     stats = seed_stats(pc, ["x"]).sort_values("x")
     below, beyond = stats[stats["x"] < 2 - 1e-9], stats[stats["x"] > 2 + 1e-9]
     if below.empty or beyond.empty:

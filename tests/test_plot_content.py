@@ -201,41 +201,48 @@ def test_training_curves_draw_the_seed_mean_per_step(tmp_path, monkeypatch):
 
 def test_eta_sweep_draws_accuracy_against_multiples_of_one_over_lambda_max(tmp_path,
                                                                            monkeypatch):
-    with open(REPO / "configs" / "eta_table.csv", newline="") as f:
-        lam = next(float(r["lambda_max"]) for r in csv.DictReader(f)
-                   if (r["data"], r["activation"], r["width"], r["depth"])
-                   == ("fashion_mnist", "relu", "8", "8"))
-    multiples, seeds = [0.5, 1.0, 2.5], [0, 1]
+    """x = η_h / (the cell's published step 1/λ_max), one panel per network: the authors'
+    Fashion-MNIST ReLU steps, read here from their CSV (N = 8 at L = 8 and L = 16)."""
+    published = {}
+    with open(REPO / "configs" / "authors_eta_best_by_cell.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            if (r["dataset"], r["activation"], r["N"]) == ("fashion_mnist", "relu", "8"):
+                published[int(r["L"])] = float(r["eta_best_1_over_lambda_median"])
+    multiples, seeds, depths = [0.5, 1.0, 2.5], [0, 1], [8, 16]
+
+    def acc(algo, k, s, depth):
+        return 0.5 + 0.1 * k + 0.02 * s + (0.05 if algo == "pcalm" else 0) + depth / 1000
+
     rows = []
-    for algo, k, s in itertools.product(["pc", "pcalm"], multiples, seeds):
+    for algo, k, s, depth in itertools.product(["pc", "pcalm"], multiples, seeds, depths):
         div = algo == "pc" and k == 2.5 and s == 1
-        rows.append({"algo.name": algo, "algo.state_lr": k / lam, "algo.budget": 16,
-                     "train.seed": s, "model.width": 8, "model.depth": 8,
-                     "model.activation": "relu", "data.name": "fashion_mnist",
-                     "diverged": div,
-                     "test_acc": np.nan if div else 0.5 + 0.1 * k + 0.02 * s
-                     + (0.05 if algo == "pcalm" else 0)})
+        rows.append({"algo.name": algo, "algo.state_lr": k * published[depth],
+                     "algo.budget": 2 * depth, "train.seed": s, "model.width": 8,
+                     "model.depth": depth, "model.activation": "relu",
+                     "data.name": "fashion_mnist", "diverged": div,
+                     "test_acc": np.nan if div else acc(algo, k, s, depth)})
     write(tmp_path, "figure_eta", rows)
     fig = draw("plot_figure_eta.py", tmp_path, monkeypatch)
-    (ax,) = fig.axes
-    assert ax.get_xlabel().startswith("activity step η_h × λ_max")
-    lines = labelled_lines(ax)
-    for algo, label in (("pc", "PC (mean ± sd)"), ("pcalm", "PC-ALM (mean ± sd)")):
-        want = []
-        for k in multiples:
-            accs = [CHANCE if (algo == "pc" and k == 2.5 and s == 1)
-                    else 0.5 + 0.1 * k + 0.02 * s + (0.05 if algo == "pcalm" else 0)
-                    for s in seeds]
-            want.append(np.mean(accs))
-        np.testing.assert_allclose(lines[label].get_xdata(), multiples, atol=1e-3)
-        np.testing.assert_allclose(lines[label].get_ydata(), want, rtol=1e-12)
-    verticals = sorted(line.get_xdata()[0] for line in ax.get_lines()
-                       if line.get_label().startswith("_") and len(set(line.get_xdata())) == 1
-                       and line.get_linestyle() in ("--", ":"))
-    assert verticals == [1.0, 2.0]  # the grid rule and the PC stability limit
-    crosses = [c for c in ax.collections if c.get_label() == "PC: diverged run (plotted at chance)"]
-    (cross,) = crosses
-    np.testing.assert_allclose(cross.get_offsets(), [[2.5, CHANCE]], atol=1e-3)
+    axes = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title().split(" (")[0] for ax in axes] == ["N = 8, L = 8, ReLU",
+                                                               "N = 8, L = 16, ReLU"]
+    for ax, depth in zip(axes, depths):
+        assert ax.get_xlabel().startswith("activity step η_h × λ_max")
+        assert f"λ_max = {1 / published[depth]:.4g}" in ax.get_title()
+        lines = labelled_lines(ax)
+        for algo, label in (("pc", "PC (mean ± sd)"), ("pcalm", "PC-ALM (mean ± sd)")):
+            want = [np.mean([CHANCE if (algo == "pc" and k == 2.5 and s == 1)
+                             else acc(algo, k, s, depth) for s in seeds]) for k in multiples]
+            np.testing.assert_allclose(lines[label].get_xdata(), multiples, atol=1e-3)
+            np.testing.assert_allclose(lines[label].get_ydata(), want, rtol=1e-12)
+        verticals = sorted(line.get_xdata()[0] for line in ax.get_lines()
+                           if line.get_label().startswith("_")
+                           and len(set(line.get_xdata())) == 1
+                           and line.get_linestyle() in ("--", ":"))
+        assert verticals == [1.0, 2.0]  # the grid rule and the PC stability limit
+        (cross,) = [c for c in ax.collections
+                    if c.get_label() == "PC: diverged run (plotted at chance)"]
+        np.testing.assert_allclose(cross.get_offsets(), [[2.5, CHANCE]], atol=1e-3)
 
 
 # ---------------------------------------------------------------------------- Figure 5

@@ -68,12 +68,10 @@ def test_eta_claim_is_measured_against_the_eta_table(
     cells = grid(algo=["pc"], **{"algo.state_lr": [0.05, 0.1, 0.15, 1e12], "train.seed": [0, 1],
                  "model.depth": [4]})
     tables = train_and_collect(fake_data_root, results_dir, "figure_eta", cells)
-    eta_table = tmp_path / "eta_table.csv"
-    eta_table.write_text("data,activation,width,depth,lambda_max,state_lr,seeds\n"
-                         "fashion_mnist,relu,8,4,10.0,0.1,0-1-2\n")
     import plot_figure_eta
 
-    monkeypatch.setattr(plot_figure_eta, "ETA_TABLE", eta_table)
+    # the cell's table step: η_h = 0.1, i.e. λ_max = 10 (the runs sit at 0.5, 1, 1.5, 1e13)
+    monkeypatch.setattr(plot_figure_eta, "table_step", lambda *cell: 0.1)
     text = run_report(tables, tmp_path / "r.md", monkeypatch, capsys)
     eta = row(text, "5")
     assert "not measured" not in eta and "2 runs diverged" in eta
