@@ -5,13 +5,17 @@
 Copies <results>/tables/<exp>-<scale>.csv (one row per run: run id, config, numbers,
 provenance) as it is, and <exp>-<scale>-metrics.csv slimmed to the run id and the metric
 columns (the config is one join away, in the run table), so the record stays small. The
-figure and report targets read these when asked for SCALE=paper (see the Makefile).
+diagnostic figures (1, 3, 4, 5, 8, 9) draw from each run's arrays.npz as well: those are
+copied to results/reference/runs/<run_id>/arrays.npz, where the plots look for them beside
+the tables. The figure and report targets read these when asked for SCALE=paper (see the
+Makefile).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,7 +24,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pcalm.results import atomic_write_text  # noqa: E402
+from pcalm.results import ARRAYS_FILE, atomic_write_text  # noqa: E402
 
 REFERENCE = REPO / "results" / "reference" / "tables"
 CONFIG_PREFIXES = ("name", "task.", "model.", "algo.", "data.", "train.", "logger.",
@@ -42,6 +46,24 @@ def record(experiment: str, scale: str, tables: Path, out: Path = REFERENCE) -> 
     written = [out / runs.name, out / metrics.name]
     atomic_write_text(written[0], runs.read_text(encoding="utf-8"))
     atomic_write_text(written[1], slim_metrics(pd.read_csv(metrics)).to_csv(index=False))
+    return written + copy_arrays(pd.read_csv(runs)["run_id"], tables.parent / "runs",
+                                 out.parent / "runs")
+
+
+def copy_arrays(run_ids, runs_dir: Path, out_runs: Path) -> list[Path]:
+    """Each run's arrays.npz (diagnostic runs have one) → out_runs/<run_id>/arrays.npz,
+    through a temporary name and a rename (a crash never leaves a torn array file)."""
+    written = []
+    for rid in run_ids:
+        source = runs_dir / str(rid) / ARRAYS_FILE
+        if not source.is_file():
+            continue
+        target = out_runs / str(rid) / ARRAYS_FILE
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".tmp")
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+        written.append(target)
     return written
 
 
@@ -53,8 +75,13 @@ def main(argv=None) -> int:
                    default=Path(os.environ.get("PCALM_RESULTS", REPO / "results")) / "tables")
     args = p.parse_args(argv)
     for experiment in args.experiments:
-        for path in record(experiment, args.scale, args.tables):
+        paths = record(experiment, args.scale, args.tables)
+        for path in paths[:2]:
             print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
+        if paths[2:]:
+            size = sum(p.stat().st_size for p in paths[2:]) / 1e6
+            print(f"wrote {len(paths) - 2} arrays.npz under {paths[2].parent.parent} "
+                  f"({size:.1f} MB)")
     return 0
 
 
