@@ -91,6 +91,9 @@ class NullTracker(Tracker):
     def finish(self, exit_code: int = 0) -> None:
         pass
 
+    def note(self, d: Mapping[str, Any]) -> None:
+        pass
+
     def log_figure(self, key: str, png: str | os.PathLike) -> None:
         pass
 
@@ -103,8 +106,10 @@ class WandbTracker(Tracker):
     """Forwards to one wandb run object (never to the global ``wandb.run``, so several
     trackers can be open in one process)."""
 
-    def __init__(self, run: Any):
+    def __init__(self, run: Any, run_dir: Path | None = None):
         self.run = run
+        self.run_dir = run_dir  # where pcalm.wandb_log marks a run wholly logged
+        self.summarised = False
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         if self.run is not None:
@@ -116,6 +121,7 @@ class WandbTracker(Tracker):
         one ``grad_cosine/layer_NN`` per layer, plus a ``grad_cosine_per_layer`` Table."""
         if self.run is None:
             return
+        self.summarised = True
         d = dict(d)
         layers = d.pop("grad_cosine_per_layer", None)
         metrics = {k: d[k] for k in ("grad_cosine", "grad_rel_error") if k in d}
@@ -133,6 +139,11 @@ class WandbTracker(Tracker):
             self.run.log(metrics, **({"step": int(step)} if isinstance(step, int) else {}))
             self.run.summary.update({k: v for k, v in metrics.items()
                                      if k != "grad_cosine_per_layer"})
+
+    def note(self, d: Mapping[str, Any]) -> None:
+        """Plain values into the run summary (e.g. how many of a figure's runs are in wandb)."""
+        if self.run is not None:
+            self.run.summary.update(dict(d))
 
     def log_figure(self, key: str, png: str | os.PathLike) -> None:
         """A figure (PNG) as an image."""
@@ -159,7 +170,13 @@ class WandbTracker(Tracker):
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:
             run, self.run = self.run, None  # idempotent even if finish itself raises
+            run_id = str(getattr(run, "id", ""))
+            mode = str(getattr(getattr(run, "settings", None), "mode", ""))
             run.finish(exit_code=exit_code)
+            if exit_code == 0 and self.summarised and self.run_dir is not None:
+                from pcalm.wandb_log import mark_logged  # its whole history and summary went
+
+                mark_logged(self.run_dir, run_id, mode)
 
 
 def _import_wandb(mode: str) -> Any:
@@ -304,7 +321,7 @@ def _open_run(logger_cfg: Mapping[str, Any], run_dir: Path, tags, *, group: str,
         group=group, tags=tags, resume="allow", dir=str(run_dir), reinit=_reinit(wandb), **init,
     )
     _record(run_dir, tags, group)
-    return WandbTracker(run)
+    return WandbTracker(run, run_dir)
 
 
 def summary_run_id(experiment: str, scale: str) -> str:

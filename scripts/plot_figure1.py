@@ -75,7 +75,7 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
     fig.get_layout_engine().set(rect=(0, 0.05, 1, 0.95))
     fig.suptitle("Scalar two-layer linear network: PC-ALM's credit reaches the BP adjoint, "
                  "PC's does not", fontsize=10)
-    return save(fig, experiment, out)
+    return save(fig, f"{experiment}-{scale}", out)
 
 
 if __name__ == "__main__":

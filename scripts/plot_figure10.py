@@ -96,7 +96,7 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
                   f"{', '.join(map(str, budgets)) or '–'} (line style), η_h = 1/λ_max | "
                   f"{evals} evaluations per epoch | mean ± sd over seeds {seeds}", scale)
     fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))
-    return save(fig, experiment, out)
+    return save(fig, f"{experiment}-{scale}", out)
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
     fig.get_layout_engine().set(rect=(0, 0.05, 1, 0.95))
     fig.suptitle(f"{data_label(df)}: two routes to BP-aligned hidden credit — widen PC at "
                  f"T = {budget}, or raise PC-ALM's budget at N = {route2}", fontsize=10)
-    return save(fig, experiment, out)
+    return save(fig, f"{experiment}-{scale}", out)
 
 
 if __name__ == "__main__":

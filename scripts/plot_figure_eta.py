@@ -111,7 +111,7 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
                   f"{'/'.join(map(str, budgets))} | {lam_text} | one epoch | seeds {seeds}",
                   scale)
     fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))
-    return save(fig, experiment, out)
+    return save(fig, f"{experiment}-{scale}", out)
 
 
 if __name__ == "__main__":
