@@ -23,6 +23,15 @@ from theory_runs import with_arrays  # noqa: E402
 REF = dict(color="0.25", linestyle=":", linewidth=1.1)
 
 
+def _radius_label(name: str, radius: float) -> str:
+    """The legend entry with the spectral radius of the iteration s⁺ = M s + b, saying what
+    ρ(M) = 0 means: PC's one state with η_h = 1/λ_max reaches its fixed point in one step,
+    which is PC's own (its error to BP stays), not BP's."""
+    if radius < 5e-4:
+        return f"{name} (ρ(M) = 0: one step reaches its own fixed point, not BP's)"
+    return f"{name} (ρ(M) = {radius:.3f})"
+
+
 def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
     df = read_table(tables, experiment, scale)
     runs = {row["algo.name"]: (row, arr) for row, arr in with_arrays(df, tables)}
@@ -43,7 +52,7 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
                       label=f"{name} multiplier λ")
         err = np.maximum(a["grad_error"], 1e-16)
         ax_g.semilogy(t, err, color=c, marker=".", markersize=3,
-                      label=f"{name} (ρ(M) = {float(row['spectral_radius']):.3f})")
+                      label=_radius_label(name, float(row["spectral_radius"])))
         ax_p.plot(a["z"], a["lam"], color=c, marker=".", markersize=4, linewidth=0.9,
                   label=name)
         ax_p.plot(a["z"][-1], a["lam"][-1], marker="o", markersize=7, color=c,

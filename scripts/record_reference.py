@@ -6,8 +6,9 @@ Copies <results>/tables/<exp>-<scale>.csv (one row per run: run id, config, numb
 provenance) as it is but for this machine's paths (`data.root`, `results_dir` and the same
 paths in `provenance.command`: relative to the repository, else `$PCALM_DATA` /
 `$PCALM_RESULTS`; pcalm.results.portable_table), and <exp>-<scale>-metrics.csv slimmed to
-the run id and the metric columns (the config is one join away, in the run table), so the record stays small. The
-figure and report targets read these when asked for SCALE=paper (see the Makefile).
+the run id and the metric columns (the config is one join away, in the run table), so the
+record stays small. The figure and report targets read these when asked for SCALE=paper (see
+the Makefile).
 """
 
 from __future__ import annotations
