@@ -47,6 +47,8 @@ from typing import Any
 MODES = ("none", "offline", "online")
 DEFAULT_PROJECT = "pcalm"
 TAGS_FILE = "pcalm-tags.json"  # under <run_dir>/wandb/: every tag the run was ever opened with
+# under <run_dir>/wandb/: the run's whole history and summary are in wandb (pcalm/wandb_log.py)
+LOGGED_FILE = "pcalm-logged.json"
 INIT_TIMEOUT_ENV = "PCALM_WANDB_INIT_TIMEOUT"
 DEFAULT_INIT_TIMEOUT_S = 20.0
 LAYER_KEY = "grad_cosine/layer_{:02d}"  # one metric per layer (1 = input layer)
@@ -174,9 +176,21 @@ class WandbTracker(Tracker):
             mode = str(getattr(getattr(run, "settings", None), "mode", ""))
             run.finish(exit_code=exit_code)
             if exit_code == 0 and self.summarised and self.run_dir is not None:
-                from pcalm.wandb_log import mark_logged  # its whole history and summary went
+                mark_logged(self.run_dir, run_id, mode)  # its whole history and summary went
 
-                mark_logged(self.run_dir, run_id, mode)
+
+def in_wandb(run_dir: str | os.PathLike) -> bool:
+    """Whether the run's whole history and summary went to wandb (online or offline)."""
+    return (Path(run_dir) / "wandb" / LOGGED_FILE).is_file()
+
+
+def mark_logged(run_dir: str | os.PathLike, run_id: str, mode: str) -> None:
+    """Record that the run in ``run_dir`` is wholly in wandb (atomically)."""
+    path = Path(run_dir) / "wandb" / LOGGED_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"run_id": run_id, "mode": mode}), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _import_wandb(mode: str) -> Any:

@@ -24,7 +24,6 @@ twice or be dropped as out of order. Hence:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -32,7 +31,8 @@ import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-LOGGED_FILE = "pcalm-logged.json"  # under <run_dir>/wandb/
+from pcalm.tracking import LOGGED_FILE, in_wandb, mark_logged  # noqa: F401  (re-exported)
+
 SUPERSEDED_DIR = "superseded"  # under <run_dir>/wandb/: folders a clean one replaced
 
 
@@ -65,20 +65,6 @@ def is_synced(offline: Path) -> bool:
 
 def unsynced_folders(wandb_dir: str | os.PathLike, run_id: str) -> list[Path]:
     return [f for f in offline_folders(wandb_dir, run_id) if not is_synced(f)]
-
-
-def in_wandb(run_dir: str | os.PathLike) -> bool:
-    """Whether the run's whole history and summary went to wandb (online or offline)."""
-    return (Path(run_dir) / "wandb" / LOGGED_FILE).is_file()
-
-
-def mark_logged(run_dir: str | os.PathLike, run_id: str, mode: str) -> None:
-    """Record that the run in ``run_dir`` is wholly in wandb (atomically)."""
-    path = Path(run_dir) / "wandb" / LOGGED_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"run_id": run_id, "mode": mode}), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def supersede(wandb_dir: str | os.PathLike, run_id: str, keep: Path | None) -> int:

@@ -96,7 +96,7 @@ def _spread(sd: float, n: int) -> str:
     `n=1` where one seed gives no sd."""
     if not math.isfinite(sd):
         return f"n={n}"
-    if sd == 0:
+    if 100 * sd < 0.005:  # seeds agree (to float rounding)
         return "±0"
     return f"±{100 * sd:.1f}" if round(100 * sd, 1) > 0 else "±<0.1"
 
@@ -228,8 +228,8 @@ def plot_grid(experiment: str, scale: str, tables: Path, out: Path | None) -> Pa
     bar = fig.colorbar(diff_image, ax=axes[:, 1:], orientation="horizontal", fraction=0.05,
                        aspect=40, pad=0.02)
     bar.set_label("accuracy difference (pp; > 0: first method better)")
-    bar.ax.xaxis.set_major_formatter(lambda v, _: signed(100 * v, 0) if abs(v) >= 0.02
-                                     else signed(100 * v, 1))
+    bar.ax.xaxis.set_major_formatter(lambda v, _: signed(100 * v, 0)
+                                     if abs(v) >= 0.02 or abs(v) < 1e-12 else signed(100 * v, 1))
 
     data = DATA_LABELS.get(str(df["data.name"].iloc[0]), df["data.name"].iloc[0]) \
         if "data.name" in df else "?"

@@ -60,6 +60,7 @@ def read_table(tables: Path, experiment: str, scale: str, kind: str = "") -> pd.
     """results/tables/<experiment>-<scale>[-kind].csv, or a one-line exit saying how to make it."""
     suffix = f"-{kind}" if kind else ""
     path = Path(tables) / f"{experiment}-{scale}{suffix}.csv"
+    scale = scale.partition("-")[0]  # a variant's table comes from the same commands + ARGS
     if not path.is_file():
         sys.exit(f"error: no table {path}: run `make {experiment} SCALE={scale}` "
                  f"(or `make collect EXP={experiment} SCALE={scale}`)")
