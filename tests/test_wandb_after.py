@@ -109,3 +109,38 @@ def test_a_synced_folder_stays_and_only_unsynced_ones_are_replaced(wandb_env, fa
     assert len(unsynced_folders(folder.path / "wandb", folder.id)) == 1
     assert consolidate(wandb_env / "results") == (0, 0)  # one unsynced folder: nothing to do
     assert first.parent.is_dir() and (folder.path / "wandb" / LOGGED_FILE).is_file()
+
+
+def test_the_figures_summary_run_says_how_many_of_its_runs_are_in_wandb(
+        wandb_env, fake_data_root, monkeypatch, capsys):  # noqa: F811
+    from pcalm.sweep import TableScope
+    from pcalm.tracking import summary_run_id
+    from tests.conftest import load_script
+
+    results = wandb_env / "results"
+    tracked = _train(fake_data_root, results, mode="offline")  # logged while training
+    raw = base_config(fake_data_root, results, model={"width": 8, "depth": 4},
+                      data={"train_size": 200, "test_size": 100},
+                      train={"batch_size": 50, "evals_per_epoch": 2, "seed": 1},
+                      logger={"mode": "offline", "scale": "smoke"})
+    raw["name"] = "figure2"
+    untracked_cfg = resolve_run_config({**raw, "logger": {**raw["logger"], "mode": "none"}})
+    execute([untracked_cfg], progress=False, say=lambda _: None)  # trained without a logger
+    untracked_cfg["logger"] = tracked.config["logger"]  # the figure is drawn with logger=offline
+    (results / "tables").mkdir(parents=True)
+    pd.DataFrame({"run_id": ["a"], "test_acc": [0.5]}).to_csv(
+        results / "tables" / "figure2-smoke.csv", index=False)
+    dashboard = load_script("scripts/dashboard.py")
+    scope = TableScope("figure2", "smoke", "", [tracked.config, untracked_cfg])
+    monkeypatch.setattr(dashboard, "table_scope", lambda overrides: scope)
+    assert dashboard.main(["experiment=figure2", "scale=smoke", "logger=offline"]) == 0
+    out = capsys.readouterr().out
+    assert "covering 2 runs of which 1 are in wandb" in out
+    assert "`make wandb-log EXP=figure2 SCALE=smoke`" in out
+    import wandb
+
+    wandb.teardown()
+    (path,) = (results / "dashboard" / "figure2-smoke" / "wandb").glob(
+        f"offline-run-*-{summary_run_id('figure2', 'smoke')}/run-*.wandb")
+    values = _summary_values(path)
+    assert (values["runs"], values["runs_in_wandb"]) == (2, 1)
