@@ -4,7 +4,10 @@
 
 Every key of configs/ is an override (`algo=bp|pc|pcalm`, `model.activation=tanh`,
 `train.seed=1`, `logger=offline`, ...). A run whose folder already holds summary.json is
-skipped. Sweeps: experiments/sweep.py (or `make sweep`).
+skipped. Sweeps and figures: `make sweep EXP=figure2`, `make figure2` (experiments/sweep.py);
+`-m experiment=figureN` names the grid and that command instead of launching one cell.
+`--help` lists the config groups and the make targets; tab completion:
+`eval "$(python experiments/run.py -sc install=bash)"`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pcalm.data import DataError  # noqa: E402
 from pcalm.eta import EtaTableError  # noqa: E402
 from pcalm.results import RunFolder, check_results_dir  # noqa: E402
 from pcalm.runner import execute  # noqa: E402
+from pcalm.sweep import multirun_refusal  # noqa: E402
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
@@ -49,8 +53,19 @@ def main(cfg: DictConfig) -> None:
         print(f"already complete: {path} (delete it to re-run)")
 
 
+def refuse_experiment_multirun(argv: list[str]) -> None:
+    """`-m experiment=figureN`: one line naming the grid and the command that runs it."""
+    try:
+        line = multirun_refusal(argv)
+    except ValueError as err:
+        exit_with(err)
+    if line:
+        exit_with(ValueError(line))
+
+
 if __name__ == "__main__":
     try:
+        refuse_experiment_multirun(sys.argv[1:])
         check_overrides(sys.argv[1:])
         main()
     except KeyboardInterrupt:

@@ -4,11 +4,19 @@
     python experiments/sweep.py experiment=figure2 scale=paper sweep.launcher=slurm \\
         hydra.launcher.partition=gpu hydra.launcher.timeout_min=120 --no-wait
 
+The make targets run it: `make sweep EXP=figure2 SCALE=smoke LAUNCHER=local ARGS='...'`, and
+`make figure2` (sweep, collect, plot); `make help` lists them all.
+
 Any config key is an override; `key=a,b` sets a grid axis, `key=a` pins one (pcalm/sweep.py).
 `hydra.launcher.*` overrides go to the launcher (configs/hydra/launcher/). Every run is
 validated before anything is launched. Runs already complete are skipped; if none is
 missing, nothing is launched. --dry-run stops after the plan; --no-wait (SLURM) returns once
 the jobs are submitted. Exit status: 0 all complete (or submitted), 1 runs missing, 2 bad input.
+
+As with Hydra apps: `-m`/`--multirun` is accepted (a sweep always runs the whole grid);
+`--cfg job` (or `-c job`) prints the grid and the first run's resolved config and stops;
+tab completion of keys and groups is run.py's (the same @hydra.main config):
+`eval "$(python experiments/sweep.py -sc install=bash)"`.
 """
 
 from __future__ import annotations
@@ -34,7 +42,6 @@ from pcalm.sweep import (
     job_count,
     load_sweep,
     plan_jobs,
-    run_cost,
     stack_size,
     stack_units,
 )
@@ -57,11 +64,57 @@ def split_args(argv: list[str]) -> tuple[set[str], list[str]]:
     if any(a in ("-h", "--help") for a in argv):  # usage: this module's docstring
         print(__doc__.strip())
         raise SystemExit(0)
-    flags = {a for a in argv if a.startswith("--")}
+    argv = [a for a in argv if a not in ("-m", "--multirun")]  # a sweep is always a multirun
+    flags = {a for a in argv if a.startswith("-")}
     unknown = sorted(flags - set(FLAGS))
     if unknown:
-        exit_with(ValueError(f"unknown flag {unknown[0]}: allowed: {', '.join(FLAGS)}"))
-    return flags, [a for a in argv if not a.startswith("--")]
+        exit_with(ValueError(f"unknown flag {unknown[0]}: allowed: {', '.join(FLAGS)}, -m, "
+                             "--cfg job, -sc install=bash"))
+    return flags, [a for a in argv if not a.startswith("-")]
+
+
+def completion(argv: list[str]) -> int:
+    """`-sc ...`: Hydra's shell completion of run.py (the same config tree), for this script."""
+    env = dict(os.environ)
+    if "COMP_LINE" in env:
+        env["COMP_LINE"] = env["COMP_LINE"].replace("sweep.py", "run.py", 1)
+    out = subprocess.run([sys.executable, str(REPO / "experiments" / "run.py"), *argv],
+                         env=env, capture_output=True, text=True)
+    text = out.stdout
+    if any(a.startswith("install=") or a.startswith("uninstall=") for a in argv):
+        text = text.replace("experiments/run.py", "experiments/sweep.py").replace(
+            "run.py", "sweep.py")
+    sys.stdout.write(text)
+    sys.stderr.write(out.stderr)
+    return out.returncode
+
+
+def show_config(overrides: list[str]) -> int:
+    """`--cfg job`: the expanded grid and the first run's resolved config, as YAML."""
+    import yaml
+
+    try:
+        sweep = load_sweep(overrides)
+    except (ValueError, EtaTableError) as err:
+        exit_with(err)
+    axes = {}
+    for cfg in sweep.configs:
+        for key in ("algo.name", "model.activation", "model.width", "model.depth",
+                    "train.seed"):
+            section, leaf = key.split(".")
+            axes.setdefault(key, [])
+            if cfg[section][leaf] not in axes[key]:
+                axes[key].append(cfg[section][leaf])
+    print(f"# {sweep.label}: {len(sweep.configs)} {plural(len(sweep.configs), 'run')}; "
+          "the values each key takes:")
+    print(yaml.safe_dump({"grid": axes}, sort_keys=False).rstrip())
+    print("# the first run:")
+    print(yaml.safe_dump(sweep.configs[0], sort_keys=False).rstrip())
+    return 0
+
+
+def plural(n: int, word: str) -> str:
+    return word if n == 1 else f"{word}s"
 
 
 def is_complete(cfg: dict) -> bool:
@@ -320,6 +373,13 @@ def waiting_on(configs: list[dict], queued: dict[str, str]) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
+    if any(a in ("-sc", "--shell-completion") for a in argv):
+        return completion(argv)
+    for flag in ("--cfg", "-c"):
+        if flag in argv:
+            i = argv.index(flag)
+            argv = argv[:i] + argv[i + 2:]  # its value: job | all (both print the same here)
+            return show_config(split_args(argv)[1])
     flags, overrides = split_args(argv)
     wait = "--no-wait" not in flags
     try:
@@ -338,9 +398,11 @@ def main(argv: list[str]) -> int:
         exit_with(err)
     elsewhere = waiting_on(sweep.configs, queued)
     in_slurm = f", {len(elsewhere)} in queued or running SLURM jobs (skipped)" if elsewhere else ""
-    print(f"{sweep.name} ({sweep.scale}): {len(sweep.configs)} runs, "
-          f"{len(sweep.configs) - len(pending) - len(elsewhere)} already complete (skipped)"
-          f"{in_slurm}, {len(pending)} to run in {len(jobs)} jobs on {launcher}", flush=True)
+    n = len(sweep.configs)
+    print(f"{sweep.name} ({sweep.scale}): {n} {plural(n, 'run')}, "
+          f"{n - len(pending) - len(elsewhere)} already complete (skipped)"
+          f"{in_slurm}, {len(pending)} to run in {len(jobs)} {plural(len(jobs), 'job')} on "
+          f"{launcher}", flush=True)
     if not pending:
         return still_queued(elsewhere, wait and "--dry-run" not in flags)
     if request:
@@ -351,7 +413,7 @@ def main(argv: list[str]) -> int:
     if "--dry-run" in flags:
         for i, job in enumerate(jobs):
             when = f", projected {describe_seconds(projected[i])}" if projected else ""
-            print(f"  job {i}: {len(job)} runs, relative cost {sum(map(run_cost, job)):.3g}{when}")
+            print(f"  job {i}: {len(job)} {plural(len(job), 'run')}{when}")
         return 0
     claimed = sweep_name(sweep, results_dir)  # its own folder, even if another sweep
     hydra_args = [quoted("sweep_name", claimed) if a == quoted("sweep_name", name) else a
@@ -361,7 +423,8 @@ def main(argv: list[str]) -> int:
     write_manifest(manifest, sweep, jobs, threads, projected, local_gpus)
     command = [sys.executable, str(RUN_JOB), "-m", *hydra_args, quoted("manifest", manifest),
                f"job=range(0,{len(jobs)})"]
-    env = {provenance.COMMAND_ENV: provenance.command()}  # each run records the user's command
+    env = {provenance.COMMAND_ENV: provenance.command(),  # each run records the user's command
+           provenance.SWEEP_ENV: name}  # and its sweep (folders, job logs)
     # submitit logs each line through its own stdout and stderr handlers and through Hydra's:
     # three copies in a job's log. Without its config, Hydra's handler prints it once.
     env["SUBMITIT_LOG_LEVEL"] = os.environ.get("SUBMITIT_LOG_LEVEL", "NOCONFIG")

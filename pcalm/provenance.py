@@ -21,8 +21,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("torch", "numpy", "hydra-core", "submitit", "wandb")
 # experiments/sweep.py passes the user's command to its jobs, which otherwise would only see
-# their own `run_job.py -m ...` line.
+# their own `run_job.py -m ...` line, and the sweep's name (its folders: results/sweeps/<name>/,
+# job logs in results/submitit/<name>/).
 COMMAND_ENV = "PCALM_COMMAND"
+SWEEP_ENV = "PCALM_SWEEP"
+# What SLURM tells a job about itself: with the sweep name, the way from a run to its job's
+# log (results/submitit/<sweep>/<array job id>_<task id>_log.out).
+SLURM_ENV = {"slurm_job_id": "SLURM_JOB_ID", "slurm_array_job_id": "SLURM_ARRAY_JOB_ID",
+             "slurm_array_task_id": "SLURM_ARRAY_TASK_ID"}
 
 
 def now() -> str:
@@ -56,12 +62,28 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def dirty_files(porcelain: str | None) -> tuple[int, int] | tuple[None, None]:
+    """(changed tracked files, untracked files) of `git status --porcelain` output."""
+    if porcelain is None:
+        return None, None
+    lines = [ln for ln in porcelain.splitlines() if ln.strip()]
+    untracked = sum(ln.startswith("??") for ln in lines)
+    return len(lines) - untracked, untracked
+
+
 @functools.lru_cache(maxsize=1)
 def code_and_environment() -> dict:
-    """Git commit and dirtiness (tracked files) and package versions, read once."""
+    """Git commit and dirtiness and package versions, read once.
+
+    The tree is dirty when a tracked file changed *or* a file git does not ignore is
+    untracked (a new module the run imported is code the commit does not have); the counts
+    of each say how much.
+    """
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    env = {"git_commit": commit, "git_dirty": None if status is None else bool(status),
+    changed, untracked = dirty_files(_git("status", "--porcelain", "--untracked-files=all"))
+    env = {"git_commit": commit,
+           "git_dirty": None if changed is None else bool(changed or untracked),
+           "git_changed_files": changed, "git_untracked_files": untracked,
            "python": platform.python_version()}
     env.update({name.replace("-core", ""): _version(name) for name in PACKAGES})
     return env
@@ -81,10 +103,29 @@ def command() -> str:
     return os.environ.get(COMMAND_ENV) or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
+def job() -> dict:
+    """The sweep this run belongs to and the SLURM job and array task that ran it (None
+    where not under a sweep or not on SLURM)."""
+    out = {"sweep": os.environ.get(SWEEP_ENV) or None}
+    out.update({key: os.environ.get(var) or None for key, var in SLURM_ENV.items()})
+    return out
+
+
+def cuda_versions(device) -> dict:
+    """The CUDA runtime torch was built with and cuDNN's version, for a run on a GPU."""
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda":
+        return {"cuda": None, "cudnn": None}
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"cuda": torch.version.cuda, "cudnn": cudnn}
+
+
 def record(device, started: str, finished: str) -> dict:
     """The provenance block of one run's summary."""
     import torch
 
-    return {**code_and_environment(), "device": str(device), "device_name": device_name(device),
-            "host": socket.gethostname(), "threads": torch.get_num_threads(),
+    return {**code_and_environment(), **cuda_versions(device), "device": str(device),
+            "device_name": device_name(device), "host": socket.gethostname(),
+            "threads": torch.get_num_threads(), **job(),
             "started": started, "finished": finished, "command": command()}

@@ -638,3 +638,76 @@ def iter_run_folders(results_dir: str | os.PathLike = "results") -> Iterator[Run
     for path in sorted(runs_dir.iterdir()):
         if (path / CONFIG_FILE).is_file():
             yield RunFolder.from_path(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Portable tables: what a collected table may carry off this machine
+# --------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+# Path columns of a table and the variable a user sets to say where that folder is.
+PATH_COLUMNS = {"data.root": "$PCALM_DATA", "results_dir": "$PCALM_RESULTS"}
+TEXT_COLUMNS_WITH_PATHS = ("provenance.command",)
+
+
+def portable_path(text: str, placeholder: str, repo: Path = REPO) -> str:
+    """An absolute path as a table may keep it: relative to the repository when inside it,
+    else ``placeholder`` (``$PCALM_DATA``); a relative path stays as it is."""
+    path = Path(text)
+    if not path.is_absolute():
+        return text
+    try:
+        return path.relative_to(repo).as_posix() or "."
+    except ValueError:
+        return placeholder
+
+
+def _json_cell(value: Any) -> Any:
+    """A list cell (``data.mirrors``, ``grad_cosine_per_layer``) as JSON text, also when an
+    older table holds it as a Python repr (``['https://…']``)."""
+    if isinstance(value, (list, tuple)):
+        return json.dumps(_plain(value))
+    if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
+        try:
+            json.loads(value)
+            return value
+        except ValueError:
+            import ast
+
+            try:
+                parsed = ast.literal_eval(value)  # literals only: never executes code
+            except (ValueError, SyntaxError):
+                return value
+            return json.dumps(_plain(parsed)) if isinstance(parsed, (list, tuple)) else value
+    return value
+
+
+def portable_table(df: pd.DataFrame, repo: Path = REPO) -> pd.DataFrame:
+    """The table without this machine's absolute paths (``data.root``, ``results_dir`` and
+    the same paths inside ``provenance.command``), list cells as JSON. Run ids are untouched:
+    none of these columns is part of a run's identity."""
+    df = df.copy()
+    replaced: dict[str, str] = {}
+    for column, placeholder in PATH_COLUMNS.items():
+        if column not in df:
+            continue
+        for value in df[column].dropna().unique():
+            if isinstance(value, str):
+                replaced[value] = portable_path(value, placeholder, repo)
+        df[column] = df[column].map(lambda v: replaced.get(v, v) if isinstance(v, str) else v)
+    longest_first = sorted(replaced.items(), key=lambda kv: -len(kv[0]))
+
+    def scrub(text: Any) -> Any:
+        if not isinstance(text, str):
+            return text
+        for old, new in longest_first:
+            text = text.replace(old, new)
+        return text
+
+    for column in TEXT_COLUMNS_WITH_PATHS:
+        if column in df:
+            df[column] = df[column].map(scrub)
+    for column in df.columns:
+        if df[column].dtype == object or pd.api.types.is_string_dtype(df[column]):
+            df[column] = df[column].map(_json_cell)
+    return df

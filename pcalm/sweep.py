@@ -373,3 +373,107 @@ def job_count(launcher: str, pending: int, runs_per_job: int, local_jobs: int | 
     if launcher == "local":
         return min(pending, local_jobs or cores)
     return 1
+
+
+# ------------------------------------------------------------------ what a table holds
+
+VARIANT_MAX_CHARS = 80  # longer variant names are cut and end in a hash of the whole
+
+
+@dataclass
+class TableScope:
+    """What one collected table (and the figure drawn from it) covers.
+
+    A table never shrinks because part of its grid was run: it holds every complete run of the
+    experiment's whole grid *plus* the runs the command line asked for (`model.width=8` pins an
+    axis for the sweep, not for the table). A setting that changes the runs themselves outside
+    the grid (`data.train_size=6000`, `inference.budget=32`, `data=mnist`) makes another
+    experiment: its table and figure get that setting in their name (the `variant`), so they
+    never overwrite the experiment's own.
+    """
+
+    name: str  # the experiment
+    scale: str
+    variant: str  # "" for the experiment as configured, else e.g. "data.train_size=6000"
+    configs: list[dict]  # the whole grid's runs, then any the command line added
+
+    @property
+    def label(self) -> str:
+        """`<experiment>-<scale>[-<variant>]`: the stem of the table and figure files."""
+        return f"{self.name}-{self.scale}" + (f"-{self.variant}" if self.variant else "")
+
+    @property
+    def scale_label(self) -> str:
+        """`<scale>[-<variant>]`: what plot scripts take as --scale to find the table."""
+        return self.scale + (f"-{self.variant}" if self.variant else "")
+
+
+def table_scope(overrides: list[str]) -> TableScope:
+    """The table an experiment's overrides collect into (see `TableScope`)."""
+    from pcalm.results import NON_NUMERIC_KEYS
+
+    requested = load_sweep(overrides)
+    parsed = cli.parse_overrides(overrides)
+    base = cli.compose(_compose_part(overrides)[0])
+    grid_keys = set(OmegaConf.to_container(base.sweep.grid, resolve=False)) \
+        if OmegaConf.select(base, "sweep.grid") is not None else set()
+    keep, changing = [], []
+    for o in parsed:
+        if o.key in NOT_SWEEPABLE or o.key == "name":
+            keep.append(o.text)
+        elif o.key.startswith(("sweep", "hydra")) or o.key in grid_keys:
+            continue  # narrows, extends or launches the grid: the table keeps the whole grid
+        else:
+            keep.append(o.text)
+            if not any(o.key == k or o.key.startswith(f"{k}.") for k in NON_NUMERIC_KEYS):
+                changing.append(o.text)
+    whole = load_sweep(keep) if keep != overrides else requested
+    variant = ""
+    if changing:  # only if the runs really differ from the experiment's own (not a default)
+        plain = [t for t in keep if t not in changing]
+        own = {RunFolder(c["results_dir"], c).id for c in load_sweep(plain).configs}
+        if any(RunFolder(c["results_dir"], c).id not in own for c in whole.configs):
+            variant = variant_name(changing)
+    configs, seen = [], set()
+    for cfg in whole.configs + requested.configs:
+        rid = RunFolder(cfg["results_dir"], cfg).id
+        if rid not in seen:
+            seen.add(rid)
+            configs.append(cfg)
+    return TableScope(requested.name, requested.scale, variant, configs)
+
+
+def variant_name(overrides: list[str]) -> str:
+    """A file-name-safe name for the overrides that change an experiment, e.g.
+    `data.train_size=6000+inference.budget=32` (sorted; cut with a hash when long)."""
+    import hashlib
+    import re
+
+    text = "+".join(sorted(t.lstrip("+~") for t in overrides))
+    safe = re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
+    if len(safe) <= VARIANT_MAX_CHARS:
+        return safe
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{safe[:VARIANT_MAX_CHARS - 9]}~{digest}"
+
+
+def multirun_refusal(argv: list[str]) -> str | None:
+    """What `run.py -m experiment=figureN ...` must say instead of running.
+
+    Hydra's `-m` sweeps only the keys given as `key=a,b`; an experiment's grid lives in
+    `sweep.grid`, which only experiments/sweep.py expands, so Hydra would silently launch the
+    base cell alone. Returns the one-line refusal (naming the grid's size and the command that
+    runs it), or None when `argv` is not such a multirun or its grid is a single run.
+    """
+    if not any(a in ("-m", "--multirun") for a in argv):
+        return None
+    overrides = [a for a in argv if not a.startswith("-")]
+    if not any(a.startswith("experiment=") for a in overrides):
+        return None
+    sweep = load_sweep([a for a in overrides if not a.startswith(("hydra.", "hydra/"))])
+    if len(sweep.configs) <= 1:
+        return None
+    return (f"experiment={sweep.name} is a grid of {len(sweep.configs)} runs (sweep.grid, "
+            f"scale={sweep.scale}) that run.py -m would not expand (it would launch one run): "
+            f"run it with `python experiments/sweep.py {' '.join(overrides)}` or "
+            f"`make sweep EXP={sweep.name} SCALE={sweep.scale}`")

@@ -47,6 +47,8 @@ from typing import Any
 MODES = ("none", "offline", "online")
 DEFAULT_PROJECT = "pcalm"
 TAGS_FILE = "pcalm-tags.json"  # under <run_dir>/wandb/: every tag the run was ever opened with
+# under <run_dir>/wandb/: the run's whole history and summary are in wandb (pcalm/wandb_log.py)
+LOGGED_FILE = "pcalm-logged.json"
 INIT_TIMEOUT_ENV = "PCALM_WANDB_INIT_TIMEOUT"
 DEFAULT_INIT_TIMEOUT_S = 20.0
 LAYER_KEY = "grad_cosine/layer_{:02d}"  # one metric per layer (1 = input layer)
@@ -91,6 +93,9 @@ class NullTracker(Tracker):
     def finish(self, exit_code: int = 0) -> None:
         pass
 
+    def note(self, d: Mapping[str, Any]) -> None:
+        pass
+
     def log_figure(self, key: str, png: str | os.PathLike) -> None:
         pass
 
@@ -103,8 +108,10 @@ class WandbTracker(Tracker):
     """Forwards to one wandb run object (never to the global ``wandb.run``, so several
     trackers can be open in one process)."""
 
-    def __init__(self, run: Any):
+    def __init__(self, run: Any, run_dir: Path | None = None):
         self.run = run
+        self.run_dir = run_dir  # where pcalm.wandb_log marks a run wholly logged
+        self.summarised = False
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         if self.run is not None:
@@ -116,6 +123,7 @@ class WandbTracker(Tracker):
         one ``grad_cosine/layer_NN`` per layer, plus a ``grad_cosine_per_layer`` Table."""
         if self.run is None:
             return
+        self.summarised = True
         d = dict(d)
         layers = d.pop("grad_cosine_per_layer", None)
         metrics = {k: d[k] for k in ("grad_cosine", "grad_rel_error") if k in d}
@@ -133,6 +141,11 @@ class WandbTracker(Tracker):
             self.run.log(metrics, **({"step": int(step)} if isinstance(step, int) else {}))
             self.run.summary.update({k: v for k, v in metrics.items()
                                      if k != "grad_cosine_per_layer"})
+
+    def note(self, d: Mapping[str, Any]) -> None:
+        """Plain values into the run summary (e.g. how many of a figure's runs are in wandb)."""
+        if self.run is not None:
+            self.run.summary.update(dict(d))
 
     def log_figure(self, key: str, png: str | os.PathLike) -> None:
         """A figure (PNG) as an image."""
@@ -159,7 +172,25 @@ class WandbTracker(Tracker):
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:
             run, self.run = self.run, None  # idempotent even if finish itself raises
+            run_id = str(getattr(run, "id", ""))
+            mode = str(getattr(getattr(run, "settings", None), "mode", ""))
             run.finish(exit_code=exit_code)
+            if exit_code == 0 and self.summarised and self.run_dir is not None:
+                mark_logged(self.run_dir, run_id, mode)  # its whole history and summary went
+
+
+def in_wandb(run_dir: str | os.PathLike) -> bool:
+    """Whether the run's whole history and summary went to wandb (online or offline)."""
+    return (Path(run_dir) / "wandb" / LOGGED_FILE).is_file()
+
+
+def mark_logged(run_dir: str | os.PathLike, run_id: str, mode: str) -> None:
+    """Record that the run in ``run_dir`` is wholly in wandb (atomically)."""
+    path = Path(run_dir) / "wandb" / LOGGED_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"run_id": run_id, "mode": mode}), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _import_wandb(mode: str) -> Any:
@@ -304,7 +335,7 @@ def _open_run(logger_cfg: Mapping[str, Any], run_dir: Path, tags, *, group: str,
         group=group, tags=tags, resume="allow", dir=str(run_dir), reinit=_reinit(wandb), **init,
     )
     _record(run_dir, tags, group)
-    return WandbTracker(run)
+    return WandbTracker(run, run_dir)
 
 
 def summary_run_id(experiment: str, scale: str) -> str:

@@ -7,9 +7,15 @@
 and scale (id `<experiment>-<scale>-summary`, job_type `figure`, group `<experiment>-<scale>`,
 kept under <results_dir>/dashboard/<experiment>-<scale>/wandb/) and logs
 
-- `figure`: figures/<experiment>.png (the plot script's output; `--figure PATH` for another);
+- `figure`: figures/<experiment>-<scale>.png (the plot script's output; `--figure PATH` for
+  another);
 - `runs`: results/tables/<experiment>-<scale>.csv as a wandb Table, and that CSV (with the
-  per-evaluation `-metrics.csv`) as an artifact `<experiment>-<scale>` of type `table`.
+  per-evaluation `-metrics.csv`) as an artifact `<experiment>-<scale>` of type `table`;
+- in its config and summary: `runs` (finished runs in the table) and `runs_in_wandb` (how many
+  of them are wholly in wandb); it prints both, and `make wandb-log` logs the others.
+
+An override that changes the experiment (`data.train_size=600`) names the table, the figure
+and the summary run after it, as `scripts/collect.py` does (`<experiment>-<scale>-<setting>`).
 
 Runs of the grid that were tracked under another experiment (the same cell, so the same run)
 get this experiment's tags too: their wandb run is resumed once to add them.
@@ -23,8 +29,16 @@ from pathlib import Path
 from pcalm.cli import REPO, exit_with
 from pcalm.eta import EtaTableError
 from pcalm.results import RunFolder
-from pcalm.sweep import load_sweep
-from pcalm.tracking import effective_mode, open_summary_run, open_tracker, recorded, run_meta
+from pcalm.sweep import table_scope
+from pcalm.tracking import (
+    effective_mode,
+    open_summary_run,
+    open_tracker,
+    recorded,
+    run_meta,
+    summary_run_id,
+)
+from pcalm.wandb_log import in_wandb, supersede, unsynced_folders
 
 SWEEP_FLAGS = ("--dry-run", "--no-wait")  # sweep.py's; ignored so `make figureN ARGS=` works
 
@@ -59,34 +73,48 @@ def main(argv: list[str]) -> int:
         return 0
     overrides = [a for a in argv if a not in SWEEP_FLAGS]
     try:
-        sweep = load_sweep(overrides)
-        logger = sweep.configs[0]["logger"]
+        scope = table_scope(overrides)
+        logger = scope.configs[0]["logger"]
         if effective_mode(logger) in ("none", "disabled"):
             return 0
-        results = Path(sweep.configs[0]["results_dir"])
-        table = results / "tables" / f"{sweep.label}.csv"
+        results = Path(scope.configs[0]["results_dir"])
+        table = results / "tables" / f"{scope.label}.csv"
         if not table.is_file():
-            exit_with(ValueError(f"no table {table}: run `make collect EXP={sweep.name} "
-                                 f"SCALE={sweep.scale}` first"))
-        figure = figure or REPO / "figures" / f"{sweep.name}.png"
-        retagged = retag(sweep.configs)
-        tracker = open_summary_run(logger, sweep.name, sweep.scale,
-                                   results / "dashboard" / sweep.label,
-                                   {"experiment": sweep.name, "scale": sweep.scale,
-                                    "runs": len(sweep.configs)})
+            exit_with(ValueError(f"no table {table}: run `make collect EXP={scope.name} "
+                                 f"SCALE={scope.scale}` first"))
+        figure = figure or REPO / "figures" / f"{scope.label}.png"
+        retagged = retag(scope.configs)
+        finished = [f for f in (RunFolder(c["results_dir"], c) for c in scope.configs)
+                    if f.exists_complete()]
+        tracked = sum(in_wandb(f.path) for f in finished)
+        counts = {"runs": len(finished), "runs_in_wandb": tracked}
+        tracker = open_summary_run(logger, scope.name, scope.scale_label,
+                                   results / "dashboard" / scope.label,
+                                   {"experiment": scope.name, "scale": scope.scale,
+                                    "variant": scope.variant, **counts})
         with tracker:
             if figure.is_file():
                 tracker.log_figure("figure", figure)
-            tracker.log_table("runs", table, artifact=sweep.label,
-                              extra_files=(table.with_name(f"{sweep.label}-metrics.csv"),))
+            tracker.log_table("runs", table, artifact=scope.label,
+                              extra_files=(table.with_name(f"{scope.label}-metrics.csv"),))
+            tracker.note(counts)
+        # each summary run is logged whole: older unsynced copies would only replay into it
+        wandb_dir = results / "dashboard" / scope.label / "wandb"
+        rid = summary_run_id(scope.name, scope.scale_label)
+        newest = unsynced_folders(wandb_dir, rid)[-1:]
+        if newest:
+            supersede(wandb_dir, rid, newest[0])
     except (ValueError, EtaTableError) as err:
         exit_with(err)
     shown = f"{figure.name} and " if figure.is_file() else ""
     again = f"; {retagged} runs of other experiments tagged" if retagged else ""
+    missing = len(finished) - tracked
+    rest = (f"; {missing} have no wandb history yet: `make wandb-log EXP={scope.name} "
+            f"SCALE={scope.scale}` logs them") if missing else ""
     print(f"wandb ({effective_mode(logger)}): {shown}{table.name} in run "
-          f"{sweep.label}-summary{again}")
+          f"{scope.label}-summary, covering {len(finished)} runs of which {tracked} are in "
+          f"wandb{again}{rest}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

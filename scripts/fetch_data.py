@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fetched = download(root, args.mirror)
     except DataError as exc:
-        print(exc, file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     error = verify(root)
     if error is not None:
-        print(error, file=sys.stderr)
+        print(f"error: {error}", file=sys.stderr)
         return 1
     what = f"downloaded {len(fetched)} files" if fetched else "nothing to download"
     print(f"data OK: MNIST and Fashion-MNIST under {root} (MD5 verified), {what}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from plotting import ACTIVATION_LABELS, ALGO_LABELS, plt, read_table, save, settings_note
+from plotting import ACTIVATION_LABELS, ALGO_LABELS, plt, read_table, save, settings_note, signed
 
 CHANCE = 0.10  # 10 classes
 ACTIVATION_ORDER = ("identity", "tanh", "relu")
@@ -25,6 +25,8 @@ ALGO_ORDER = ("bp", "pc", "pcalm")
 DATA_LABELS = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "synthetic": "synthetic"}
 KEY = ["model.activation", "model.width", "model.depth"]
 DIFFERENCES = (("pc", "bp"), ("pcalm", "bp"), ("pcalm", "pc"))  # columns 2-4 of Figure 2
+SD_MIN_PT = 6.5  # the per-cell sd stays legible when the figure is scaled to a paper column
+MIN_PANEL_IN = 1.75  # a 1×1 or 1×N grid: titles and colour-bar labels must not overlap
 CPU_SUBSET_LIMIT = 2048  # configs/scale/paper_cpu.yaml: sweep.max_width_times_depth
 
 
@@ -89,7 +91,17 @@ def _text_colour(cmap, norm, value: float) -> str:
     return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
 
 
-def _heatmap(ax, cells: dict, widths, depths, cmap, norm, signed: bool, fontsize: float):
+def _spread(sd: float, n: int) -> str:
+    """The per-cell sd over seeds (`±0.4`); `±<0.1` where it rounds to zero but is not,
+    `n=1` where one seed gives no sd."""
+    if not math.isfinite(sd):
+        return f"n={n}"
+    if 100 * sd < 0.005:  # seeds agree (to float rounding)
+        return "±0"
+    return f"±{100 * sd:.1f}" if round(100 * sd, 1) > 0 else "±<0.1"
+
+
+def _heatmap(ax, cells: dict, widths, depths, cmap, norm, is_signed: bool, fontsize: float):
     """One panel: cells {(width, depth): (mean, sd, n, n_diverged)}; deep rows on top."""
     grid = np.full((len(depths), len(widths)), np.nan)
     for (w, d), (mean, *_rest) in cells.items():
@@ -104,12 +116,11 @@ def _heatmap(ax, cells: dict, widths, depths, cmap, norm, signed: bool, fontsize
                         color="0.35")
                 continue
             colour = _text_colour(cmap, norm, mean)
-            value = f"{100 * mean:+.1f}" if signed else f"{100 * mean:.1f}"
+            value = signed(100 * mean) if is_signed else f"{100 * mean:.1f}"
             ax.text(j, i + 0.08, value, ha="center", va="center", fontsize=fontsize,
                     color=colour, fontweight="bold")
-            spread = f"±{100 * sd:.1f}" if math.isfinite(sd) else f"n={n}"
-            ax.text(j, i - 0.22, spread, ha="center", va="center", fontsize=fontsize * 0.72,
-                    color=colour)
+            ax.text(j, i - 0.24, _spread(sd, n), ha="center", va="center",
+                    fontsize=max(SD_MIN_PT, fontsize * 0.8), color=colour)
             if n_div:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///",
                                            edgecolor="0.15", linewidth=0))
@@ -154,6 +165,21 @@ def _not_run_note(df: pd.DataFrame, widths: list[int], depths: list[int]) -> str
     return "not run (no complete run)"
 
 
+def _chance_note(df: pd.DataFrame, summary: dict, batch: int) -> str:
+    """Why BP sits at chance in some cells (at smoke scale: too few steps for N = 8)."""
+    acc = summary["acc"]
+    bp = acc[(acc["algo.name"] == "bp") & (acc["mean"] < CHANCE + 0.03)]
+    if bp.empty:
+        return ""
+    widths = sorted({int(w) for w in bp["model.width"]})
+    size = pd.to_numeric(df.get("data.train_size"), errors="coerce")
+    size = int(size.iloc[0]) if size is not None and size.notna().any() else 60000
+    steps = size // max(batch, 1)
+    where = ", ".join(f"N = {w}" for w in widths)
+    return (f"\nBP is at chance where {where}: too narrow to learn in {steps} steps "
+            f"({size} samples, one epoch); a difference there compares noise around 10 %")
+
+
 def plot_grid(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
     df = normalise(read_table(tables, experiment, scale))
     summary = grid_summary(df)
@@ -177,12 +203,12 @@ def plot_grid(experiment: str, scale: str, tables: Path, out: Path | None) -> Pa
     diff_cmap = plt.get_cmap("PuOr").copy()  # neither end looks like an algorithm's colour
 
     n_cells = max(len(widths), len(depths))
-    panel = 0.55 + 0.42 * n_cells
-    fontsize = 8.5 if n_cells <= 3 else 7 if n_cells <= 5 else 6
+    panel = max(MIN_PANEL_IN, 0.55 + 0.42 * n_cells)
+    fontsize = 9 if n_cells <= 3 else 8 if n_cells <= 5 else 7
     fig, axes = plt.subplots(len(activations), 4, figsize=(4 * panel + 0.9, len(activations)
                              * panel + 1.3), squeeze=False, layout="constrained")
-    titles = ["BP test accuracy (%)",
-              *(f"{ALGO_LABELS[a]} − {ALGO_LABELS[b]} (pp)" for a, b in DIFFERENCES)]
+    titles = ["BP test accuracy\n(%)",
+              *(f"{ALGO_LABELS[a]} − {ALGO_LABELS[b]}\n(pp)" for a, b in DIFFERENCES)]
     acc_image = diff_image = None
     for r, act in enumerate(activations):
         acc_image = _heatmap(axes[r, 0], _cells(acc[acc["algo.name"] == "bp"], act), widths,
@@ -201,19 +227,19 @@ def plot_grid(experiment: str, scale: str, tables: Path, out: Path | None) -> Pa
     bar.ax.xaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}")
     bar = fig.colorbar(diff_image, ax=axes[:, 1:], orientation="horizontal", fraction=0.05,
                        aspect=40, pad=0.02)
-    bar.set_label("accuracy difference (percentage points; > 0: first method better)")
-    bar.ax.xaxis.set_major_formatter(lambda v, _: f"{100 * v:+.0f}" if abs(v) >= 0.02
-                                     else f"{100 * v:+.1f}")
+    bar.set_label("accuracy difference (pp; > 0: first method better)")
+    bar.ax.xaxis.set_major_formatter(lambda v, _: signed(100 * v, 0)
+                                     if abs(v) >= 0.02 or abs(v) < 1e-12 else signed(100 * v, 1))
 
     data = DATA_LABELS.get(str(df["data.name"].iloc[0]), df["data.name"].iloc[0]) \
         if "data.name" in df else "?"
     seeds = sorted(int(s) for s in df["train.seed"].unique()) if "train.seed" in df else []
-    fig.suptitle(f"{data}: test accuracy after one epoch across width × depth "
+    fig.suptitle(f"{data}: test accuracy after one epoch across width × depth\n"
                  "(BP, and differences between methods)", fontsize=10)
     batch = int(df["train.batch_size"].iloc[0]) if "train.batch_size" in df else 64
     settings_note(fig, f"{data} | T = 2L, η_h = 1/λ_max per cell | batch {batch}, one epoch | "
                   f"mean over seeds {seeds}, small: ± sd (differences paired by seed)\n"
                   "hatched: a run of the cell diverged (counted as chance, 10 %) | grey: "
-                  + _not_run_note(df, widths, depths), scale)
+                  + _not_run_note(df, widths, depths) + _chance_note(df, summary, batch), scale)
     fig.get_layout_engine().set(h_pad=0.06, rect=(0, 0.045, 1, 0.955))
-    return save(fig, experiment, out)
+    return save(fig, f"{experiment}-{scale}", out)

@@ -17,10 +17,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from plotting import ALGO_COLORS, ALGO_LABELS, parse_args, plt, read_table, save, settings_note  # noqa: E402,I001
+from plotting import (  # noqa: E402,I001
+    ALGO_COLORS, ALGO_LABELS, MINUS, parse_args, plt, read_table, save, settings_note,
+)
 from theory_runs import with_arrays  # noqa: E402
 
 REF = dict(color="0.25", linestyle=":", linewidth=1.1)
+
+
+def _radius_label(name: str, radius: float) -> str:
+    """The legend entry with the spectral radius of the iteration s⁺ = M s + b, saying what
+    ρ(M) = 0 means: PC's one state with η_h = 1/λ_max reaches its fixed point in one step,
+    which is PC's own (its error to BP stays), not BP's."""
+    if radius < 5e-4:
+        return f"{name} (ρ(M) = 0: one step to its\nown fixed point, not BP's)"
+    return f"{name} (ρ(M) = {radius:.3f})"
 
 
 def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
@@ -43,15 +54,15 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
                       label=f"{name} multiplier λ")
         err = np.maximum(a["grad_error"], 1e-16)
         ax_g.semilogy(t, err, color=c, marker=".", markersize=3,
-                      label=f"{name} (ρ(M) = {float(row['spectral_radius']):.3f})")
+                      label=_radius_label(name, float(row["spectral_radius"])))
         ax_p.plot(a["z"], a["lam"], color=c, marker=".", markersize=4, linewidth=0.9,
                   label=name)
         ax_p.plot(a["z"][-1], a["lam"][-1], marker="o", markersize=7, color=c,
                   markerfacecolor="none")
-    ax_z.axhline(h, **REF, label=f"forward value h = {h:.3g}")
-    ax_c.axhline(neg_delta, **REF, label=f"BP adjoint −δ = {neg_delta:.3g}")
+    ax_z.axhline(h, **REF, label=f"forward value h = {h:.3g}".replace("-", MINUS))
+    ax_c.axhline(neg_delta, **REF, label=f"BP adjoint −δ = {neg_delta:.3g}".replace("-", MINUS))
     ax_g.axhline(1e-6, color="0.6", linewidth=0.8, linestyle="--")
-    ax_g.text(0.98, 1.4e-6, "1e-6", color="0.45", fontsize=7, ha="right", va="bottom",
+    ax_g.text(0.98, 1.4e-6, "10⁻⁶", color="0.45", fontsize=7, ha="right", va="bottom",
               transform=ax_g.get_yaxis_transform())
     ax_p.plot([h], [neg_delta], marker="*", markersize=12, color="0.15", linestyle="none",
               label="BP point (h, −δ)")
@@ -75,7 +86,7 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
     fig.get_layout_engine().set(rect=(0, 0.05, 1, 0.95))
     fig.suptitle("Scalar two-layer linear network: PC-ALM's credit reaches the BP adjoint, "
                  "PC's does not", fontsize=10)
-    return save(fig, experiment, out)
+    return save(fig, f"{experiment}-{scale}", out)
 
 
 if __name__ == "__main__":

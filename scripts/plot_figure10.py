@@ -71,6 +71,9 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
                 _curve(axes[1, c], g, "train_loss", ALGO_COLORS[algo], style, label)
         axes[0, c].set_title(ACTIVATION_LABELS.get(act, act))
         axes[0, c].axhline(CHANCE, color="0.6", linewidth=0.8, linestyle=":")
+        axes[0, c].annotate("chance (10 %)", xy=(1, CHANCE), xycoords=("axes fraction", "data"),
+                            xytext=(-2, 2), textcoords="offset points", ha="right",
+                            va="bottom", fontsize=7, color="0.45")
         axes[0, c].yaxis.set_major_formatter(lambda v, _: f"{100 * v:.4g}")
         axes[1, c].set_xlabel(f"training step (batch {batch})")
         for r in range(2):
@@ -96,7 +99,7 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
                   f"{', '.join(map(str, budgets)) or '–'} (line style), η_h = 1/λ_max | "
                   f"{evals} evaluations per epoch | mean ± sd over seeds {seeds}", scale)
     fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))
-    return save(fig, experiment, out)
+    return save(fig, f"{experiment}-{scale}", out)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
                   f"seed {int(first['train.seed'])}", scale)
     fig.get_layout_engine().set(rect=(0, 0.035, 1, 0.965))
     fig.suptitle("Credit propagation: diffusive (PC) vs ballistic (PC-ALM)", fontsize=10)
-    return save(fig, experiment, out)
+    return save(fig, f"{experiment}-{scale}", out)
 
 
 if __name__ == "__main__":

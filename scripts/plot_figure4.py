@@ -126,7 +126,7 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
     fig.get_layout_engine().set(rect=(0, 0.05, 1, 0.95))
     fig.suptitle("Linear PC-ALM: iteration-matrix spectrum and activity traces converging "
                  "to the forward pass and the BP adjoint", fontsize=10)
-    return save(fig, experiment, out)
+    return save(fig, f"{experiment}-{scale}", out)
 
 
 if __name__ == "__main__":

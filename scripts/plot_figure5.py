@@ -83,7 +83,7 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
                   f"{eta_text(df)} | ρ = 1 | {seeds_text(df)}", scale)
     fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))
     fig.suptitle("Gradient alignment to BP at initialisation vs inference steps", fontsize=10)
-    return save(fig, experiment, out)
+    return save(fig, f"{experiment}-{scale}", out)
 
 
 if __name__ == "__main__":

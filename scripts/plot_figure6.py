@@ -107,7 +107,7 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
                   f"(also for sp) | one epoch | mean ± sd over seeds {seeds}"
                   + (f" | {n_div} diverged runs counted as chance" if n_div else ""), scale)
     fig.get_layout_engine().set(rect=(0, 0.035, 1, 0.965))
-    return save(fig, experiment, out)
+    return save(fig, f"{experiment}-{scale}", out)
 
 
 def main(experiment: str = "figure6") -> None:

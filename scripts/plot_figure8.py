@@ -38,6 +38,16 @@ def _group(runs, algo: str, width: int) -> list[dict]:
     return [a for row, a in runs if row["algo.name"] == algo and int(row["model.width"]) == width]
 
 
+def label_widths(ax, xs, ms, widths) -> None:
+    """`N=…` beside each point of a widening route, alternately below and above it, so that
+    neighbours close on the log-FLOPs axis (N = 512, 1024) never run into each other."""
+    for i, (x, m, n) in enumerate(zip(xs, ms, widths)):
+        below = i % 2 == 0
+        ax.annotate(f"N={int(n)}", (x, m), xytext=(0, -11 if below else 6),
+                    textcoords="offset points", fontsize=7, color=ALGO_COLORS["pc"],
+                    ha="center")
+
+
 def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
     df = read_table(tables, experiment, scale)
     runs = with_arrays(df, tables)
@@ -70,9 +80,7 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
             ax.errorbar(xs, ms, yerr=sds, color=ALGO_COLORS["pc"], marker="o", markersize=5,
                         linewidth=1.8, capsize=2,
                         label=f"route 1: widen {ALGO_LABELS['pc']} (T = {budget})")
-            for x, m, n in zip(xs, ms, ns):
-                ax.annotate(f"N={n}", (x, m), xytext=(0, -11), textcoords="offset points",
-                            fontsize=6.5, color=ALGO_COLORS["pc"], ha="center")
+            label_widths(ax, xs, ms, ns)
         # Route 1 at equilibrium: PC run until z stops changing (pcalm.figure_tasks).
         eq = df[df["algo.name"] == "pc"] if f"{key}_equilibrium" in df else df.iloc[0:0]
         if len(eq):
@@ -83,9 +91,7 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
                         color=ALGO_COLORS["pc"], marker="o", markerfacecolor="white",
                         markersize=5, linewidth=1.2, linestyle="--", capsize=2,
                         label=f"route 1 at equilibrium: {ALGO_LABELS['pc']} to T ≈ 2L²/η_h")
-            for x, m, n in zip(stats["x"], stats["m"], stats["model.width"]):
-                ax.annotate(f"N={int(n)}", (x, m), xytext=(0, -11), textcoords="offset points",
-                            fontsize=6.5, color=ALGO_COLORS["pc"], ha="center")
+            label_widths(ax, stats["x"], stats["m"], stats["model.width"])
         # Route 2: PC-ALM at N = route2 over t; markers at multiples of L.
         group = _group(runs, "pcalm", route2)
         if group and key in group[0]:
@@ -123,7 +129,7 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
     fig.get_layout_engine().set(rect=(0, 0.05, 1, 0.95))
     fig.suptitle(f"{data_label(df)}: two routes to BP-aligned hidden credit — widen PC at "
                  f"T = {budget}, or raise PC-ALM's budget at N = {route2}", fontsize=10)
-    return save(fig, experiment, out)
+    return save(fig, f"{experiment}-{scale}", out)
 
 
 if __name__ == "__main__":

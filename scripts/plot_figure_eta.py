@@ -77,7 +77,7 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
     settings_note(fig, f"{data} | T = {'/'.join(map(str, budgets))} (2L) | λ_max = 1/η_h of "
                   f"the cell's table step (authors') | one epoch | seeds {seeds}", scale)
     fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))
-    return save(fig, experiment, out)
+    return save(fig, f"{experiment}-{scale}", out)
 
 
 def _panel(ax, df: pd.DataFrame, net) -> None:

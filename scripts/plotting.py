@@ -30,10 +30,27 @@ plt.rcParams.update({
 })
 
 
+SCALES = ("smoke", "paper", "paper_cpu")
+
+
+def scale_arg(text: str) -> str:
+    """`<scale>` or `<scale>-<variant>` (a table of an experiment with a changed setting, as
+    `scripts/collect.py --print-scale` names it); the figure is then `<experiment>-<text>`."""
+    scale, _, variant = text.partition("-")
+    if scale not in SCALES or (_ and not variant) or "/" in variant:
+        raise argparse.ArgumentTypeError(
+            f"bad value {text!r}: allowed: {', '.join(SCALES)}, optionally followed by "
+            "-<variant> as `scripts/collect.py --print-scale` prints it")
+    return text
+
+
 def parse_args(description: str) -> argparse.Namespace:
-    """The common CLI of plot scripts: --scale picks the table, --out the figure path."""
+    """The common CLI of plot scripts: --scale picks the table (results/tables/
+    <experiment>-<scale>.csv) and names the figure (figures/<experiment>-<scale>.{pdf,png}),
+    --out sets another figure path."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--scale", default="smoke", choices=("smoke", "paper", "paper_cpu"))
+    parser.add_argument("--scale", default="smoke", type=scale_arg,
+                        help=f"{' | '.join(SCALES)} [-<variant>] (default: smoke)")
     parser.add_argument("--tables", type=Path, default=TABLES, help="collected tables folder")
     parser.add_argument("--out", type=Path, default=None, help="figure path without suffix")
     return parser.parse_args()
@@ -43,6 +60,7 @@ def read_table(tables: Path, experiment: str, scale: str, kind: str = "") -> pd.
     """results/tables/<experiment>-<scale>[-kind].csv, or a one-line exit saying how to make it."""
     suffix = f"-{kind}" if kind else ""
     path = Path(tables) / f"{experiment}-{scale}{suffix}.csv"
+    scale = scale.partition("-")[0]  # a variant's table comes from the same commands + ARGS
     if not path.is_file():
         sys.exit(f"error: no table {path}: run `make {experiment} SCALE={scale}` "
                  f"(or `make collect EXP={experiment} SCALE={scale}`)")
@@ -53,6 +71,18 @@ def read_table(tables: Path, experiment: str, scale: str, kind: str = "") -> pd.
     return frame
 
 
+MINUS = "\u2212"  # the typographic minus, as matplotlib draws tick labels
+
+
+def signed(value: float, digits: int = 1) -> str:
+    """`+1.2` / `−0.4` / `0.0`: a signed number with a true minus sign, and no sign on a
+    value that rounds to zero (never `+0.0` or `-0.0`)."""
+    text = f"{value:+.{digits}f}"
+    if float(text) == 0:
+        return f"{0:.{digits}f}"
+    return text.replace("-", MINUS)
+
+
 def settings_note(fig, text: str, scale: str) -> None:
     """Write the scale and key settings on the figure (bottom-left, small)."""
     fig.text(0.005, 0.005, f"scale={scale} | {text}", fontsize=7, color="0.35",
@@ -60,7 +90,10 @@ def settings_note(fig, text: str, scale: str) -> None:
 
 
 def save(fig, name: str, out: Path | None = None) -> Path:
-    """Save figures/<name>.pdf and .png (or at `out`); returns the PNG path."""
+    """Save figures/<name>.pdf and .png (or at `out`); returns the PNG path.
+
+    `name` is `<experiment>-<scale>[-<variant>]`: a smoke figure never overwrites a paper one.
+    """
     base = Path(out) if out is not None else FIGURES / name
     base.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(base.with_suffix(".pdf"), bbox_inches="tight")

@@ -3,12 +3,14 @@
     python scripts/record_reference.py figure2 figure2_mnist --scale paper   (make reference)
 
 Copies <results>/tables/<exp>-<scale>.csv (one row per run: run id, config, numbers,
-provenance) as it is, and <exp>-<scale>-metrics.csv slimmed to the run id and the metric
-columns (the config is one join away, in the run table), so the record stays small. The
-diagnostic figures (1, 3, 4, 5, 8, 9) draw from each run's arrays.npz as well: those are
-copied to results/reference/runs/<run_id>/arrays.npz, where the plots look for them beside
-the tables. The figure and report targets read these when asked for SCALE=paper (see the
-Makefile).
+provenance) as it is but for this machine's paths (`data.root`, `results_dir` and the same
+paths in `provenance.command`: relative to the repository, else `$PCALM_DATA` /
+`$PCALM_RESULTS`; pcalm.results.portable_table), and <exp>-<scale>-metrics.csv slimmed to
+the run id and the metric columns (the config is one join away, in the run table), so the
+record stays small. The diagnostic figures (1, 3, 4, 5, 8, 9) draw from each run's
+arrays.npz as well: those are copied to results/reference/runs/<run_id>/arrays.npz, where
+the plots look for them beside the tables. The figure and report targets read these when
+asked for SCALE=paper (see the Makefile).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pcalm.results import ARRAYS_FILE, atomic_write_text  # noqa: E402
+from pcalm.results import ARRAYS_FILE, atomic_write_text, portable_table  # noqa: E402
 
 REFERENCE = REPO / "results" / "reference" / "tables"
 CONFIG_PREFIXES = ("name", "task.", "model.", "algo.", "data.", "train.", "logger.",
@@ -44,7 +46,8 @@ def record(experiment: str, scale: str, tables: Path, out: Path = REFERENCE) -> 
             raise SystemExit(f"error: no table {path}: run `make collect EXP={experiment} "
                              f"SCALE={scale}` first")
     written = [out / runs.name, out / metrics.name]
-    atomic_write_text(written[0], runs.read_text(encoding="utf-8"))
+    as_text = pd.read_csv(runs, dtype=str, keep_default_na=False)  # every other cell verbatim
+    atomic_write_text(written[0], portable_table(as_text).to_csv(index=False))
     atomic_write_text(written[1], slim_metrics(pd.read_csv(metrics)).to_csv(index=False))
     return written + copy_arrays(pd.read_csv(runs)["run_id"], tables.parent / "runs",
                                  out.parent / "runs")

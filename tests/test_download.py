@@ -385,7 +385,7 @@ def test_make_data_script_uses_the_same_downloader(tmp_path):
                           timeout=120)
     assert proc.returncode == 1 and proc.stdout == ""
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("cannot download MNIST files") and bad in line
+    assert line.startswith("error: cannot download MNIST files") and bad in line
 
 
 @pytest.mark.skipif(not os.environ.get("PCALM_DATA"), reason="needs the real datasets "

@@ -135,8 +135,19 @@ def test_make_figure2_scale_paper_draws_the_reference_without_training(tmp_path)
                             env={k: v for k, v in __import__("os").environ.items()
                                  if k != "PCALM_RESULTS"}).stdout
     assert f"--tables {reference}" in report and report.count("--tables") == 1
+    (tmp_path / "mine" / "tables").mkdir(parents=True)
+    df.to_csv(tmp_path / "mine" / "tables" / "figure2-paper.csv", index=False)
     own = subprocess.run(["make", "-n", "report", "SCALE=paper", f"REFERENCE={reference}",
                           f"PCALM_RESULTS={tmp_path / 'mine'}"], cwd=REPO,
                          capture_output=True, text=True, timeout=60).stdout
     assert f"--tables {tmp_path / 'mine'}/tables --out {tmp_path / 'mine'}/report-paper.md" in own
     assert own.count("--tables") == 1  # PCALM_RESULTS: the user's own runs, written there
+    figure = subprocess.run(["make", "-n", "figure2", "SCALE=paper", f"REFERENCE={reference}",
+                             f"PCALM_RESULTS={tmp_path / 'mine'}"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60).stdout
+    assert f"--tables {tmp_path / 'mine'}/tables" in figure  # the figure reads what the report does
+    assert f"--tables {reference}" not in figure
+    empty = subprocess.run(["make", "-n", "report", "SCALE=paper", f"REFERENCE={reference}",
+                            f"PCALM_RESULTS={tmp_path / 'none'}"], cwd=REPO,
+                           capture_output=True, text=True, timeout=60).stdout
+    assert f"--tables {reference}" in empty  # no own paper tables there: the reference

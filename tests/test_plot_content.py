@@ -79,7 +79,7 @@ def test_grid_heatmaps_draw_the_seed_means_and_paired_differences(tmp_path, monk
 
     panels = fig.axes[:len(acts) * 4]
     assert [ax.get_title() for ax in panels[:4]] == [
-        "BP test accuracy (%)", "PC − BP (pp)", "PC-ALM − BP (pp)", "PC-ALM − PC (pp)"]
+        "BP test accuracy\n(%)", "PC − BP\n(pp)", "PC-ALM − BP\n(pp)", "PC-ALM − PC\n(pp)"]
 
     def acc(algo, act, w, d, s):
         if (algo, act, w, d, s) == diverged_run:
@@ -342,7 +342,7 @@ def test_scalar_dynamics_draws_states_credit_error_and_phase_plane(tmp_path, mon
     np.testing.assert_array_equal(labelled_lines(ax_c)["PC-ALM multiplier λ"].get_ydata(),
                                   arrays["pcalm"]["lam"])
     assert labelled_lines(ax_z)["forward value h = 0.8"].get_ydata()[0] == 0.8
-    assert labelled_lines(ax_c)["BP adjoint −δ = -1.35"].get_ydata()[0] == -1.35
+    assert labelled_lines(ax_c)["BP adjoint −δ = −1.35"].get_ydata()[0] == -1.35
     star = labelled_lines(ax_p)["BP point (h, −δ)"]
     assert (star.get_xdata()[0], star.get_ydata()[0]) == (0.8, -1.35)
     assert ax_g.get_yscale() == "log"
