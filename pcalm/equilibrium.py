@@ -243,6 +243,10 @@ def _check_net(net: ResidualMLP, x: torch.Tensor) -> None:
         raise ValueError(f"x must be [B, D], got shape {tuple(x.shape)}")
 
 
+def _to(dtype, t: torch.Tensor) -> torch.Tensor:
+    return t.to(dtype)
+
+
 def _as_float64(net: ResidualMLP) -> ResidualMLP:
     return net if net.w_in.dtype == torch.float64 else copy.deepcopy(net).double()
 
@@ -277,8 +281,8 @@ def solve_pc(net: ResidualMLP, x: torch.Tensor, y: torch.Tensor, rho: float = 1.
         z, side, free = _line_search(problem, z, d, side, free)
         worst = float((problem.residual(z) / scale).max())
     r, eps, e = problem.parts(z)
-    cast = (lambda t: t.to(dtype))
-    return Equilibrium(cast(z), None if lam is None else cast(lam), cast(eps), cast(e),
+    return Equilibrium(_to(dtype, z), None if lam is None else _to(dtype, lam),
+                       _to(dtype, eps), _to(dtype, e),
                        residual=worst, dual_residual=0.0, iterations=newton,
                        cg_iterations=cg_total, pinned=int((~free).sum()),
                        converged=worst <= tol, tol=float(tol))
@@ -342,7 +346,8 @@ def _line_search(problem: _Problem, z, d, side, free):
             crossed = free & (trial * side < 0)
             trial = torch.where(crossed, 0.0, trial)
             trial_free = free & ~crossed
-        ok = ~accepted & (problem.value(trial) <= start + _ARMIJO * t * slope.clamp_max(0) + rounding)
+        bound = start + _ARMIJO * t * slope.clamp_max(0) + rounding
+        ok = ~accepted & (problem.value(trial) <= bound)
         pick = ok.view(1, -1, 1)
         new_z = torch.where(pick, trial, new_z)
         new_free = torch.where(pick, trial_free, new_free)
@@ -369,9 +374,8 @@ def solve_pcalm(net: ResidualMLP, x: torch.Tensor, y: torch.Tensor,
     scale = _norm(delta).clamp_min(torch.finfo(torch.float64).tiny)
     primal = float((_norm(energy.state_grad(net, h, eps, e)) / scale).max())
     dual = float((_norm(r) / _norm(h).clamp_min(torch.finfo(torch.float64).tiny)).max())
-    cast = (lambda t: t.to(dtype))
-    return Equilibrium(cast(h), cast(lam), cast(eps), cast(e), residual=primal,
-                       dual_residual=dual, iterations=1, cg_iterations=0, pinned=0,
+    return Equilibrium(_to(dtype, h), _to(dtype, lam), _to(dtype, eps), _to(dtype, e),
+                       residual=primal, dual_residual=dual, iterations=1, cg_iterations=0, pinned=0,
                        converged=primal <= DEFAULT_TOL and dual <= DEFAULT_TOL,
                        tol=DEFAULT_TOL)
 

@@ -39,7 +39,8 @@ def _dense_linear_system(net: ResidualMLP):
     eye = torch.eye(n, dtype=torch.float64)
     r = torch.eye(layers * n, dtype=torch.float64)
     for l in range(1, layers):
-        r[l * n:(l + 1) * n, (l - 1) * n:l * n] = -(eye + net.a_hidden * net.w_hidden[l - 1].detach())
+        block = eye + net.a_hidden * net.w_hidden[l - 1].detach()
+        r[l * n:(l + 1) * n, (l - 1) * n:l * n] = -block
     p = torch.zeros(C, layers * n, dtype=torch.float64)
     p[:, -n:] = net.a_out * net.w_out.detach()
     return r, p
