@@ -106,7 +106,7 @@ def use_one_gpu(gpu: int | None) -> None:
 def run_job(manifest_path: str, index: int) -> None:
     """Train every run of job `index`; a failing run does not stop the others."""
     from pcalm.config import Cell
-    from pcalm.device import resolve_device
+    from pcalm.device import resolve_device, threads_for
     from pcalm.runner import execute
     from pcalm.sweep import stack_size, stack_units
 
@@ -127,7 +127,9 @@ def run_job(manifest_path: str, index: int) -> None:
     # what it can meanwhile, then waits for them and skips those that are complete by then.
     for wait, batch in ((False, units), (True, None)):
         for unit in batch if batch is not None else busy:
-            set_threads(unit[0]["train"]["threads"] or threads)  # a run's own setting wins
+            # A run's own setting wins; else small nets run one thread (pcalm.device)
+            set_threads(unit[0]["train"]["threads"]
+                        or (threads and threads_for(unit[0], threads)))
             try:
                 outcome = execute(unit, max_stack=stack, progress=False, say=log.info,
                                   wait=wait)

@@ -237,8 +237,6 @@ def projection(sweep: Sweep, jobs: list[list[dict]], device: str, threads: int |
     from pcalm import cost
 
     launcher = sweep.settings["launcher"]
-    if all(c["task"]["name"] != "train" for job in jobs for c in job):
-        return None  # diagnostic tasks: seconds each, not worth a projection
     if launcher == "slurm":
         stored = cost.stored_models(results_dir, device)
         if not stored:
@@ -250,8 +248,7 @@ def projection(sweep: Sweep, jobs: list[list[dict]], device: str, threads: int |
         threads = threads or torch.get_num_threads()
         model = cost.cached_or_calibrated(results_dir, device, threads)
     stack = stack_size(sweep.settings["max_stack"], device)
-    seconds = [sum(model.stack_seconds(unit) for unit in stack_units(job, stack))
-               for job in jobs]
+    seconds = [model.job_seconds(stack_units(job, stack)) for job in jobs]
     parallel = "in parallel" if launcher == "local" else "in order"
     where = f"{model.device}, {model.threads} thread{'s' * (model.threads > 1)} per job"
     if launcher == "slurm":

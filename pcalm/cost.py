@@ -14,7 +14,17 @@ ceil(n_test / chunk) forward passes, e0 + eL·L + eW·W at the chunk's batch siz
 `calibrate` fits the coefficients by timing the real hot path (pcalm.algorithms) at a few
 cells, in about ten seconds; `make bench` and the first sweep plan on a device do it and store
 the result (results/cost/<device>.json), so later plans on that device are instant. PC is
-costed as PC-ALM (the same loop with α = 0). A run's projection = steps × step + evaluations.
+costed as PC-ALM (the same loop with α = 0). A run's projection = steps × step + evaluations
++ a start-up term per run (s0: resolve the config, build the net, write the folder).
+
+Diagnostic tasks (Figures 1, 3, 4, 5, 8, 9; pcalm.figure_tasks) are priced by their work on
+the same coefficients: the inference steps they run on one batch, at the task's shape, plus
+one weight-gradient per observed point (a PC step without inference), plus the equilibrium
+solve of a credit_routes PC run (`EQUILIBRIUM_STEPS` inference-step equivalents for the
+Newton solver, measured at N = 32, L = 64; its plain budget ⌈2L²/η_h⌉ steps for the plain one).
+
+A job adds a start-up term j0: a fresh Python process importing torch and pcalm and loading
+the data (`job_seconds`).
 """
 
 from __future__ import annotations
@@ -32,6 +42,13 @@ FULL_SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000),
 # (N, L) cells timed for the fit: narrow and wide, shallow and deep.
 CALIBRATION_CELLS = ((8, 8), (8, 32), (8, 128), (16, 128), (32, 32), (64, 64), (128, 16))
 CALIBRATION_BUDGETS = (4, 36)  # two T per cell: the slope is the per-inference-step cost
+# Start-up terms (s) when a stored model predates them: a job's process start (import torch,
+# pcalm; load a dataset) and a run's own (config, net, folder writes), measured on the 2-core
+# development CPU.
+DEFAULT_STARTUP = (6.0, 0.5)
+# The Newton equilibrium solve of a ReLU PC run at L = 64 (pcalm.equilibrium): measured 63 Newton
+# steps, 1,562 CG iterations of 4 layer sweeps in float64 ≈ 6,000 inference steps of work.
+EQUILIBRIUM_STEPS = 6000
 
 
 def forward_macs(batch: int, width: int, depth: int) -> float:
@@ -49,6 +66,18 @@ class CostModel:
     step: tuple[float, float, float]  # a0, aL, aW: a PC/PC-ALM step without inference
     inference: tuple[float, float, float]  # b0, bE, bF: one inference step
     evaluation: tuple[float, float, float]  # e0, eL, eW: one evaluation chunk
+    startup: tuple[float, float] = DEFAULT_STARTUP  # j0 per job, s0 per run
+
+    def _inference_step(self, width: int, depth: int, batch: int, models: int = 1) -> float:
+        """b0 + bE·E + bF·F: one inference step (module doc)."""
+        b0, b_e, b_f = self.inference
+        elements = models * batch * width * (depth - 1)
+        return b0 + b_e * elements + b_f * elements * width * max(depth - 2, 0) / (depth - 1)
+
+    def _weight_gradient(self, width: int, depth: int, batch: int) -> float:
+        """a0 + aL·L + aW·W: the forward pass and weight gradients of a PC step."""
+        a0, a_l, a_w = self.step
+        return a0 + a_l * depth + a_w * forward_macs(batch, width, depth)
 
     def step_seconds(self, cfg: dict, models: int = 1) -> float:
         """One training step of a stack of `models` such runs: the fixed and per-layer costs
@@ -60,17 +89,15 @@ class CostModel:
             c0, c_l, c_w = self.bp
             return c0 + c_l * depth + c_w * w
         a0, a_l, a_w = self.step
-        b0, b_e, b_f = self.inference
-        elements = models * batch * n * (depth - 1)
-        per_step = b0 + b_e * elements + b_f * elements * n * max(depth - 2, 0) / (depth - 1)
+        per_step = self._inference_step(n, depth, batch, models)
         steps = a["budget"] * a.get("inner_steps", 1)
         return a0 + a_l * depth + a_w * w + steps * per_step
 
     def run_seconds(self, cfg: dict, models: int = 1) -> float:
-        """Projected wall time of one training run, or of a stack of `models` like it
-        (diagnostic tasks: 0, they take seconds)."""
+        """Projected wall time of one run (start-up included), or of a stack of `models` like
+        it; a diagnostic task by its work (`task_seconds`)."""
         if cfg.get("task", {}).get("name", "train") != "train":
-            return 0.0
+            return self.startup[1] + self.task_seconds(cfg)
         d, t, m = cfg["data"], cfg["train"], cfg["model"]
         full_train, full_test = FULL_SIZES.get(d["name"], (60000, 10000))
         n_train, n_test = d.get("train_size") or full_train, d.get("test_size") or full_test
@@ -81,11 +108,22 @@ class CostModel:
         chunk = min(n_test, EVAL_CHUNK)
         eval_s = chunks * (e0 + e_l * m["depth"]
                            + e_w * models * forward_macs(chunk, m["width"], m["depth"]))
-        return steps * self.step_seconds(cfg, models) + eval_s
+        return self.startup[1] + steps * self.step_seconds(cfg, models) + eval_s
+
+    def task_seconds(self, cfg: dict) -> float:
+        """A diagnostic task's work: inference steps × one step at its shape, plus one weight
+        gradient per observed point, plus a PC credit_routes run's equilibrium solve."""
+        steps, observed, width, depth, batch = task_work(cfg)
+        per_step = self._inference_step(width, depth, batch)
+        return steps * per_step + observed * self._weight_gradient(width, depth, batch)
 
     def stack_seconds(self, stack: list[dict]) -> float:
         """A stack trains as long as its most expensive member would, carrying the others."""
         return max(self.run_seconds(c, len(stack)) for c in stack)
+
+    def job_seconds(self, units: list[list[dict]]) -> float:
+        """A job: its process start-up j0, then its stacks one after another."""
+        return self.startup[0] + sum(self.stack_seconds(unit) for unit in units)
 
     # -- storage ------------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -98,11 +136,47 @@ class CostModel:
         """The stored model, or None if absent or unreadable (then calibrate again)."""
         try:
             raw = json.loads(Path(path).read_text(encoding="utf-8"))
+            startup = tuple(float(v) for v in raw.get("startup", DEFAULT_STARTUP))
+            if len(startup) != 2:
+                return None
             return cls(raw["device"], raw["kind"], int(raw["threads"]),
                        *(tuple(float(v) for v in raw[k]) for k in
-                         ("bp", "step", "inference", "evaluation")))
+                         ("bp", "step", "inference", "evaluation")), startup=startup)
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+
+def task_work(cfg: dict) -> tuple[float, float, int, int, int]:
+    """(inference steps, observed points, N, L, B) of a diagnostic task (pcalm.figure_tasks);
+    its defaults are the registered ones when the config leaves a key out."""
+    from pcalm.tasks import TASKS
+
+    task = {**TASKS[cfg["task"]["name"]].params, **cfg["task"]}
+    m, a = cfg["model"], cfg["algo"]
+    width, depth, batch = m["width"], m["depth"], cfg["train"]["batch_size"]
+    name = task["name"]
+    budget = float(a.get("budget", 0) or 0) * a.get("inner_steps", 1)
+    if name == "scalar_dynamics":
+        return budget, 0.0, 1, 2, 1
+    if name == "linear_dynamics":
+        return budget, 0.0, width, depth, 1
+    t_max = float(task["steps_per_layer"] * depth)
+    if name == "credit_traces":
+        return t_max, 0.0, width, depth, batch
+    observed = float(task["points"]) + 1
+    if name == "alignment_curve":
+        runs = 2 if a["name"] == "pcalm" and task.get("pc_reference") else 1
+        return runs * t_max, runs * observed, width, depth, batch
+    if name == "credit_routes":
+        steps = t_max
+        if a["name"] == "pc":
+            if task.get("equilibrium_solver", "newton") == "newton":
+                steps += EQUILIBRIUM_STEPS
+            else:
+                eta = float(a["state_lr"]) if isinstance(a.get("state_lr"), (int, float)) else 0.25
+                steps += math.ceil(task["equilibrium_diffusion_times"] * depth**2 / eta)
+        return steps, observed, width, depth, batch
+    raise ValueError(f"no cost model for task {name!r}")
 
 
 def device_key(device_name: str, threads: int) -> str:
@@ -227,7 +301,20 @@ def calibrate(device, threads: int) -> CostModel:
         torch.set_num_threads(before)
     fits = {term: _fit([c[term][0] for c in cells], [c[term][1] for c in cells])
             for term in ("bp", "step", "inference", "evaluation")}
-    return CostModel(device_name(device), device.type, threads, **fits)
+    startup = (_process_startup(), DEFAULT_STARTUP[1])
+    return CostModel(device_name(device), device.type, threads, **fits, startup=startup)
+
+
+def _process_startup() -> float:
+    """Seconds for a fresh Python to import torch and pcalm's run machinery (a job's start),
+    plus a second for loading a dataset."""
+    import subprocess
+    import sys
+
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, pcalm.runner"], check=False,
+                   capture_output=True, timeout=300)
+    return time.perf_counter() - start + 1.0
 
 
 def describe_seconds(seconds: float) -> str:

@@ -18,3 +18,16 @@ def resolve_device(name: str, option: str = "train.device") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"bad value {option}='cuda': no CUDA device here; allowed: auto, cpu")
     return torch.device(name)
+
+
+# Below this many multiply-adds per hidden-layer matmul (B·N², i.e. N < 256 at B = 64) a step
+# is a few thousand small kernels: a second thread saves little when the machine is quiet
+# and costs up to 100× when it is busy (each parallel region waits for a descheduled thread).
+PARALLEL_MIN_MACS = 64 * 256 * 256
+
+
+def threads_for(cfg: dict, available: int) -> int:
+    """torch CPU threads for a run: 1 for small nets, else `available` (module note above)."""
+    m, t = cfg["model"], cfg["train"]
+    macs = t["batch_size"] * m["width"] ** 2
+    return max(1, available) if macs >= PARALLEL_MIN_MACS else 1

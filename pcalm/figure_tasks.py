@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pcalm import diagnostics, energy
+from pcalm import diagnostics, energy, equilibrium
 from pcalm.algorithms import InferenceState, make_algorithm
 from pcalm.device import DTYPES, resolve_device
 from pcalm.errors import ConfigError
@@ -463,7 +463,8 @@ def pc_equilibrium(net, x, y, state_lr: float, tol: float, max_steps: int) -> di
 
 
 @register("credit_routes", needs_data=True, steps_per_layer=16, points=32,
-          equilibrium_tol=1e-7, equilibrium_diffusion_times=2.0)
+          equilibrium_solver="newton", equilibrium_residual_tol=1e-6,
+          equilibrium_max_newton=100, equilibrium_tol=1e-7, equilibrium_diffusion_times=2.0)
 @torch.no_grad()
 def credit_routes(cfg: dict, dataset):
     """Figures 8/9: BP-aligned hidden credit against the FLOPs spent on inference, at init.
@@ -482,11 +483,16 @@ def credit_routes(cfg: dict, dataset):
     `flops` = t · flops_per_step(N, L, B). Route 1 of the figure reads PC at
     t = `algo.budget` across widths; route 2 reads PC-ALM's curve over t at one width.
 
-    A PC run also runs PC to its equilibrium (`pc_equilibrium`): until the relative change of
-    z per step is below `task.equilibrium_tol`, or for `task.equilibrium_diffusion_times`
-    times the diffusive crossing time L²/(ρ η_h) (SPEC §6) — ≈ 2 × 1,100 steps at L = 16 —
-    and stores the same three alignments there (`*_equilibrium`, with the steps it took and
-    the last relative change): route 1 at equilibrium, not a snapshot at T = 2L.
+    A PC run also solves PC's equilibrium and stores the same three alignments there
+    (`*_equilibrium`): route 1 at equilibrium, not a snapshot at T = 2L. With
+    `task.equilibrium_solver=newton` (default) by pcalm.equilibrium's Newton–CG solver, until
+    the relative stationarity residual is ≤ `task.equilibrium_residual_tol` or after
+    `task.equilibrium_max_newton` Newton steps (summary: `equilibrium_residual`,
+    `_iterations`, `_cg_iterations`, `_pinned`, `_converged`); with `plain`, by PC's own
+    dynamics (`pc_equilibrium`) until the relative change of z per step is below
+    `task.equilibrium_tol` or for the budget below. Either way `flops_at_equilibrium` is what
+    PC's own dynamics spend to get there: `task.equilibrium_diffusion_times` diffusive
+    crossing times L²/(ρ η_h) (SPEC §6) of steps — ≈ 2 × 1,100 at L = 16, 2 × 17,000 at L = 64.
     """
     _require_inference(cfg)
     spl = _param(cfg, "steps_per_layer", "int", 1)
@@ -521,16 +527,28 @@ def credit_routes(cfg: dict, dataset):
 
 
 def _equilibrium_alignment(cfg, net, x, y, delta, g_bp, per_step: float) -> dict:
-    tol = _param(cfg, "equilibrium_tol", "number", 0.0)
+    solver = _param(cfg, "equilibrium_solver", "choice:newton|plain")
     times = _param(cfg, "equilibrium_diffusion_times", "number", 0.0)
     eta, depth = cfg["algo"]["state_lr"], cfg["model"]["depth"]
-    max_steps = max(1, math.ceil(times * depth**2 / eta))  # PC: ρ = 1
-    eq = pc_equilibrium(net, x, y, eta, tol, max_steps)
+    plain_steps = max(1, math.ceil(times * depth**2 / eta))  # PC: ρ = 1
+    if solver == "newton":
+        tol = _param(cfg, "equilibrium_residual_tol", "number", 0.0)
+        max_newton = _param(cfg, "equilibrium_max_newton", "int", 1)
+        if tol <= 0:
+            raise ConfigError(f"bad value task.equilibrium_residual_tol={tol!r}: "
+                              "allowed: a number > 0")
+        solved = equilibrium.solve_pc(net, x, y, tol=tol, max_newton=max_newton)
+        eq = {"z": solved.z, "eps": solved.eps, "e": solved.e}
+        record = {**solved.record(), "equilibrium_steps": plain_steps}
+    else:
+        tol = _param(cfg, "equilibrium_tol", "number", 0.0)
+        eq = pc_equilibrium(net, x, y, eta, tol, plain_steps)
+        record = {"equilibrium_steps": eq["steps"], "equilibrium_converged": eq["converged"],
+                  "equilibrium_change": eq["change"]}
     grads = _grad_list(energy.weight_grads(net, x, eq["z"], eq["eps"], eq["e"]))
     return {
-        "equilibrium_steps": eq["steps"], "equilibrium_converged": eq["converged"],
-        "equilibrium_change": eq["change"],
-        "flops_at_equilibrium": per_step * eq["steps"],
+        **record, "equilibrium_solver": solver,
+        "flops_at_equilibrium": per_step * record["equilibrium_steps"],
         "hidden_alignment_equilibrium": float(_layer_cos(eq["eps"], -delta).mean()),
         "stacked_credit_cosine_equilibrium": _flat_cos(eq["eps"], -delta),
         "cosine_equilibrium": diagnostics.grad_alignment(grads, g_bp)["cosine"],

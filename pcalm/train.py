@@ -179,7 +179,8 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------
     def checkpoint_payload(self) -> dict:
         return {"seeds": self.seeds, "net": self.net.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "state": self.state.__dict__}
+                "optimizer": self.optimizer.state_dict(), "state": self.state.__dict__,
+                "threads": torch.get_num_threads()}  # float32 sums depend on the thread count
 
     def restore(self, payload: dict) -> None:
         if payload.get("seeds") != self.seeds:
@@ -187,6 +188,8 @@ class Trainer:
         self.net.load_state_dict(payload["net"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.state = TrainState(**payload["state"])
+        if payload.get("threads"):  # resume with the thread count the run started with
+            torch.set_num_threads(int(payload["threads"]))
 
     # -- the loop ----------------------------------------------------------------------
     def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -44,7 +44,7 @@ def test_a_pcalm_run_costs_steps_times_the_step_plus_evaluations():
                                             + b_f * batch * n * n * (depth - 2))
     e0, e_l, e_w = MODEL.evaluation
     evals = 21 * 5 * (e0 + e_l * depth + e_w * 2000 * (784 * n + n * n * (depth - 2) + n * 10))
-    expected = 937 * step + evals  # 60,000 // 64 steps; 21 evaluations of 5 chunks of 2,000
+    expected = MODEL.startup[1] + 937 * step + evals  # 937 = 60,000 // 64; 21 evals × 5 chunks
     assert MODEL.run_seconds(_cfg("pcalm", n, depth)) == pytest.approx(expected, rel=1e-12)
     c0, c_l, c_w = MODEL.bp
     assert MODEL.step_seconds(_cfg("bp", n, depth)) == pytest.approx(c0 + c_l * depth + c_w * w)
@@ -101,7 +101,7 @@ def test_dry_run_prints_the_projected_time_per_job_and_in_total(fake_data_root, 
     out = capsys.readouterr().out
     configs = sweep.load_sweep(args[:-1]).configs
     jobs = sweep.plan_jobs(configs, 2, 1)
-    per_job = [sum(stored.run_seconds(c) for c in job) for job in jobs]
+    per_job = [stored.startup[0] + sum(stored.run_seconds(c) for c in job) for job in jobs]
     assert f"projected wall time: {cost.describe_seconds(max(per_job))} (2 jobs in parallel, " \
            f"{cost.describe_seconds(sum(per_job))} of job time in all" in out
     for i, seconds in enumerate(per_job):
@@ -109,3 +109,61 @@ def test_dry_run_prints_the_projected_time_per_job_and_in_total(fake_data_root, 
         assert f"projected {cost.describe_seconds(seconds)}" in out
     assert "calibrating" not in out
     assert math.isfinite(sum(per_job)) and sum(per_job) > 0
+
+
+def _task_cfg(task: dict, algo: dict, n=32, depth=16, batch=64):
+    return {"task": task, "algo": algo, "model": {"width": n, "depth": depth},
+            "train": {"batch_size": batch, "epochs": 1, "evals_per_epoch": 20},
+            "data": {"name": "fashion_mnist", "train_size": None, "test_size": None}}
+
+
+def test_diagnostic_tasks_are_priced_by_their_inference_steps_and_observed_points():
+    n, depth, batch = 32, 16, 64
+    b0, b_e, b_f = MODEL.inference
+    per_step = b0 + b_e * batch * n * (depth - 1) + b_f * batch * n * n * (depth - 2)
+    a0, a_l, a_w = MODEL.step
+    grad = a0 + a_l * depth + a_w * forward_macs(batch, n, depth)
+    traces = _task_cfg({"name": "credit_traces", "steps_per_layer": 4}, {"name": "pcalm",
+                                                                          "budget": 32})
+    assert MODEL.run_seconds(traces) == pytest.approx(MODEL.startup[1] + 4 * depth * per_step)
+    routes = {"name": "credit_routes", "steps_per_layer": 16, "points": 32}
+    pcalm_run = _task_cfg(routes, {"name": "pcalm", "budget": 32, "state_lr": 0.25})
+    pc_run = _task_cfg(routes, {"name": "pc", "budget": 32, "state_lr": 0.25})
+    plain = _task_cfg(dict(routes, equilibrium_solver="plain"),
+                      {"name": "pc", "budget": 32, "state_lr": 0.25})
+    base = MODEL.startup[1] + 16 * depth * per_step + 33 * grad
+    assert MODEL.run_seconds(pcalm_run) == pytest.approx(base)
+    assert MODEL.run_seconds(pc_run) == pytest.approx(base + cost.EQUILIBRIUM_STEPS * per_step)
+    plain_steps = math.ceil(2.0 * depth**2 / 0.25)  # the registered equilibrium_diffusion_times
+    assert MODEL.run_seconds(plain) == pytest.approx(base + plain_steps * per_step)
+    curve = _task_cfg({"name": "alignment_curve", "steps_per_layer": 32, "points": 40,
+                       "pc_reference": True}, {"name": "pcalm", "budget": 32, "alpha": 1.0})
+    assert MODEL.run_seconds(curve) == pytest.approx(
+        MODEL.startup[1] + 2 * (32 * depth * per_step + 41 * grad))
+    linear = _task_cfg({"name": "linear_dynamics"}, {"name": "pc", "budget": 1000})
+    one = b0 + b_e * n * (depth - 1) + b_f * n * n * (depth - 2)
+    assert MODEL.run_seconds(linear) == pytest.approx(MODEL.startup[1] + 1000 * one)
+    scalar = _task_cfg({"name": "scalar_dynamics"}, {"name": "pcalm", "budget": 50})
+    assert MODEL.run_seconds(scalar) == pytest.approx(MODEL.startup[1] + 50 * (b0 + b_e))
+
+
+def test_every_run_and_job_pays_its_start_up():
+    cfg = _cfg("pcalm", 16, 8)
+    bare = CostModel(**{**MODEL.__dict__, "startup": (0.0, 0.0)})
+    started = CostModel(**{**MODEL.__dict__, "startup": (7.0, 0.25)})
+    assert started.run_seconds(cfg) == pytest.approx(bare.run_seconds(cfg) + 0.25)
+    units = [[cfg], [cfg, cfg]]
+    assert started.job_seconds(units) == pytest.approx(
+        7.0 + started.stack_seconds([cfg]) + started.stack_seconds([cfg, cfg]))
+    assert started.job_seconds([]) == 7.0
+
+
+def test_a_stored_model_without_start_up_terms_gets_the_defaults(tmp_path):
+    import json
+
+    path = tmp_path / "old.json"
+    MODEL.save(path)
+    raw = json.loads(path.read_text())
+    del raw["startup"]
+    path.write_text(json.dumps(raw))
+    assert CostModel.load(path).startup == cost.DEFAULT_STARTUP

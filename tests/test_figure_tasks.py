@@ -231,3 +231,27 @@ def test_pc_equilibrium_is_the_minimiser_of_the_pc_energy_for_a_linear_net():
         short = pc_equilibrium(net, x, y, state_lr=0.2, tol=0.0, max_steps=3)
     assert short["steps"] == 3 and not short["converged"]
     assert not torch.allclose(short["z"][:, 0, :].reshape(-1), z_star, atol=1e-4)
+
+
+def test_credit_routes_newton_equilibrium_agrees_with_pc_run_to_equilibrium(fake_data_root,
+                                                                             tmp_path):
+    """Route 1 at equilibrium: the Newton solver (default) and PC's own dynamics run to the
+    stated budget give the same alignments; the run records the residual and iterations."""
+    pc = {"name": "pc", "budget": 8, "state_lr": 0.2}
+    model = {"width": 8, "depth": 4, "activation": "tanh"}
+    base = {"name": "credit_routes", "steps_per_layer": 2, "points": 4,
+            "equilibrium_diffusion_times": 200.0}
+    newton, _ = run(config(fake_data_root, tmp_path, base, pc, model=model))
+    plain_cfg = config(fake_data_root, tmp_path,
+                       dict(base, equilibrium_solver="plain", equilibrium_tol=1e-12),
+                       pc, model=model)
+    plain_cfg["train"]["dtype"] = "float64"  # a relative change of 1e-12 needs float64
+    plain, _ = run(plain_cfg)
+    assert newton["equilibrium_solver"] == "newton" and newton["equilibrium_converged"]
+    assert newton["equilibrium_residual"] <= 1e-6 and newton["equilibrium_iterations"] >= 1
+    assert plain["equilibrium_converged"]
+    for key in ("hidden_alignment", "stacked_credit_cosine", "cosine"):
+        assert newton[f"{key}_equilibrium"] == pytest.approx(plain[f"{key}_equilibrium"],
+                                                             abs=1e-4), key
+    assert newton["flops_at_equilibrium"] == plain["flops_at_equilibrium"] or \
+        plain["equilibrium_steps"] < newton["equilibrium_steps"]
