@@ -1,0 +1,228 @@
+"""The second hostile pass (issue 24): what a careful user and a hostile neighbour do, and what
+must hold then — nothing false in a table or report, nothing written outside results_dir,
+a downloader bounded in time, size and memory, one line instead of a traceback.
+
+Each test plants the case itself and checks the outcome against values it computes, never
+against the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from pcalm.config import resolve_run_config
+from pcalm.results import RunFolder, load, load_metrics
+from pcalm.runner import execute
+from tests.conftest import REPO, base_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = {"data": {"train_size": 200, "test_size": 100},
+         "train": {"batch_size": 50, "evals_per_epoch": 1, "checkpoint_every": 2}}
+QUIET = {"progress": False, "say": lambda _: None}
+
+
+def small(fake_data_root, results_dir, **sections):
+    merged = {k: dict(v) for k, v in SMALL.items()}
+    for key, values in sections.items():
+        merged.setdefault(key, {}).update(values)
+    return resolve_run_config(base_config(fake_data_root, results_dir, **merged))
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under `root` with its bytes: what a check compares before and after."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.is_symlink()}
+
+
+# ------------------------------------------------------------------ 1. tampered run folders
+
+
+@pytest.fixture(scope="module")
+def eight_runs(tmp_path_factory, fake_data_root):
+    """Eight finished tiny runs (seeds 0-7, one stack), as a pristine folder to copy."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    results = tmp_path_factory.mktemp("pristine") / "results"
+    configs = [small(fake_data_root, results, train={"seed": s}) for s in range(8)]
+    execute(configs, max_stack=8, **QUIET)
+    torch.set_num_threads(before)
+    return results, [RunFolder(results, c).id for c in configs]
+
+
+def tamper(folder: Path, how: str, other: Path) -> None:
+    summary_path, metrics_path = folder / "summary.json", folder / "metrics.csv"
+    summary = json.loads(summary_path.read_text())
+    if how == "edited config":
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        config["model"]["width"] = 32
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    elif how in ("acc abc", "acc nan", "acc missing", "acc 7"):
+        value = {"acc abc": "abc", "acc nan": math.nan, "acc 7": 7.0}.get(how)
+        summary.pop("test_acc") if how == "acc missing" else summary.update(test_acc=value)
+        summary_path.write_text(json.dumps(summary))
+    elif how == "torn metrics":
+        text = metrics_path.read_text()
+        metrics_path.write_text(text[: len(text) - 7])
+    elif how == "header-only metrics":
+        metrics_path.write_text(metrics_path.read_text().splitlines()[0] + "\n")
+    elif how == "foreign metrics":
+        shutil.copy(other / "metrics.csv", metrics_path)
+    elif how == "no metrics":
+        metrics_path.unlink()
+
+
+TAMPERINGS = ["edited config", "acc abc", "acc nan", "acc missing", "acc 7", "torn metrics",
+              "header-only metrics", "foreign metrics"]
+
+
+def test_tampered_run_folders_are_left_out_of_every_table_and_named(eight_runs, tmp_path):
+    pristine, ids = eight_runs
+    results = tmp_path / "results"
+    shutil.copytree(pristine, results)
+    good = load(results)
+    assert len(good) == 8 and good["valid"].all() and not good.attrs["excluded"]
+    runs = results / "runs"
+    for rid, how in zip(ids, TAMPERINGS):
+        other = runs / next(i for i in ids if i != rid)
+        tamper(runs / rid, how, other)
+    before = tree(results)
+    df, metrics = load(results), load_metrics(results)
+    assert tree(results) == before  # reading changes nothing
+    excluded = df.attrs["excluded"]
+    assert set(excluded) == set(ids), excluded  # every tampered folder, and only those
+    assert df.empty and metrics.empty and metrics.attrs["excluded"] == excluded
+    assert "hashes to" in excluded[ids[0]] and "test_acc='abc'" in excluded[ids[1]]
+    assert "torn" in excluded[ids[5]] and "another run" in excluded[ids[7]]
+    assert all("\n" not in why for why in excluded.values())
+
+
+def test_collect_names_excluded_folders_in_one_line_and_counts_reach_the_report(
+        eight_runs, tmp_path, monkeypatch, capsys):
+    """The grid of eight runs through scripts/collect.py: two tampered, one diverged-looking;
+    the warning is one line, the table holds the rest, and the report counts both."""
+    pristine, ids = eight_runs
+    results = tmp_path / "results"
+    shutil.copytree(pristine, results)
+    runs = results / "runs"
+    tamper(runs / ids[0], "edited config", runs / ids[1])
+    tamper(runs / ids[1], "foreign metrics", runs / ids[2])
+    from tests.conftest import load_script
+
+    collect = load_script("scripts/collect.py")
+    df = load(results)
+    table = results / "tables" / "figure2-smoke.csv"
+    table.parent.mkdir()
+    df.to_csv(table, index=False)
+    collect.write_excluded(table, df.attrs["excluded"])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("warning: 2 run folders excluded")
+    assert ids[0] in err and ids[1] in err
+    assert collect.outcome_counts(df) == "6 valid"
+    listed = pd.read_csv(table.with_name("figure2-smoke-excluded.csv"))
+    assert sorted(listed["run_id"]) == sorted(ids[:2])
+
+
+# --------------------------------------------------------------- 1. the report never lies
+
+
+def _fig2_table(path: Path, test_acc: list | None, diverged: bool) -> None:
+    rows = []
+    for algo in ("bp", "pcalm", "pc"):
+        for width, depth in ((8, 4), (8, 32), (32, 4), (32, 32)):
+            rows.append({"run_id": f"{algo}{width}{depth}", "algo.name": algo,
+                         "model.width": width, "model.depth": depth,
+                         "model.activation": "relu", "train.seed": 0,
+                         "data.name": "fashion_mnist",
+                         "status": "diverged" if diverged else "complete",
+                         "diverged": diverged})
+    df = pd.DataFrame(rows)
+    if test_acc is not None:
+        df["test_acc"] = test_acc * (len(df) // len(test_acc))
+    df.to_csv(path, index=False)
+
+
+def run_report(tables: Path, out: Path, monkeypatch, capsys) -> tuple[int, str, str]:
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["report.py", "--scale", "smoke", "--tables", str(tables),
+                                      "--out", str(out)])
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    try:
+        runpy.run_path(str(REPO / "scripts" / "report.py"), run_name="__main__")
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    captured = capsys.readouterr()
+    return code, captured.out, str(code) if isinstance(code, str) else captured.err
+
+
+def claim_row(text: str, number: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(f"| {number} |"))
+
+
+@pytest.mark.parametrize("case", ["all diverged", "no test_acc column", "all NaN"])
+def test_a_claim_without_valid_runs_is_never_marked_holds(case, tmp_path, monkeypatch, capsys):
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    if case == "all diverged":
+        _fig2_table(tables / "figure2-smoke.csv", [math.nan], diverged=True)
+    elif case == "no test_acc column":
+        _fig2_table(tables / "figure2-smoke.csv", None, diverged=False)
+    else:
+        _fig2_table(tables / "figure2-smoke.csv", [math.nan], diverged=False)
+    code, out, _ = run_report(tables, tmp_path / "r.md", monkeypatch, capsys)
+    assert code == 0, out
+    for number in ("2", "3"):
+        row = claim_row(out, number)
+        assert not row.rstrip(" |").endswith("✓") and "no valid runs" in row, row
+    assert "figure2: 0 valid of 12 runs" in out
+
+
+def test_a_claim_with_valid_runs_keeps_its_verdict(tmp_path, monkeypatch, capsys):
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    _fig2_table(tables / "figure2-smoke.csv", [0.8], diverged=False)  # every algo equal
+    (tables / "figure2-smoke-excluded.csv").write_text("run_id,reason\nabc,edited\n")
+    code, out, _ = run_report(tables, tmp_path / "r.md", monkeypatch, capsys)
+    assert code == 0
+    assert claim_row(out, "2").endswith("| smoke | ✓ |")  # |PC-ALM − BP| = 0 in every cell
+    assert "figure2: 12 valid of 12 runs (1 excluded)" in out
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "missing column", "junk value", "bad out"])
+def test_a_damaged_table_gives_the_report_one_line(damage, tmp_path, monkeypatch, capsys):
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    table = tables / "figure2-smoke.csv"
+    _fig2_table(table, [0.8], diverged=False)
+    out = tmp_path / "r.md"
+    if damage == "random bytes":
+        table.write_bytes(bytes(range(256)) * 8)
+    elif damage == "missing column":
+        pd.read_csv(table).drop(columns=["model.depth"]).to_csv(table, index=False)
+    elif damage == "junk value":
+        lines = table.read_text().splitlines()
+        head = lines[0].split(",").index("model.width")
+        cells = lines[4].split(",")
+        cells[head] = "wide"
+        lines[4] = ",".join(cells)
+        table.write_text("\n".join(lines) + "\n")
+    else:
+        out = tmp_path / "missing" / "r.md"
+    code, _, message = run_report(tables, out, monkeypatch, capsys)
+    assert isinstance(code, str) and code.startswith("error: ") and "\n" not in code, code
+    expected = {"random bytes": "not a readable CSV", "missing column": "'model.depth'",
+                "junk value": "model.width='wide' in row 5", "bad out": "--out="}[damage]
+    assert expected in code and not out.exists()
