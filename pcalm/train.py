@@ -171,9 +171,26 @@ class Trainer:
     def restore(self, payload: dict) -> None:
         if payload.get("seeds") != self.seeds:
             raise ValueError("checkpoint belongs to another stack")
+        state = TrainState(**payload["state"])
+        self._check_within_plan(state)
         self.net.load_state_dict(payload["net"])
         self.optimizer.load_state_dict(payload["optimizer"])
-        self.state = TrainState(**payload["state"])
+        self.state = state
+
+    def _check_within_plan(self, state: TrainState) -> None:
+        """A checkpoint must describe a point of this run's plan: 0 <= step < total steps
+        (a checkpoint is never saved at the last step), one list of rows per model, and no
+        evaluation rows beyond the evaluations planned up to that step. Anything else (a
+        tampered or foreign checkpoint) would turn a few real steps into a "complete" run."""
+        step, m = state.step, len(self.seeds)
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < self.total_steps:
+            raise ValueError(f"checkpoint at step {step!r}, outside this run's plan of "
+                             f"{self.total_steps} steps")
+        planned = len([s for s in self.eval_steps if s <= step])
+        if (len(state.rows) != m or len(state.diverged_step) != m or len(state.loss_sum) != m
+                or any(len(rows) > planned for rows in state.rows)):
+            raise ValueError(f"checkpoint rows do not fit {m} models with {planned} "
+                             f"evaluations up to step {step}")
 
     # -- the loop ----------------------------------------------------------------------
     def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:

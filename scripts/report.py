@@ -80,7 +80,8 @@ class TableError(ValueError):
 
 # Columns every training table has (scripts/collect.py writes them); diagnostic tables
 # (figure1, figure3, figure4) hold no accuracy.
-GRID_COLUMNS = ("algo.name", "data.name", "model.width", "model.depth", "model.activation", "train.seed")
+GRID_COLUMNS = ("algo.name", "data.name", "model.width", "model.depth", "model.activation",
+                "train.seed")
 NUMERIC_COLUMNS = ("model.width", "model.depth", "train.seed", "test_acc", "model.gamma0",
                    "algo.budget", "algo.state_lr")
 DIAGNOSTIC_TABLES = ("figure1", "figure3", "figure4")

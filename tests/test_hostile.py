@@ -226,3 +226,80 @@ def test_a_damaged_table_gives_the_report_one_line(damage, tmp_path, monkeypatch
     expected = {"random bytes": "not a readable CSV", "missing column": "'model.depth'",
                 "junk value": "model.width='wide' in row 5", "bad out": "--out="}[damage]
     assert expected in code and not out.exists()
+
+
+# ------------------------------------------------------- 1. bounds, plans and sweep axes
+
+
+def test_a_step_size_that_diverges_at_once_is_refused_with_its_bound(fake_data_root, tmp_path):
+    from pcalm.config import ConfigError
+
+    results = tmp_path / "results"
+    with pytest.raises(ConfigError) as err:
+        small(fake_data_root, results, train={"eta0": 1e30})
+    # The bound, computed here: sqrt(float32 max) / (γ0² sqrt(N/L)) with N=16, L=4, γ0=1.
+    bound = math.sqrt(3.4028234663852886e38) / math.sqrt(16 / 4)
+    assert str(err.value).startswith("bad value train.eta0=1e+30: allowed: at most ")
+    assert f"{bound:.4g}" in str(err.value) and "\n" not in str(err.value)
+    small(fake_data_root, results, train={"eta0": bound * 0.5})  # below it: accepted
+    assert not results.exists()
+
+
+def test_a_checkpoint_beyond_the_plan_restarts_the_run(fake_data_root, results_dir, recwarn):
+    """A checkpoint claiming step 1,000,000 of a 4-step run: the run starts over and trains
+    its 4 real steps (200 samples / batch 50), instead of ending "complete" at once."""
+    import torch
+
+    from pcalm.runner import load_run_dataset
+    from pcalm.train import Trainer
+
+    cfg = small(fake_data_root, results_dir)
+    folder = RunFolder(results_dir, cfg).prepare()
+    trainer = Trainer([cfg], load_run_dataset(cfg), torch.device("cpu"))
+    payload = trainer.checkpoint_payload()
+    payload["state"] = {**payload["state"], "step": 1_000_000}
+    folder.save_checkpoint({**payload, "run_ids": [folder.id]})
+    (outcome,) = execute([cfg], **QUIET).trained
+    assert outcome["steps"] == 200 // 50 and outcome["status"] == "complete"
+    assert list(pd.read_csv(folder.metrics_path)["step"]) == [0, 4]
+    assert any("outside this run's plan of 4 steps" in str(w.message) for w in recwarn)
+
+
+@pytest.mark.parametrize("axis", ["results_dir=A,B", "name=aa,bb", "data.root=A,B",
+                                  "train.threads=1,2", "train.checkpoint_every=5,50",
+                                  "sweep.grid.train.threads=[1,2]"])
+def test_a_sweep_over_a_key_outside_the_run_id_is_refused(axis, tmp_path, monkeypatch):
+    from pcalm.config import ConfigError
+    from pcalm.sweep import load_sweep
+
+    monkeypatch.chdir(tmp_path)  # relative results folders A, B would land here
+    key = axis.split("=")[0].removeprefix("sweep.grid.")
+    with pytest.raises(ConfigError) as err:
+        load_sweep(["experiment=figure2", "scale=smoke", axis])
+    text = str(err.value)
+    assert text.startswith(f"bad sweep axis {key}=") and "not part of the run id" in text
+    assert "\n" not in text and list(tmp_path.iterdir()) == []
+
+
+ETA_HEADER = "data,activation,width,depth,lambda_max,state_lr,seeds\n"
+
+
+def test_an_eta_table_listing_a_cell_twice_is_refused_naming_both_lines(tmp_path):
+    from pcalm.eta import EtaTableError, load_table
+
+    table = tmp_path / "eta_table.csv"
+    table.write_text(ETA_HEADER + "fashion_mnist,relu,8,4,10.0,0.1,0-1-2\n"
+                     "fashion_mnist,relu,8,8,5.0,0.2,0-1-2\n"
+                     "fashion_mnist,relu,8,4,4.0,0.25,0-1-2\n")
+    with pytest.raises(EtaTableError) as err:
+        load_table(table)
+    assert f"{table}, lines 2 and 4: the cell fashion_mnist relu 8 4 is listed twice" in str(
+        err.value)
+
+
+def test_an_eta_table_with_a_byte_order_mark_reads_like_one_without(tmp_path):
+    from pcalm.eta import load_table
+
+    table = tmp_path / "eta_table.csv"
+    table.write_bytes(b"\xef\xbb\xbf" + (ETA_HEADER + "mnist,tanh,16,4,8.0,0.125,0\n").encode())
+    assert load_table(table) == {("mnist", "tanh", 16, 4): 0.125}
