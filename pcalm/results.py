@@ -311,6 +311,21 @@ def inside(results_dir: str | os.PathLike, *parts: str) -> Path:
     return path
 
 
+def confined(results_dir: str | os.PathLike, path: Path) -> Path:
+    """``path`` if neither it nor a folder between it and ``results_dir`` is a symlink, nor a
+    file where a folder belongs; else ResultsDirError (one line). What pcalm writes or deletes
+    in a run folder or a lock must not land at a symlink's target outside results_dir."""
+    root = Path(results_dir)
+    node = path
+    while node != root and root in node.parents:
+        if node.is_symlink():
+            raise ResultsDirError(f"refusing {path}: {node} is a symlink; allowed: plain "
+                                  "folders and files under results_dir")
+        node = node.parent
+    inside(root, *path.relative_to(root).parts)
+    return path
+
+
 class RunLock:
     """The exclusive lock of one run, taken by the process that trains it.
 
@@ -321,7 +336,8 @@ class RunLock:
     """
 
     def __init__(self, results_dir: str | os.PathLike, rid: str):
-        self.path = Path(results_dir) / LOCKS_DIR / f"{rid}.lock"
+        self.results_dir = Path(results_dir)
+        self.path = self.results_dir / LOCKS_DIR / f"{rid}.lock"
         self._fd: int | None = None
 
     def acquire(self, blocking: bool = True) -> bool:
@@ -331,8 +347,13 @@ class RunLock:
             import fcntl
         except ImportError:
             return True
+        confined(self.results_dir, self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:  # O_NOFOLLOW: a planted symlink must not create or lock a file elsewhere
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError as err:
+            raise ResultsDirError(f"cannot open the lock {self.path} ({err.strerror}): a lock "
+                                  "must be a plain file under results_dir") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -375,7 +396,8 @@ class RunFolder:
     def __init__(self, results_dir: str | os.PathLike, config: Mapping):
         self.config = _plain(config)
         self.id = run_id(self.config)
-        self.path = Path(results_dir) / "runs" / self.id
+        self.results_dir = Path(results_dir)
+        self.path = self.results_dir / "runs" / self.id
 
     @classmethod
     def from_path(cls, path: str | os.PathLike) -> RunFolder:
@@ -424,9 +446,20 @@ class RunFolder:
 
         Temp files of atomic writes that a kill interrupted (``.metrics.csv.*.tmp`` ...) are
         removed: only the process holding the run's lock prepares its folder, so none of them
-        is being written.
+        is being written. A folder that is a symlink, or lies outside results_dir through one,
+        is refused (ResultsDirError) before anything is written or removed in it.
         """
+        confined(self.results_dir, self.path)
+        if self.path.exists() and not self.path.is_dir():
+            raise ResultsDirError(f"refusing {self.path}: a file where a run folder belongs; "
+                                  "move it away and run again")
         self.path.mkdir(parents=True, exist_ok=True)
+        confined(self.results_dir, self.path)  # a symlink planted meanwhile
+        for name in (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, SUMMARY_FILE):
+            target = self.path / name
+            if target.is_symlink() or (target.exists() and not target.is_file()):
+                raise ResultsDirError(f"refusing {target}: not a plain file (a folder or a "
+                                      "symlink); move it away and run again")
         for stray in self.path.glob(".*.tmp"):
             stray.unlink(missing_ok=True)
         atomic_write_text(self.config_path, yaml.safe_dump(self.config, sort_keys=False))

@@ -31,6 +31,12 @@ SMALL = {"data": {"train_size": 200, "test_size": 100},
 QUIET = {"progress": False, "say": lambda _: None}
 
 
+@pytest.fixture
+def data_env(fake_data_root, results_dir, monkeypatch):
+    monkeypatch.setenv("PCALM_DATA", str(fake_data_root))
+    return results_dir
+
+
 def small(fake_data_root, results_dir, **sections):
     merged = {k: dict(v) for k, v in SMALL.items()}
     for key, values in sections.items():
@@ -303,3 +309,61 @@ def test_an_eta_table_with_a_byte_order_mark_reads_like_one_without(tmp_path):
     table = tmp_path / "eta_table.csv"
     table.write_bytes(b"\xef\xbb\xbf" + (ETA_HEADER + "mnist,tanh,16,4,8.0,0.125,0\n").encode())
     assert load_table(table) == {("mnist", "tanh", 16, 4): 0.125}
+
+
+# ------------------------------------------------- 2. nothing written outside results_dir
+
+
+def _outside_with_bait(tmp_path: Path) -> Path:
+    """A folder outside results_dir holding what a run folder's preparation would delete."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / ".metrics.csv.abc.tmp").write_text("someone's temp file")
+    (outside / "checkpoint.pt").write_bytes(b"someone's checkpoint")
+    return outside
+
+
+@pytest.mark.parametrize("planted", ["run folder", "runs dir", "lock", "locks dir"])
+def test_a_symlinked_run_folder_or_lock_is_refused_and_nothing_outside_changes(
+        planted, fake_data_root, results_dir, tmp_path):
+    from pcalm.results import ResultsDirError
+
+    cfg = small(fake_data_root, results_dir)
+    rid = RunFolder(results_dir, cfg).id
+    outside = _outside_with_bait(tmp_path)
+    link = {"run folder": results_dir / "runs" / rid, "runs dir": results_dir / "runs",
+            "lock": results_dir / "locks" / f"{rid}.lock",
+            "locks dir": results_dir / "locks"}[planted]
+    link.parent.mkdir(parents=True, exist_ok=True)
+    target = outside / "planted.lock" if planted == "lock" else outside
+    link.symlink_to(target)
+    before = tree(outside)
+    with pytest.raises(ResultsDirError) as err:
+        execute([cfg], **QUIET)
+    assert "symlink" in str(err.value) and "\n" not in str(err.value)
+    assert tree(outside) == before and not (outside / "planted.lock").exists()
+
+
+def test_a_run_folder_that_is_a_file_fails_in_one_line(fake_data_root, results_dir):
+    """experiments/run.py prints a ValueError's one line (pcalm.cli.exit_with)."""
+    from pcalm.results import ResultsDirError
+
+    cfg = small(fake_data_root, results_dir)
+    folder = RunFolder(results_dir, cfg)
+    folder.path.parent.mkdir(parents=True)
+    folder.path.write_text("not a folder")
+    with pytest.raises(ResultsDirError, match="a file where a run folder belongs") as err:
+        execute([cfg], **QUIET)
+    assert "\n" not in str(err.value)
+    assert folder.path.read_text() == "not a folder"  # nothing lost
+
+
+def test_a_summary_that_is_a_folder_is_refused_before_training(fake_data_root, results_dir):
+    from pcalm.results import ResultsDirError
+
+    cfg = small(fake_data_root, results_dir)
+    folder = RunFolder(results_dir, cfg)
+    (folder.summary_path / "keep").mkdir(parents=True)
+    with pytest.raises(ResultsDirError, match="summary.json: not a plain file"):
+        execute([cfg], **QUIET)
+    assert (folder.summary_path / "keep").is_dir() and not folder.metrics_path.exists()
