@@ -367,3 +367,24 @@ def test_a_summary_that_is_a_folder_is_refused_before_training(fake_data_root, r
     with pytest.raises(ResultsDirError, match="summary.json: not a plain file"):
         execute([cfg], **QUIET)
     assert (folder.summary_path / "keep").is_dir() and not folder.metrics_path.exists()
+
+
+def test_the_submitit_folder_is_private_and_refused_when_others_can_write_above_it(tmp_path):
+    """Each queued SLURM job unpickles its job from the submitit folder: it is made 0700,
+    and a folder above it that others can write (not sticky) is refused in one line."""
+    import stat
+
+    from pcalm.launcher import UnsafeFolder, private_folder
+
+    results = tmp_path / "results"
+    results.mkdir(mode=0o755)
+    os.chmod(tmp_path, 0o755)
+    folder = private_folder(results / "submitit" / "figure2-smoke-1")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    os.chmod(results, 0o775)  # a group-writable results folder: the group could swap folders
+    with pytest.raises(UnsafeFolder) as err:
+        private_folder(results / "submitit" / "figure2-smoke-2")
+    assert f"{results} is writable by others (mode 775" in str(err.value)
+    assert "\n" not in str(err.value)
+    os.chmod(results, 0o1777)  # sticky, like /tmp: others cannot rename what is ours
+    assert private_folder(results / "submitit" / "figure2-smoke-3").is_dir()
