@@ -28,8 +28,8 @@ import contextlib
 import io
 import logging
 import os
-import sys
 import stat
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -103,6 +104,60 @@ def evaluate(net: ResidualMLP, x: torch.Tensor, labels: torch.Tensor) -> dict[st
     return {"test_acc": correct / n, "test_mse": mse / n, "test_ce": ce / n}
 
 
+# Evaluations a run may plan in all (a row each in metrics.csv, kept in memory and checkpoints).
+MAX_EVALUATIONS = 100_000
+# Copies of the weights training holds: the weights, their gradients, Adam's two moments, and
+# the inference loop's states and buffers (a few per layer and sample, counted apart below).
+WEIGHT_COPIES = 4
+
+
+def check_schedule(train: dict, n_train: int) -> None:
+    """Evaluations at most once per step and at most MAX_EVALUATIONS in all: a schedule past
+    either would loop or fill the memory before the first step (ValueError, one line)."""
+    steps = n_train // train["batch_size"]
+    if steps >= 1 and train["evals_per_epoch"] > steps:
+        raise ValueError(f"bad value train.evals_per_epoch={train['evals_per_epoch']}: allowed: "
+                         f"at most the {steps} steps of an epoch")
+    if train["epochs"] * train["evals_per_epoch"] > MAX_EVALUATIONS:
+        raise ValueError(f"bad value train.epochs={train['epochs']}: allowed: epochs × "
+                         f"evals_per_epoch ({train['evals_per_epoch']}) at most "
+                         f"{MAX_EVALUATIONS} evaluations")
+
+
+def memory_estimate(cfg: dict, input_dim: int, classes: int, models: int) -> int:
+    """Bytes a stack of `models` runs needs at least: WEIGHT_COPIES × the weights
+    (784·N + (L−2)·N² + N·C per model) plus the inference states and buffers (≈ 8 per layer
+    per sample of a batch, N each), in train.dtype."""
+    m, t = cfg["model"], cfg["train"]
+    width, depth = m["width"], m["depth"]
+    weights = input_dim * width + (depth - 2) * width * width + width * classes
+    states = 8 * depth * t["batch_size"] * width
+    return models * (WEIGHT_COPIES * weights + states) * DTYPES[t["dtype"]].itemsize
+
+
+def _available_memory(device: torch.device) -> int | None:
+    """Free bytes on `device` (CUDA: the driver's count; CPU: physical memory), or None."""
+    try:
+        if device.type == "cuda":
+            return torch.cuda.mem_get_info(device)[0]
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        return None
+
+
+def check_memory(cfg: dict, input_dim: int, classes: int, models: int,
+                 device: torch.device) -> None:
+    """Refuse (ValueError, one line with the numbers) a net that cannot fit, before any
+    allocation: model.width=100000 would ask for tens of GB and fail deep inside torch."""
+    need = memory_estimate(cfg, input_dim, classes, models)
+    have = _available_memory(device)
+    if have is not None and need > have:
+        m = cfg["model"]
+        raise ValueError(f"bad value model.width={m['width']} (model.depth={m['depth']}): "
+                         f"needs about {need / 1e9:.1f} GB for {models} model(s), {device} has "
+                         f"{have / 1e9:.1f} GB; allowed: a smaller width, depth or stack")
+
+
 @dataclass
 class TrainState:
     """Everything a resumed run needs besides the config (saved in checkpoints)."""
@@ -138,6 +193,8 @@ class Trainer:
         self.device = device or resolve_device(self.cfg["train"]["device"])
         self.seeds = [c["train"]["seed"] for c in configs]
         dtype = DTYPES[self.cfg["train"]["dtype"]]
+        check_memory(self.cfg, dataset.input_dim, dataset.num_classes, len(configs), self.device)
+        check_schedule(self.cfg["train"], len(dataset.x_train))
         self.net = build_net(self.cfg, dataset.input_dim, self.seeds, self.device,
                              dataset.num_classes)
         self.algo = stack_algorithms([build_algorithm(c) for c in configs])

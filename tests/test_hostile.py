@@ -388,3 +388,30 @@ def test_the_submitit_folder_is_private_and_refused_when_others_can_write_above_
     assert "\n" not in str(err.value)
     os.chmod(results, 0o1777)  # sticky, like /tmp: others cannot rename what is ours
     assert private_folder(results / "submitit" / "figure2-smoke-3").is_dir()
+
+
+# ------------------------------------------------------ 4. sizes: one line, before allocating
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"model": {"width": 100_000}}, "bad value model.width=100000 (model.depth=4): needs about"),
+    ({"train": {"evals_per_epoch": 10**9}}, "allowed: at most the 4 steps of an epoch"),
+    ({"train": {"epochs": 10**9}}, "at most 100000 evaluations"),
+])
+def test_sizes_that_cannot_run_fail_in_one_line_before_any_folder(change, expected,
+                                                                  fake_data_root, results_dir):
+    cfg = small(fake_data_root, results_dir, **change)
+    with pytest.raises(ValueError) as err:
+        execute([cfg], **QUIET)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+    assert not (results_dir / "runs").exists() or not any((results_dir / "runs").iterdir())
+
+
+def test_the_memory_estimate_counts_weights_and_states():
+    """4 copies of 784·N + (L−2)·N² + 10·N weights plus 8·L·B·N states, float32."""
+    from pcalm.train import memory_estimate
+
+    cfg = {"model": {"width": 1000, "depth": 10},
+           "train": {"batch_size": 64, "dtype": "float32"}}
+    weights = 784 * 1000 + 8 * 1000**2 + 1000 * 10
+    assert memory_estimate(cfg, 784, 10, 3) == 3 * (4 * weights + 8 * 10 * 64 * 1000) * 4
