@@ -415,3 +415,39 @@ def test_the_memory_estimate_counts_weights_and_states():
            "train": {"batch_size": 64, "dtype": "float32"}}
     weights = 784 * 1000 + 8 * 1000**2 + 1000 * 10
     assert memory_estimate(cfg, 784, 10, 3) == 3 * (4 * weights + 8 * 10 * 64 * 1000) * 4
+
+
+# ------------------------------------------------ 4. a failing logger never costs a result
+
+
+class _BrokenTracker:
+    """What wandb does when its folder is full or unwritable: every call raises."""
+
+    def log(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    summary = finish = log
+
+
+def test_a_failing_logger_never_loses_a_finished_run(fake_data_root, results_dir, monkeypatch,
+                                                      recwarn):
+    from pcalm import runner
+
+    monkeypatch.setattr(runner, "open_tracker", lambda *a, **k: _BrokenTracker())
+    cfg = small(fake_data_root, results_dir)
+    (summary,) = execute([cfg], **QUIET).trained
+    folder = RunFolder(results_dir, cfg)
+    assert folder.exists_complete()
+    assert json.loads(folder.summary_path.read_text())["test_acc"] == summary["test_acc"]
+    messages = [str(w.message) for w in recwarn]
+    assert any(m.startswith("logger failed (OSError") and "\n" not in m for m in messages)
+
+
+def test_a_bogus_wandb_mode_is_named_in_one_line(monkeypatch):
+    from pcalm.tracking import effective_mode
+
+    monkeypatch.setenv("WANDB_MODE", "bogus")
+    with pytest.raises(ValueError, match=r"^bad value WANDB_MODE='bogus' \(environment\): "
+                                         r"allowed: online, offline, disabled, dryrun, or unset$"):
+        effective_mode({"mode": "offline"})
+    assert effective_mode({"mode": "none"}) == "none"  # no tracking: the variable is not read
