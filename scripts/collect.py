@@ -94,7 +94,11 @@ def main(argv: list[str]) -> int:
         df, expected, missing, table = write_tables(overrides)
     except (ValueError, EtaTableError) as err:
         exit_with(err)
+    except OSError as err:  # a full disk: the tables are written atomically, the old ones stay
+        exit_with(OSError(f"cannot write the tables: {err.strerror or err} ({err.filename}); "
+                          "the previous tables are unchanged"))
     except KeyboardInterrupt:
+        print("interrupted: collect; the previous tables are unchanged", file=sys.stderr)
         raise SystemExit(130) from None
     line = f"collected {len(df)} of {expected} runs"
     if missing:

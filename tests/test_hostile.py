@@ -451,3 +451,52 @@ def test_a_bogus_wandb_mode_is_named_in_one_line(monkeypatch):
                                          r"allowed: online, offline, disabled, dryrun, or unset$"):
         effective_mode({"mode": "offline"})
     assert effective_mode({"mode": "none"}) == "none"  # no tracking: the variable is not read
+
+
+# -------------------------------------------------------------- 4. a full disk: one line
+
+
+def _enospc_on(monkeypatch, name_part: str):
+    """Make every atomic write of a file whose name holds `name_part` fail like a full disk."""
+    from pcalm import results
+
+    real = results._atomic_write
+
+    def full(path, write, binary):
+        if name_part in Path(path).name:
+            def fill_then_fail(f):
+                write(f)
+                raise OSError(28, "No space left on device", str(path))
+            return real(path, fill_then_fail, binary)
+        return real(path, write, binary)
+
+    monkeypatch.setattr(results, "_atomic_write", full)
+
+
+def test_a_full_disk_mid_run_leaves_no_temp_file_and_no_orphan_folder(
+        fake_data_root, results_dir, monkeypatch):
+    _enospc_on(monkeypatch, "metrics")
+    cfg = small(fake_data_root, results_dir)
+    with pytest.raises(OSError, match="No space left"):
+        execute([cfg], **QUIET)
+    folder = RunFolder(results_dir, cfg)
+    assert not folder.path.exists()  # nothing but config.yaml was written: the folder goes
+    assert not list(results_dir.rglob("*.tmp"))
+
+
+def test_a_full_disk_in_collect_is_one_line_and_keeps_the_old_table(data_env, monkeypatch,
+                                                                     capsys):
+    from tests.conftest import load_script
+
+    grid = ["experiment=figure2", "scale=smoke", "inference.state_lr=0.25", "algo=bp",
+            "sweep.grid={model.width:[8]}", "model.depth=4", "model.activation=relu"]
+    table = data_env / "tables" / "figure2-smoke.csv"
+    table.parent.mkdir(parents=True)
+    table.write_text("run_id\nold\n")
+    _enospc_on(monkeypatch, "figure2-smoke")
+    with pytest.raises(SystemExit) as stop:
+        load_script("scripts/collect.py").main(grid)
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: cannot write the tables: No space left on device")
+    assert table.read_text() == "run_id\nold\n" and not list(table.parent.glob("*.tmp"))
