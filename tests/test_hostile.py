@@ -500,3 +500,16 @@ def test_a_full_disk_in_collect_is_one_line_and_keeps_the_old_table(data_env, mo
     assert stop.value.code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("error: cannot write the tables: No space left on device")
     assert table.read_text() == "run_id\nold\n" and not list(table.parent.glob("*.tmp"))
+
+
+def test_a_non_ascii_override_says_how_to_write_it():
+    from pcalm import cli
+    from pcalm.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        cli.parse_overrides(["logger.project=naïve"])
+    assert str(err.value) == ("cannot parse override 'logger.project=naïve': the character 'ï' "
+                              "is not allowed unquoted; allowed: ASCII, or quote the value: "
+                              "logger.project='\"naïve\"'")
+    (quoted,) = cli.parse_overrides(['logger.project="naïve"'])  # the advice works
+    assert quoted.value == "naïve"
