@@ -235,12 +235,12 @@ class Trainer:
         self.state = state
 
     def _check_within_plan(self, state: TrainState) -> None:
-        """A checkpoint must describe a point of this run's plan: 0 <= step < total steps
-        (a checkpoint is never saved at the last step), one list of rows per model, and no
+        """A checkpoint must describe a point of this run's plan: 0 <= step <= total steps,
+        one list of rows per model, and no
         evaluation rows beyond the evaluations planned up to that step. Anything else (a
         tampered or foreign checkpoint) would turn a few real steps into a "complete" run."""
         step, m = state.step, len(self.seeds)
-        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < self.total_steps:
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= self.total_steps:
             raise ValueError(f"checkpoint at step {step!r}, outside this run's plan of "
                              f"{self.total_steps} steps")
         planned = len([s for s in self.eval_steps if s <= step])
