@@ -280,6 +280,8 @@ def test_a_step_size_the_dtype_cannot_hold_fails_at_validation(section, key, tmp
                                           r"most 3\.403e\+38, the largest train\.dtype=float32"):
         resolve_run_config(config("float32"))
     assert resolve_run_config(config("float64"))[section][key] == 1e100
+    if key == "eta0":  # far below the edge, η0 meets the first-step bound (test_hostile.py)
+        return
     at_the_edge = config("float32")
     at_the_edge[section][key] = float(torch.finfo(torch.float32).max)
     assert resolve_run_config(at_the_edge)[section][key] == at_the_edge[section][key]
