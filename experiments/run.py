@@ -45,6 +45,10 @@ def main(cfg: DictConfig) -> None:
         outcome = execute([run])
     except (ValueError, DataError, EtaTableError) as err:
         exit_with(err)
+    except OSError as err:  # a full or vanished disk: nothing half-written stays (atomic writes)
+        exit_with(OSError(f"cannot write the run's files: {err.strerror or err} "
+                          f"({err.filename or run and run['results_dir']}); finished runs are "
+                          "kept, run the same command again once there is room"))
     except KeyboardInterrupt:
         where = RunFolder(run["results_dir"], run).path if run else None
         interrupted(f"run {Cell.of(run)} ({where})" if run else "the run, before it started")

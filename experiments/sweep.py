@@ -21,6 +21,7 @@ tab completion of keys and groups is run.py's (the same @hydra.main config):
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -119,6 +120,15 @@ def plural(n: int, word: str) -> str:
 
 def is_complete(cfg: dict) -> bool:
     return RunFolder(cfg["results_dir"], cfg).exists_complete()
+
+
+def is_diverged(cfg: dict) -> bool:
+    """A finished run that diverged: it counts as done, never as a valid result."""
+    path = RunFolder(cfg["results_dir"], cfg).summary_path
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("status") == "diverged"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def check_data(configs: list[dict]) -> None:
@@ -476,7 +486,9 @@ def report(configs: list[dict], rc: int, name: str, results_dir: Path, waited: b
         return 0
     done = sum(map(is_complete, configs))
     missing = len(configs) - done
-    print(f"done: {done} complete, {missing} missing", flush=True)
+    diverged = sum(map(is_diverged, configs))
+    note = f" ({diverged} of them diverged: not valid results)" if diverged else ""
+    print(f"done: {done} complete{note}, {missing} missing", flush=True)
     if missing or rc != 0:
         elsewhere = waiting_on(configs, queued)
         jobs = set(elsewhere.values())

@@ -106,7 +106,8 @@ def parse_overrides(texts: list[str]) -> list[Override]:
         try:
             o = parser.parse_override(text)
         except Exception as err:
-            raise ConfigError(f"cannot parse override {text!r}: {_one_line(err)}") from None
+            raise ConfigError(f"cannot parse override {text!r}: {_why_unparsed(text, err)}") \
+                from None
         sweep = None
         if o.is_sweep_override():
             if not o.is_discrete_sweep() or o.value_type.name == "GLOB_CHOICE_SWEEP":
@@ -124,6 +125,16 @@ def group_options(group: str) -> list[str] | None:
     if "." in group or not folder.is_dir():
         return None
     return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def _why_unparsed(text: str, err: BaseException) -> str:
+    """Hydra's lexer says "token recognition error at: 'é'"; say what to do instead."""
+    odd = next((c for c in text if not c.isascii()), None)
+    if odd is not None and "=" in text:
+        key, value = text.split("=", 1)
+        return (f"the character {odd!r} is not allowed unquoted; allowed: ASCII, or quote the "
+                f"value: {key}='\"{value}\"'")
+    return _one_line(err)
 
 
 def _one_line(err: BaseException) -> str:

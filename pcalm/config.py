@@ -178,6 +178,25 @@ def _check_representable(cfg: dict) -> None:
         if isinstance(value, float) and value > largest:
             raise _fail(f"{section}.{key}", value,
                         f"allowed: at most {largest:.4g}, the largest train.dtype={dtype} number")
+    _check_first_step(cfg, math.sqrt(largest))
+
+
+def _check_first_step(cfg: dict, bound: float) -> None:
+    """A weight learning rate that diverges at the first step fails here, in one line.
+
+    Adam's first update moves every weight by exactly lr = η0 · γ0² · sqrt(N/L) (m̂/√v̂ = ±1),
+    and the energies and losses square the products of weights and activities. Once
+    lr > sqrt(largest number of train.dtype) those squares overflow to inf, so the run is
+    diverged from its second step on: refuse it, naming the η0 that reaches the bound.
+    """
+    m = cfg["model"]
+    scale = m["gamma0"] ** 2 * math.sqrt(m["width"] / m["depth"])
+    lr = cfg["train"]["eta0"] * scale
+    if lr > bound:
+        raise _fail("train.eta0", cfg["train"]["eta0"],
+                    f"allowed: at most {bound / scale:.4g} here (Adam's first step moves every "
+                    f"weight by lr = η0·γ0²·sqrt(N/L) = {lr:.4g}, whose square overflows "
+                    f"train.dtype={cfg['train']['dtype']}: the run would diverge at once)")
 
 
 def _resolve_task(cfg: dict) -> None:

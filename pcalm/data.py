@@ -143,15 +143,50 @@ def parse_idx(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=start).reshape(shape)
 
 
+def official_size(base: str) -> int | None:
+    """Bytes of the official uncompressed IDX file named `base` (header + items), or None
+    for a name that is not one of the four: images are 16 + n·28·28, labels 8 + n."""
+    split = next((s for s in OFFICIAL_COUNTS if base.startswith(s)), None)
+    if split is None:
+        return None
+    n = OFFICIAL_COUNTS[split]
+    if base.endswith("-images-idx3-ubyte"):
+        return 16 + n * 28 * 28
+    if base.endswith("-labels-idx1-ubyte"):
+        return 8 + n
+    return None
+
+
+# Files with names outside the official four (tests, other IDX data) are read up to this size.
+MAX_IDX_BYTES = 1 << 30
+
+
+def size_cap(path: Path) -> int:
+    """The most uncompressed bytes a data file may hold: its official size (a gzip bomb or a
+    padded file stops there), else MAX_IDX_BYTES."""
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    return official_size(name) or MAX_IDX_BYTES
+
+
 def _read_bytes(path: Path) -> bytes:
-    """Return the uncompressed bytes of a plain or gzipped file."""
+    """Return the uncompressed bytes of a plain or gzipped file, streamed: reading stops one
+    byte past `size_cap`, so a gzip file that expands beyond it never fills the memory."""
+    cap = size_cap(path)
     try:
-        raw = path.read_bytes()
-        return gzip.decompress(raw) if path.suffix == ".gz" else raw
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                data = f.read(cap + 1)
+        else:
+            with path.open("rb") as f:
+                data = f.read(cap + 1)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise DataError(f"corrupt gzip file {path}: {exc}") from None
     except OSError as exc:
         raise DataError(f"cannot read data file {path}: {exc.strerror or exc}") from None
+    if len(data) > cap:
+        raise DataError(f"oversized data file {path}: more than {cap} bytes uncompressed, the "
+                        "size of the official file; re-download it (see docs/DATA.md)")
+    return data
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:

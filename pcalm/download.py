@@ -26,17 +26,30 @@ import http.client
 import os
 import sys
 import tempfile
+import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.request import urlopen
 
-from pcalm.data import _FOLDERS, MD5, DataError, missing_files, raw_dir
+from pcalm.data import (
+    _FOLDERS,
+    MAX_IDX_BYTES,
+    MD5,
+    DataError,
+    missing_files,
+    official_size,
+    raw_dir,
+)
 from pcalm.results import _fsync_dir  # the one way this project persists a rename
 
 URL_SCHEMES = ("https://", "http://", "file://")
 TIMEOUT_S = 30.0  # per connection attempt and per read: a dead mirror costs this much, once
+# The whole download (every file, every mirror) ends by then, however slowly a mirror drips:
+# the four official files are 55 MB at most, minutes on any working link.
+DEADLINE_S = 1800.0
 _CHUNK = 1 << 16
 LOCK_NAME = ".download.lock"
 FILE_MODE = 0o644  # a data file as any tool writes one under the usual umask
@@ -70,6 +83,8 @@ def fetch(
     files: Mapping[str, str] | None = None,
     *,
     timeout: float = TIMEOUT_S,
+    deadline: float = DEADLINE_S,
+    sizes: Mapping[str, int] | None = None,
     say: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Download the dataset's missing files into ``raw_dir(name, root)``; return the new paths.
@@ -78,6 +93,13 @@ def fetch(
     official table ``pcalm.data.MD5``; tests pass their own). Files already present (plain or
     .gz, or in Debian's folder) are not fetched again, nor checked here: loading checks them.
     No ``mirrors`` (``data.mirrors: []``) turns downloading off.
+
+    Bounded in time, size and memory: the whole call ends within ``deadline`` seconds (plus
+    one ``timeout``); ``sizes`` maps each base name to its uncompressed size (default: the
+    official sizes, ``pcalm.data.official_size``), and a mirror announcing or sending more
+    than that (compressed, or after gunzip) is dropped as soon as it does. Each rejected
+    mirror is said (``say``) with its reason before the next is tried. ``.part`` files a
+    killed download left are removed once the folder's lock is held.
     """
     if name not in _FOLDERS:
         raise DataError(f"nothing to download for dataset {name!r}: allowed: "
@@ -89,10 +111,39 @@ def fetch(
     say = say or _stderr
     folder = raw_dir(name, root)
     _make_folder(folder, name)
+    ends = time.monotonic() + deadline
     with _folder_lock(folder, say):
+        _remove_stale_parts(folder)
         todo = _missing(name, root, files)  # another process may have fetched them meanwhile
-        return [_fetch_file(folder, base, files[base], mirrors, todo, timeout, say)
-                for base in todo]
+        limits = {b: (sizes or {}).get(b) or official_size(b) or MAX_IDX_BYTES for b in todo}
+        return [_fetch_file(folder, base, files[base], mirrors, todo,
+                            _Limits(timeout, ends, limits[base]), say) for base in todo]
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """What one file's download may take: seconds per read, the monotonic end of the whole
+    download, and its uncompressed size (the compressed file may exceed it only by gzip's
+    overhead on incompressible data)."""
+
+    timeout: float
+    ends: float
+    size: int
+
+    @property
+    def compressed(self) -> int:
+        return self.size + self.size // 1000 + 1024
+
+    def left(self) -> float:
+        return self.ends - time.monotonic()
+
+
+def _remove_stale_parts(folder: Path) -> None:
+    """Only the holder of the folder's lock downloads, so every ``.part`` there is a dead
+    download's (a SIGTERM or a kill mid-stream): remove them before they pile up."""
+    for stale in folder.glob(".*.part"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def _missing(name: str, root, files: Mapping[str, str]) -> list[str]:
@@ -138,33 +189,40 @@ def _folder_lock(folder: Path, say: Callable[[str], None]) -> Iterator[None]:
 
 
 def _fetch_file(folder: Path, base: str, md5: str, mirrors: list[str], todo: list[str],
-                timeout: float, say: Callable[[str], None]) -> Path:
+                limits: _Limits, say: Callable[[str], None]) -> Path:
     """Try each mirror in turn for ``base``.gz; DataError (one line) when none gives it."""
-    tried = []
+    tried, rejected = [], []
     for mirror in mirrors:
         url = mirror + ("" if mirror.endswith("/") else "/") + f"{base}.gz"
         try:
-            return _download(url, folder / f"{base}.gz", md5, timeout, say)
-        except _Failed as why:  # said once, in the error below, if no mirror works
+            path = _download(url, folder / f"{base}.gz", md5, limits, say)
+        except _Failed as why:
             tried.append(f"{mirror} ({why})")
+            rejected.append(f"rejected {url}: {why}; trying the next")
+            continue
+        for line in rejected:  # a later mirror worked: say why the earlier ones did not
+            say(line)
+        return path
     names = ", ".join(f"{b}.gz" for b in todo[todo.index(base):])
     raise DataError(f"cannot download {folder.parent.name} files {names} into {folder}: "
                     f"tried {'; '.join(tried)}; {OFFLINE_HINT}")
 
 
-def _download(url: str, dest: Path, md5: str, timeout: float,
+def _download(url: str, dest: Path, md5: str, limits: _Limits,
               say: Callable[[str], None]) -> Path:
     """Fetch ``url`` to a temporary file beside ``dest``, verify it, rename it to ``dest``."""
+    if limits.left() <= 0:
+        raise _Failed("the download's deadline passed")
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:
         os.chmod(tmp, FILE_MODE)  # mkstemp makes it private (0600); others' jobs read it too
         with os.fdopen(fd, "wb") as out:
-            _stream(url, out, timeout, say)
+            _stream(url, out, limits, say)
             out.flush()
             os.fsync(out.fileno())  # the bytes reach the disk before the name does
-        found = _gunzip_md5(Path(tmp))
+        found = _gunzip_md5(Path(tmp), limits.size)
         if found != md5:
-            raise _Failed(f"MD5 {found} of the uncompressed file, expected {md5}")
+            raise _Failed(f"MD5 mismatch: {found} of the uncompressed file, expected {md5}")
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)
         return dest
@@ -173,23 +231,36 @@ def _download(url: str, dest: Path, md5: str, timeout: float,
             os.unlink(tmp)  # gone already after a successful rename
 
 
-def _stream(url: str, out, timeout: float, say: Callable[[str], None]) -> None:
-    """Copy the body of ``url`` into ``out``, with a progress bar; _Failed if short or refused."""
+def _stream(url: str, out, limits: _Limits, say: Callable[[str], None]) -> None:
+    """Copy the body of ``url`` into ``out``, with a progress bar; _Failed if short, refused,
+    larger than ``limits.compressed`` (announced or sent) or past the deadline.
+
+    ``read1`` returns what one receive brings, so a mirror dripping a byte at a time is
+    checked against the deadline at every byte, not only when a whole chunk has arrived."""
     from tqdm import tqdm
 
+    cap = limits.compressed
     try:
-        with urlopen(url, timeout=timeout) as response:
+        with urlopen(url, timeout=max(0.01, min(limits.timeout, limits.left()))) as response:
             total = _content_length(response)
+            if total is not None and total > cap:
+                raise _Failed(f"it announces {total} bytes, more than the {cap} expected")
             size = f" ({_megabytes(total)})" if total else ""
             say(f"downloading {url}{size}")
             # disable=None: a bar on a terminal, nothing in a SLURM log or a test's pipe.
             with tqdm(total=total, unit="B", unit_scale=True, leave=False, disable=None,
                       file=sys.stderr) as bar:
                 written = 0
-                while chunk := response.read(_CHUNK):
+                read = getattr(response, "read1", response.read)
+                while chunk := read(_CHUNK):
                     out.write(chunk)
                     written += len(chunk)
                     bar.update(len(chunk))
+                    if written > cap:
+                        raise _Failed(f"it sent more than the {cap} bytes expected")
+                    if limits.left() <= 0:
+                        raise _Failed(f"too slow: {written} bytes when the download's "
+                                      "deadline passed")
     except HTTPError as exc:
         raise _Failed(f"HTTP {exc.code}") from None
     except URLError as exc:
@@ -215,12 +286,17 @@ def _reason(exc) -> str:
     return text[:120]
 
 
-def _gunzip_md5(path: Path) -> str:
-    """MD5 of the file's uncompressed bytes, streamed; _Failed if it is no complete gzip file."""
+def _gunzip_md5(path: Path, cap: int) -> str:
+    """MD5 of the file's uncompressed bytes, streamed; _Failed if it is no complete gzip file
+    or expands beyond ``cap`` bytes (a gzip bomb stops there)."""
     digest = hashlib.md5()
+    size = 0
     try:
         with gzip.open(path, "rb") as f:
             while chunk := f.read(1 << 20):
+                size += len(chunk)
+                if size > cap:
+                    raise _Failed(f"it expands beyond the {cap} bytes expected")
                 digest.update(chunk)
     except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise _Failed(f"not a complete gzip file: {_reason(exc)}") from None

@@ -114,15 +114,30 @@ def _rows(path: Path, columns: tuple[str, ...], fix: str):
     """(line number, row) of a CSV whose header holds `columns`; one-line errors."""
     if not path.is_file():
         raise EtaTableError(f"no eta table at {path}: {fix}")
-    with path.open(newline="") as f:
+    # utf-8-sig: a byte-order mark (an editor's, e.g. Excel's) is not part of the first column
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise EtaTableError(f"{path}, line 1: bad header (missing column {missing[0]}, "
-                                f"expected {','.join(columns)}): {fix}")
-        for row in reader:
-            yield reader.line_num, row
+        try:
+            header = reader.fieldnames or []
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise EtaTableError(f"{path}, line 1: bad header (missing column {missing[0]}, "
+                                    f"expected {','.join(columns)}): {fix}")
+            for row in reader:
+                yield reader.line_num, row
+        except (UnicodeDecodeError, csv.Error) as err:
+            raise EtaTableError(f"{path}, line {reader.line_num + 1}: not UTF-8 CSV "
+                                f"({type(err).__name__}): {fix}") from None
+
+
+def _unique(path: Path, seen: dict[tuple, int], key: tuple, line: int, fix: str) -> tuple:
+    """`key`, remembered at `line`; a cell listed twice is refused naming both lines (which
+    row would win is not a choice a table should make silently)."""
+    if key in seen:
+        raise EtaTableError(f"{path}, lines {seen[key]} and {line}: the cell "
+                            f"{' '.join(map(str, key))} is listed twice: {fix}")
+    seen[key] = line
+    return key
 
 
 def _field(path: Path, line: int, row: dict, column: str, kind, fix: str):
@@ -162,13 +177,14 @@ def load_table(path: Path | str) -> dict[tuple, float]:
     """{(data, activation, width, depth): state_lr} from our table (configs/eta_table.csv)."""
     path = Path(path)
     fix = "restore it (git checkout configs/eta_table.csv) or rerun `make eta-table`"
-    table = {}
+    table, seen = {}, {}
     for line, r in _rows(path, TABLE_COLUMNS, fix):
         key = (r["data"], _activation(path, line, r, fix),
                _field(path, line, r, "width", int, fix), _field(path, line, r, "depth", int, fix))
         lam = _field(path, line, r, "lambda_max", float, fix)
         eta = _field(path, line, r, "state_lr", float, fix)
-        table[_cell_entry(path, line, key, lam, eta, fix)] = eta
+        key = _unique(path, seen, _cell_entry(path, line, key, lam, eta, fix), line, fix)
+        table[key] = eta
     return table
 
 
@@ -177,13 +193,14 @@ def load_authors_table(path: Path | str) -> dict[tuple, float]:
     values verbatim (`linear` is our `identity`)."""
     path = Path(path)
     fix = f"restore it from the project (git checkout configs/{AUTHORS_TABLE_NAME})"
-    table = {}
+    table, seen = {}, {}
     for line, r in _rows(path, AUTHORS_COLUMNS, fix):
         key = (r["dataset"], _activation(path, line, r, fix),
                _field(path, line, r, "N", int, fix), _field(path, line, r, "L", int, fix))
         lam = _field(path, line, r, "lambda_max_total_gn_median", float, fix)
         eta = _field(path, line, r, "eta_best_1_over_lambda_median", float, fix)
-        table[_cell_entry(path, line, key, lam, eta, fix)] = eta
+        key = _unique(path, seen, _cell_entry(path, line, key, lam, eta, fix), line, fix)
+        table[key] = eta
     return table
 
 
@@ -216,7 +233,7 @@ def write_table(path: Path | str, rows: list[dict]) -> None:
     existing = {}
     if path.is_file():
         load_table(path)  # never merge into a damaged table
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:
             for r in csv.DictReader(f):
                 existing[(r["data"], r["activation"], int(r["width"]), int(r["depth"]))] = r
     for r in rows:

@@ -28,6 +28,7 @@ import contextlib
 import io
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -55,6 +56,9 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
 
     try:
         executor = make_executor(launcher.params)
+    except UnsafeFolder as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(REFUSED) from None
     except RuntimeError as err:  # submitit finds no srun: this is no SLURM login node
         print(f"error: cannot submit to SLURM here: {err}", file=sys.stderr)
         raise SystemExit(REFUSED) from None
@@ -86,6 +90,45 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         raise SystemExit(1)
     return [JobReturn(status=JobStatus.COMPLETED) for _ in jobs]
 
+class UnsafeFolder(RuntimeError):
+    """A submitit folder others could write in; the message is one line."""
+
+
+def private_folder(folder: Path) -> Path:
+    """Make ``folder`` (submitit's: each queued job unpickles its ``*_submitted.pkl`` from it
+    when it starts) writable by its owner only, and check that nobody else can replace it.
+
+    Created with mode 0700 and re-checked: the folder and every existing folder above it up
+    to the filesystem root must be owned by this user (or root) and not writable by group or
+    others, unless sticky (/tmp: others cannot rename what is ours). Otherwise someone else
+    could plant or swap a pickle that runs as this user when a queued job starts. UnsafeFolder
+    names the first folder that fails and how to fix it.
+    """
+    folder = folder.expanduser().absolute()
+    old = os.umask(0o077)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    finally:
+        os.umask(old)
+    os.chmod(folder, 0o700)
+    me = os.getuid() if hasattr(os, "getuid") else None
+    for node in (folder, *folder.parents):
+        info = node.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            raise UnsafeFolder(f"refusing submitit_folder {folder}: {node} is a symlink")
+        if me is None:
+            break
+        open_to_others = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        sticky = info.st_mode & stat.S_ISVTX
+        if info.st_uid not in (me, 0) or (open_to_others and not sticky):
+            raise UnsafeFolder(
+                f"refusing submitit_folder {folder}: {node} is writable by others (mode "
+                f"{stat.S_IMODE(info.st_mode):o}, owner uid {info.st_uid}), who could plant a "
+                f"pickle a queued job runs; `chmod go-w {node}`, or set "
+                "hydra.launcher.submitit_folder to a folder only you can write")
+    return folder
+
+
 def make_executor(params: dict):
     """An AutoExecutor set up from the launcher's config, as the upstream launcher does."""
     import submitit
@@ -93,6 +136,7 @@ def make_executor(params: dict):
     from omegaconf import OmegaConf
 
     init_keys = {"submitit_folder", "max_num_timeout"}
+    private_folder(Path(str(params["submitit_folder"])))
     executor = submitit.AutoExecutor(folder=params["submitit_folder"], cluster="slurm",
                                      slurm_max_num_timeout=params.get("max_num_timeout", 0))
     generic = set(OmegaConf.structured(BaseQueueConf).keys())

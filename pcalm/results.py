@@ -255,6 +255,16 @@ def is_summary(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("status") in SUMMARY_STATUSES
 
 
+def is_valid(summary: Mapping) -> bool:
+    """True iff a finished run's numbers can back a claim: it did not diverge and, if it
+    reports a test accuracy, that accuracy is a finite number. Tables carry this as ``valid``,
+    so a diverged run or a missing accuracy shows wherever the table goes."""
+    if summary.get("status") != "complete" or summary.get("diverged") is True:
+        return False
+    acc = summary.get("test_acc", 0.0)
+    return _is_number(acc) and math.isfinite(acc)
+
+
 class ResultsDirError(ValueError):
     """A results folder that cannot hold results; the message is one line."""
 
@@ -302,6 +312,21 @@ def inside(results_dir: str | os.PathLike, *parts: str) -> Path:
     return path
 
 
+def confined(results_dir: str | os.PathLike, path: Path) -> Path:
+    """``path`` if neither it nor a folder between it and ``results_dir`` is a symlink, nor a
+    file where a folder belongs; else ResultsDirError (one line). What pcalm writes or deletes
+    in a run folder or a lock must not land at a symlink's target outside results_dir."""
+    root = Path(results_dir)
+    node = path
+    while node != root and root in node.parents:
+        if node.is_symlink():
+            raise ResultsDirError(f"refusing {path}: {node} is a symlink; allowed: plain "
+                                  "folders and files under results_dir")
+        node = node.parent
+    inside(root, *path.relative_to(root).parts)
+    return path
+
+
 class RunLock:
     """The exclusive lock of one run, taken by the process that trains it.
 
@@ -312,7 +337,8 @@ class RunLock:
     """
 
     def __init__(self, results_dir: str | os.PathLike, rid: str):
-        self.path = Path(results_dir) / LOCKS_DIR / f"{rid}.lock"
+        self.results_dir = Path(results_dir)
+        self.path = self.results_dir / LOCKS_DIR / f"{rid}.lock"
         self._fd: int | None = None
 
     def acquire(self, blocking: bool = True) -> bool:
@@ -322,8 +348,13 @@ class RunLock:
             import fcntl
         except ImportError:
             return True
+        confined(self.results_dir, self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:  # O_NOFOLLOW: a planted symlink must not create or lock a file elsewhere
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError as err:
+            raise ResultsDirError(f"cannot open the lock {self.path} ({err.strerror}): a lock "
+                                  "must be a plain file under results_dir") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -366,7 +397,8 @@ class RunFolder:
     def __init__(self, results_dir: str | os.PathLike, config: Mapping):
         self.config = _plain(config)
         self.id = run_id(self.config)
-        self.path = Path(results_dir) / "runs" / self.id
+        self.results_dir = Path(results_dir)
+        self.path = self.results_dir / "runs" / self.id
 
     @classmethod
     def from_path(cls, path: str | os.PathLike) -> RunFolder:
@@ -415,9 +447,20 @@ class RunFolder:
 
         Temp files of atomic writes that a kill interrupted (``.metrics.csv.*.tmp`` ...) are
         removed: only the process holding the run's lock prepares its folder, so none of them
-        is being written.
+        is being written. A folder that is a symlink, or lies outside results_dir through one,
+        is refused (ResultsDirError) before anything is written or removed in it.
         """
+        confined(self.results_dir, self.path)
+        if self.path.exists() and not self.path.is_dir():
+            raise ResultsDirError(f"refusing {self.path}: a file where a run folder belongs; "
+                                  "move it away and run again")
         self.path.mkdir(parents=True, exist_ok=True)
+        confined(self.results_dir, self.path)  # a symlink planted meanwhile
+        for name in (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, SUMMARY_FILE):
+            target = self.path / name
+            if target.is_symlink() or (target.exists() and not target.is_file()):
+                raise ResultsDirError(f"refusing {target}: not a plain file (a folder or a "
+                                      "symlink); move it away and run again")
         for stray in self.path.glob(".*.tmp"):
             stray.unlink(missing_ok=True)
         atomic_write_text(self.config_path, yaml.safe_dump(self.config, sort_keys=False))
@@ -509,26 +552,122 @@ def _read_config(folder: Path) -> dict:
 
 def _scan(
     results_dir: str | os.PathLike, run_ids: Iterable[str] | None
-) -> tuple[list[tuple[str, Path, dict, dict]], list[str]]:
+) -> tuple[list[tuple[str, Path, dict, dict]], list[str], dict[str, str]]:
     """Complete runs as ``(id, folder, config, summary)`` and the ids left out.
 
     With ``run_ids``: the requested ids, and as "left out" those absent or incomplete. Without:
     every folder under ``runs/``, and as "left out" the incomplete ones found there.
+    Folders that look complete but fail ``audit_run`` are left out too, and returned third
+    as ``{run id: reason}``.
     """
     runs_dir = Path(results_dir) / "runs"
     if run_ids is None:
         ids = sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
     else:
         ids = list(dict.fromkeys(str(i) for i in run_ids))  # dedupe, keep order
-    complete, missing = [], []
+    complete, missing, excluded = [], [], {}
     for rid in ids:
         folder = runs_dir / rid
-        summary = _read_json(folder / SUMMARY_FILE)
+        summary = _read_json(folder / SUMMARY_FILE) if folder.is_dir() else None
         if not is_summary(summary):
             missing.append(rid)
             continue
+        reason = audit_run(folder, summary)
+        if reason is not None:
+            excluded[rid] = reason
+            continue
         complete.append((rid, folder, _read_config(folder), summary))
-    return complete, sorted(missing)
+    return complete, sorted(missing), excluded
+
+
+# --------------------------------------------------------------------------------------------
+# Checking a run folder before it reaches a table
+# --------------------------------------------------------------------------------------------
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def audit_run(folder: Path, summary: Mapping) -> str | None:
+    """Why the finished-looking run in ``folder`` cannot be trusted, or None if it can.
+
+    A table must hold only what training wrote, so a folder is refused when
+    - it is a symlink (its files live outside results_dir);
+    - its ``config.yaml`` is missing, not a mapping, or does not hash to the folder name
+      (edited after the run: the numbers are not those of the config);
+    - its summary has wrong types or ranges: ``diverged`` not a bool matching ``status``;
+      ``steps`` not a whole number >= 0; a trained run's ``test_acc`` not a number, or a
+      ``complete`` run's not finite in [0, 1];
+    - a trained run's ``metrics.csv`` is missing, torn, header-only or another run's: it must
+      have ``step`` and ``test_acc`` columns, whole increasing steps, and a complete run's last
+      row must be at the summary's ``steps`` with the summary's ``test_acc``.
+    """
+    if folder.is_symlink():
+        return "the run folder is a symlink"
+    try:
+        config = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return f"{CONFIG_FILE} is missing or unreadable"
+    if not isinstance(config, dict):
+        return f"{CONFIG_FILE} is not a mapping"
+    found = run_id(config)
+    if found != folder.name:
+        return f"{CONFIG_FILE} hashes to {found}, not to the folder name (edited?)"
+    reason = _audit_summary(summary, config)
+    if reason is None and _task_name(config) == "train":
+        reason = _audit_metrics(folder / METRICS_FILE, summary)
+    return reason
+
+
+def _task_name(config: Mapping) -> str:
+    task = config.get("task")
+    return task.get("name", "train") if isinstance(task, Mapping) else "train"
+
+
+def _audit_summary(summary: Mapping, config: Mapping) -> str | None:
+    diverged = summary.get("diverged", summary["status"] == "diverged")
+    if not isinstance(diverged, bool) or diverged != (summary["status"] == "diverged"):
+        return f"{SUMMARY_FILE}: diverged={diverged!r} does not match status={summary['status']!r}"
+    steps = summary.get("steps", 0)
+    if not _is_number(steps) or not math.isfinite(steps) or steps < 0 or steps != int(steps):
+        return f"{SUMMARY_FILE}: steps={steps!r} is not a whole number >= 0"
+    if _task_name(config) != "train":
+        return None
+    acc = summary.get("test_acc")
+    if not _is_number(acc):
+        return f"{SUMMARY_FILE}: test_acc={acc!r} is not a number"
+    if not diverged and not (math.isfinite(acc) and 0 <= acc <= 1):
+        return f"{SUMMARY_FILE}: test_acc={acc!r} of a complete run is not in [0, 1]"
+    return None
+
+
+def _audit_metrics(path: Path, summary: Mapping) -> str | None:
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError):
+        return f"{METRICS_FILE} is missing or unreadable"
+    if not text.endswith("\n"):
+        return f"{METRICS_FILE} is torn (no final newline)"
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows or "step" not in rows[0] or "test_acc" not in rows[0]:
+        return f"{METRICS_FILE} has no rows with step and test_acc"
+    try:
+        steps = [int(r["step"]) for r in rows]
+        last_acc = float(rows[-1]["test_acc"])
+    except (TypeError, ValueError):
+        return f"{METRICS_FILE} has a row whose step or test_acc is not a number"
+    if any(b <= a for a, b in zip(steps, steps[1:])) or steps[0] < 0:
+        return f"{METRICS_FILE}: steps are not increasing"
+    if summary["status"] == "complete":
+        if "steps" in summary and steps[-1] != summary["steps"]:
+            return (f"{METRICS_FILE} ends at step {steps[-1]}, the summary at step "
+                    f"{summary['steps']} (another run's, or torn)")
+        if not math.isclose(last_acc, summary["test_acc"], rel_tol=1e-9, abs_tol=1e-12):
+            return (f"{METRICS_FILE}'s last test_acc {last_acc!r} is not the summary's "
+                    f"{summary['test_acc']!r} (another run's?)")
+    return None
 
 
 def _frame(rows: list[dict], first: str = "run_id") -> pd.DataFrame:
@@ -545,13 +684,14 @@ def load(results_dir: str | os.PathLike = "results", run_ids: Iterable[str] | No
     None, the incomplete folders found — so the caller can say which cells are missing.
     On a name clash between a config key and a summary key the summary value wins.
     """
-    complete, missing = _scan(results_dir, run_ids)
+    complete, missing, excluded = _scan(results_dir, run_ids)
     rows = [
-        {"run_id": rid, **flatten(config), **flatten(summary)}
+        {"run_id": rid, **flatten(config), **flatten(summary), "valid": is_valid(summary)}
         for rid, _, config, summary in complete
     ]
     df = _frame(rows)
     df.attrs["missing"] = missing
+    df.attrs["excluded"] = excluded
     return df
 
 
@@ -571,7 +711,7 @@ def load_metrics(results_dir: str | os.PathLike = "results", run_ids: Iterable[s
 
     For training curves: one row per evaluation per run. ``.attrs["missing"]`` as in ``load``.
     """
-    complete, missing = _scan(results_dir, run_ids)
+    complete, missing, excluded = _scan(results_dir, run_ids)
     frames = []
     for rid, folder, config, _ in complete:
         metrics = _read_metrics(folder / METRICS_FILE)
@@ -583,6 +723,7 @@ def load_metrics(results_dir: str | os.PathLike = "results", run_ids: Iterable[s
         frames.append(pd.concat([const, metrics.drop(columns=list(head), errors="ignore")], axis=1))
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id"])
     df.attrs["missing"] = missing
+    df.attrs["excluded"] = excluded
     return df
 
 
@@ -601,7 +742,7 @@ def collect(
 def problems(results_dir: str | os.PathLike, run_ids: Iterable[str] | None = None) -> list[str]:
     """One line per defect of a complete run that a table would hide: no (or an unreadable)
     metrics.csv, a config.yaml that is absent, not YAML, or not a mapping."""
-    complete, _ = _scan_quietly(results_dir, run_ids)
+    complete, _, _ = _scan_quietly(results_dir, run_ids)
     lines = []
     for _, folder, _, _ in complete:
         config_path = folder / CONFIG_FILE

@@ -217,7 +217,7 @@ def _train_prepared(stack, folders, trainer, dataset, device, progress, say) -> 
 
         def on_eval(m: int, row: dict) -> None:
             folders[m].write_metrics(trainer.state.rows[m])
-            trackers[m].log(row, step=row["step"])
+            _logged(trackers[m].log, row, step=row["step"])
 
         def save_checkpoint(payload: dict) -> None:
             lead.save_checkpoint({**payload, "run_ids": [f.id for f in folders]})
@@ -227,15 +227,27 @@ def _train_prepared(stack, folders, trainer, dataset, device, progress, say) -> 
         results = []
         for cfg, folder, tracker, summary in zip(stack, folders, trackers, summaries):
             summary = {"run_id": folder.id, **summary, "provenance": origin}
-            tracker.summary(summary)
-            folder.write_summary(summary)
+            folder.write_summary(summary)  # first: a logger's failure never costs the result
+            _logged(tracker.summary, summary)
             say(_final_line(cfg, folder, summary))
             results.append(summary)
         exit_code = 0
         return results
     finally:
         for tracker in trackers:
-            tracker.finish(exit_code=exit_code)
+            _logged(tracker.finish, exit_code=exit_code)
+
+
+def _logged(call, *args, **kwargs) -> None:
+    """Call a tracker (wandb) method; its failure (a full or unwritable wandb folder, a lost
+    connection) is a one-line warning, never the end of a run or the loss of its results,
+    which live in the run folder whatever the logger does."""
+    try:
+        call(*args, **kwargs)
+    except Exception as err:  # any logger error: the run folder is the record
+        warnings.warn(f"logger failed ({type(err).__name__}: "
+                      f"{' '.join(str(err).split())[:200]}); the run goes on, its results are "
+                      "in its folder", stacklevel=2)
 
 
 def _run_name(cfg: dict) -> str:

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pcalm import cli
 from pcalm.config import ConfigError, check_name
-from pcalm.results import RunFolder
+from pcalm.results import NON_NUMERIC_KEYS, RunFolder
 from pcalm.train import stack_key
 
 LAUNCHERS = ("local", "slurm", "basic")
@@ -158,6 +158,7 @@ def _check_axis(base: DictConfig, key: str, values: list) -> None:
         raise ConfigError(f"bad sweep.grid key {key}: it selects the grid and takes one value")
     if not values:
         raise ConfigError(f"empty sweep axis {key}: give it at least one value")
+    _check_changes_numbers(key, values)
     options = cli.group_options(key)
     if options is not None:  # a config group: each value must be one of its files
         for v in values:
@@ -165,6 +166,21 @@ def _check_axis(base: DictConfig, key: str, values: list) -> None:
                 raise ConfigError(f"bad value {key}={v!r}: allowed: {', '.join(options)}")
     else:
         _check_key(base, key)
+
+
+def _check_changes_numbers(key: str, values: list) -> None:
+    """A sweep axis must change the run id: over a key the id leaves out (NON_NUMERIC_KEYS:
+    where results go, the name, threads, checkpoints...) every value would be the same run,
+    so all but one value would be silently skipped. Refused, in one line."""
+    parts = key.split(".")
+    cosmetic = next((k for k in NON_NUMERIC_KEYS if parts[: len(k.split("."))] == k.split(".")),
+                    None)
+    distinct = {repr(v) for v in values}
+    if cosmetic is not None and len(distinct) > 1:
+        shown = ",".join(str(v) for v in values)
+        raise ConfigError(f"bad sweep axis {key}={shown}: {cosmetic} is not part of the run id "
+                          "(it does not change the numbers), so every value would be one run; "
+                          "allowed: one value (run one sweep per value)")
 
 
 def _check_key(cfg: DictConfig, key: str) -> None:

@@ -248,6 +248,10 @@ def _record(run_dir: Path, tags: list[str], group: str | None) -> None:
     os.replace(tmp, path)
 
 
+# What the WANDB_MODE environment variable may say (wandb's own modes; "dryrun" is offline).
+WANDB_ENV_MODES = ("online", "offline", "disabled", "dryrun")
+
+
 def effective_mode(logger_cfg: Mapping[str, Any]) -> str:
     """none | offline | online | disabled: what a run with this logger section will do."""
     mode = logger_cfg.get("mode", "none")
@@ -255,7 +259,11 @@ def effective_mode(logger_cfg: Mapping[str, Any]) -> str:
         raise ValueError(f"bad value logger.mode={mode!r}: allowed: {', '.join(MODES)}")
     if mode == "none":
         return "none"
-    return os.environ.get("WANDB_MODE") or mode
+    env = os.environ.get("WANDB_MODE")
+    if env and env not in WANDB_ENV_MODES:
+        raise ValueError(f"bad value WANDB_MODE={env!r} (environment): allowed: "
+                         f"{', '.join(WANDB_ENV_MODES)}, or unset")
+    return env or mode
 
 
 def _init_timeout() -> float:

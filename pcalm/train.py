@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -116,6 +117,60 @@ def _alignment_summary(batches: list[dict]) -> dict:
             "grad_cosine_spread_batches": len(rest), "alignment_batch": ALIGNMENT_RULE}
 
 
+# Evaluations a run may plan in all (a row each in metrics.csv, kept in memory and checkpoints).
+MAX_EVALUATIONS = 100_000
+# Copies of the weights training holds: the weights, their gradients, Adam's two moments, and
+# the inference loop's states and buffers (a few per layer and sample, counted apart below).
+WEIGHT_COPIES = 4
+
+
+def check_schedule(train: dict, n_train: int) -> None:
+    """Evaluations at most once per step and at most MAX_EVALUATIONS in all: a schedule past
+    either would loop or fill the memory before the first step (ValueError, one line)."""
+    steps = n_train // train["batch_size"]
+    if steps >= 1 and train["evals_per_epoch"] > steps:
+        raise ValueError(f"bad value train.evals_per_epoch={train['evals_per_epoch']}: allowed: "
+                         f"at most the {steps} steps of an epoch")
+    if train["epochs"] * train["evals_per_epoch"] > MAX_EVALUATIONS:
+        raise ValueError(f"bad value train.epochs={train['epochs']}: allowed: epochs × "
+                         f"evals_per_epoch ({train['evals_per_epoch']}) at most "
+                         f"{MAX_EVALUATIONS} evaluations")
+
+
+def memory_estimate(cfg: dict, input_dim: int, classes: int, models: int) -> int:
+    """Bytes a stack of `models` runs needs at least: WEIGHT_COPIES × the weights
+    (784·N + (L−2)·N² + N·C per model) plus the inference states and buffers (≈ 8 per layer
+    per sample of a batch, N each), in train.dtype."""
+    m, t = cfg["model"], cfg["train"]
+    width, depth = m["width"], m["depth"]
+    weights = input_dim * width + (depth - 2) * width * width + width * classes
+    states = 8 * depth * t["batch_size"] * width
+    return models * (WEIGHT_COPIES * weights + states) * DTYPES[t["dtype"]].itemsize
+
+
+def _available_memory(device: torch.device) -> int | None:
+    """Free bytes on `device` (CUDA: the driver's count; CPU: physical memory), or None."""
+    try:
+        if device.type == "cuda":
+            return torch.cuda.mem_get_info(device)[0]
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        return None
+
+
+def check_memory(cfg: dict, input_dim: int, classes: int, models: int,
+                 device: torch.device) -> None:
+    """Refuse (ValueError, one line with the numbers) a net that cannot fit, before any
+    allocation: model.width=100000 would ask for tens of GB and fail deep inside torch."""
+    need = memory_estimate(cfg, input_dim, classes, models)
+    have = _available_memory(device)
+    if have is not None and need > have:
+        m = cfg["model"]
+        raise ValueError(f"bad value model.width={m['width']} (model.depth={m['depth']}): "
+                         f"needs about {need / 1e9:.1f} GB for {models} model(s), {device} has "
+                         f"{have / 1e9:.1f} GB; allowed: a smaller width, depth or stack")
+
+
 @dataclass
 class TrainState:
     """Everything a resumed run needs besides the config (saved in checkpoints)."""
@@ -151,6 +206,8 @@ class Trainer:
         self.device = device or resolve_device(self.cfg["train"]["device"])
         self.seeds = [c["train"]["seed"] for c in configs]
         dtype = DTYPES[self.cfg["train"]["dtype"]]
+        check_memory(self.cfg, dataset.input_dim, dataset.num_classes, len(configs), self.device)
+        check_schedule(self.cfg["train"], len(dataset.x_train))
         self.net = build_net(self.cfg, dataset.input_dim, self.seeds, self.device,
                              dataset.num_classes)
         self.algo = stack_algorithms([build_algorithm(c) for c in configs])
@@ -185,11 +242,31 @@ class Trainer:
     def restore(self, payload: dict) -> None:
         if payload.get("seeds") != self.seeds:
             raise ValueError("checkpoint belongs to another stack")
+        state = TrainState(**payload["state"])
+        self._check_within_plan(state)
         self.net.load_state_dict(payload["net"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.state = TrainState(**payload["state"])
         if payload.get("threads"):  # resume with the thread count the run started with
             torch.set_num_threads(int(payload["threads"]))
+
+
+        self.state = state
+
+    def _check_within_plan(self, state: TrainState) -> None:
+        """A checkpoint must describe a point of this run's plan: 0 <= step <= total steps,
+        one list of rows per model, and no
+        evaluation rows beyond the evaluations planned up to that step. Anything else (a
+        tampered or foreign checkpoint) would turn a few real steps into a "complete" run."""
+        step, m = state.step, len(self.seeds)
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= self.total_steps:
+            raise ValueError(f"checkpoint at step {step!r}, outside this run's plan of "
+                             f"{self.total_steps} steps")
+        planned = len([s for s in self.eval_steps if s <= step])
+        if (len(state.rows) != m or len(state.diverged_step) != m or len(state.loss_sum) != m
+                or any(len(rows) > planned for rows in state.rows)):
+            raise ValueError(f"checkpoint rows do not fit {m} models with {planned} "
+                             f"evaluations up to step {step}")
 
     # -- the loop ----------------------------------------------------------------------
     def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:

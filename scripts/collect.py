@@ -21,6 +21,8 @@ import sys
 import warnings
 from pathlib import Path
 
+import pandas as pd
+
 from pcalm.cli import exit_with
 from pcalm.config import Cell
 from pcalm.eta import EtaTableError
@@ -40,11 +42,13 @@ SHOW_MISSING = 3
 SWEEP_FLAGS = ("--dry-run", "--no-wait")  # sweep.py's; ignored so `make figureN ARGS=` works
 
 
-def write_tables(overrides: list[str]) -> tuple[int, int, list[str], Path]:
-    """Write both tables; returns (collected, expected, missing cells, table path).
+def write_tables(overrides: list[str]) -> tuple[pd.DataFrame, int, list[str], Path]:
+    """Write both tables; returns (table, expected runs, missing cells, table path).
 
-    Complete runs with a missing or unreadable metrics.csv or config.yaml are named on stderr
-    (one line each): they are in the tables, but without those columns or rows.
+    Complete runs with a missing or unreadable metrics.csv are named on stderr (one line
+    each): they are in the tables, but without those rows. Folders that fail the checks of
+    pcalm.results.audit_run (edited config, bad summary, torn or foreign metrics) are left
+    out of both tables, named in one warning line and listed in ``<table>-excluded.csv``.
     """
     scope = table_scope(overrides)
     cells = {RunFolder(c["results_dir"], c).id: c for c in scope.configs}
@@ -58,9 +62,36 @@ def write_tables(overrides: list[str]) -> tuple[int, int, list[str], Path]:
         metrics = load_metrics(results_dir, list(cells))
     write_portable(table, df)
     write_portable(table.with_name(f"{scope.label}-metrics.csv"), metrics)
+    write_excluded(table, df.attrs["excluded"])
     absent = set(df.attrs["missing"])
     missing = [str(Cell.of(cfg)) for rid, cfg in cells.items() if rid in absent]  # grid order
-    return len(df), len(cells), missing, table
+    return df, len(cells), missing, table
+
+
+def write_excluded(table: Path, excluded: dict[str, str]) -> None:
+    """Name the refused folders: one stderr line, and ``<table>-excluded.csv`` (run_id,
+    reason; header only when none) that the report counts."""
+    frame = pd.DataFrame(sorted(excluded.items()), columns=["run_id", "reason"])
+    atomic_write_text(table.with_name(f"{table.stem}-excluded.csv"), frame.to_csv(index=False))
+    if excluded:
+        named = "; ".join(f"{rid}: {why}" for rid, why in sorted(excluded.items())[:SHOW_MISSING])
+        more = "; ..." if len(excluded) > SHOW_MISSING else ""
+        print(f"warning: {len(excluded)} run folders excluded, they fail the checks "
+              f"({named}{more}); see {table.stem}-excluded.csv", file=sys.stderr)
+
+
+def outcome_counts(df: pd.DataFrame) -> str:
+    """``3 valid, 1 diverged, 1 without accuracy``: what the collected runs can back."""
+    if df.empty:
+        return "0 valid"
+    valid = int(df["valid"].sum())
+    diverged = int((df["status"] == "diverged").sum()) if "status" in df else 0
+    parts = [f"{valid} valid"]
+    if diverged:
+        parts.append(f"{diverged} diverged")
+    if len(df) - valid - diverged:
+        parts.append(f"{len(df) - valid - diverged} without accuracy")
+    return ", ".join(parts)
 
 
 def real_problems(lines: list[str], results_dir: Path, cells: dict) -> list[str]:
@@ -86,16 +117,22 @@ def main(argv: list[str]) -> int:
         if "--print-scale" in argv:
             print(table_scope(overrides).scale_label)
             return 0
-        collected, expected, missing, table = write_tables(overrides)
+        df, expected, missing, table = write_tables(overrides)
     except (ValueError, EtaTableError) as err:
         exit_with(err)
+    except OSError as err:  # a full disk: the tables are written atomically, the old ones stay
+        exit_with(OSError(f"cannot write the tables: {err.strerror or err} ({err.filename}); "
+                          "the previous tables are unchanged"))
     except KeyboardInterrupt:
+        print("interrupted: collect; the previous tables are unchanged", file=sys.stderr)
         raise SystemExit(130) from None
-    line = f"collected {collected} of {expected} runs"
+    line = f"collected {len(df)} of {expected} runs"
     if missing:
         more = ", ..." if len(missing) > SHOW_MISSING else ""
         line += f" ({len(missing)} missing: {'; '.join(missing[:SHOW_MISSING])}{more})"
-    print(f"{line} → {table}")
+    excluded = len(df.attrs["excluded"])
+    counts = outcome_counts(df) + (f", {excluded} excluded" if excluded else "")
+    print(f"{line} → {table}: {counts}")
     return 0
 
 

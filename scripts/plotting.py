@@ -64,7 +64,14 @@ def read_table(tables: Path, experiment: str, scale: str, kind: str = "") -> pd.
     if not path.is_file():
         sys.exit(f"error: no table {path}: run `make {experiment} SCALE={scale}` "
                  f"(or `make collect EXP={experiment} SCALE={scale}`)")
-    frame = pd.read_csv(path)
+    try:
+        frame = pd.read_csv(path, encoding="utf-8")
+    except pd.errors.EmptyDataError:
+        frame = pd.DataFrame()
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
+        reason = " ".join(str(err).split())[:120] or type(err).__name__
+        sys.exit(f"error: {path}: not a readable CSV table ({reason}); rebuild it with "
+                 f"`make collect EXP={experiment} SCALE={scale}`")
     if frame.empty:
         sys.exit(f"error: table {path} has no complete runs yet: run `make sweep "
                  f"EXP={experiment} SCALE={scale}`")

@@ -74,16 +74,111 @@ class Claim:
     verdict: str
 
 
+class TableError(ValueError):
+    """A collected table the report cannot read; the message is one line naming the file."""
+
+
+# Columns every training table has (scripts/collect.py writes them); diagnostic tables
+# (figure1, figure3, figure4) hold no accuracy.
+GRID_COLUMNS = ("algo.name", "data.name", "model.width", "model.depth", "model.activation",
+                "train.seed")
+NUMERIC_COLUMNS = ("model.width", "model.depth", "train.seed", "test_acc", "model.gamma0",
+                   "algo.budget", "algo.state_lr")
+DIAGNOSTIC_TABLES = ("figure1", "figure3", "figure4")
+
+
 def read(tables: Path, experiment: str, scale: str) -> pd.DataFrame | None:
-    """A collected table, or None if it is missing or empty."""
+    """A collected table, or None if it is missing or empty; TableError (one line) if it is
+    not a table: not UTF-8 CSV, a grid column missing, or a non-number in a number column."""
     path = Path(tables) / f"{experiment}-{scale}.csv"
     if not path.is_file():
         return None
     try:
-        df = pd.read_csv(path)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError):
+        df = pd.read_csv(path, encoding="utf-8")
+    except pd.errors.EmptyDataError:
         return None
-    return None if df.empty else df
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TableError(f"{path}: not a readable CSV table ({reason}); rebuild it with "
+                         f"`make collect EXP={experiment} SCALE={scale}`") from None
+    if df.empty:
+        return None
+    needed = GRID_COLUMNS[:1] if experiment in DIAGNOSTIC_TABLES else GRID_COLUMNS
+    lacking = [c for c in needed if c not in df]
+    if lacking:
+        raise TableError(f"{path}: column {lacking[0]!r} is missing; rebuild it with "
+                         f"`make collect EXP={experiment} SCALE={scale}`")
+    for column in (c for c in NUMERIC_COLUMNS if c in df):
+        numbers = pd.to_numeric(df[column], errors="coerce")
+        junk = df[column][numbers.isna() & df[column].notna()]
+        if len(junk):
+            raise TableError(f"{path}: bad value {column}={junk.iloc[0]!r} in row "
+                             f"{junk.index[0] + 2}: allowed: a number")
+        df[column] = numbers
+    return df
+
+
+def valid_mask(df: pd.DataFrame, experiment: str) -> pd.Series:
+    """Rows whose numbers can back a claim: collect's `valid` column where the table has it,
+    else not diverged; a training table's rows also need a finite `test_acc` (a table
+    without that column has no valid rows)."""
+    if "valid" in df:
+        mask = df["valid"].astype(str).str.strip().str.lower().isin(("true", "1", "1.0"))
+    elif "diverged" in df:
+        mask = ~df["diverged"].astype(str).str.strip().str.lower().isin(("true", "1", "1.0"))
+    else:
+        mask = pd.Series(True, index=df.index)
+    if experiment not in DIAGNOSTIC_TABLES:
+        acc = pd.to_numeric(df.get("test_acc", pd.Series(math.nan, index=df.index)),
+                            errors="coerce")
+        mask &= acc.notna() & acc.abs().lt(math.inf)
+    return mask
+
+
+def excluded_count(tables: Path, experiment: str, scale: str) -> int:
+    """How many run folders collect left out as failing its checks (its -excluded.csv)."""
+    path = Path(tables) / f"{experiment}-{scale}-excluded.csv"
+    try:
+        return len(pd.read_csv(path, encoding="utf-8"))
+    except (OSError, ValueError, pd.errors.ParserError):
+        return 0
+
+
+# The tables behind each claim: a claim none of whose tables has a valid run is never ✓.
+CLAIM_TABLES = {"1": ("figure4", "figure1"), "2": ("figure2",), "2b": ("figure2_mnist",),
+                "3": ("figure2",), "4": ("figure3",), "5": ("figure_eta",), "6": ("figure6",),
+                "6b": ("figure7",), "7": ("figure10",)}
+
+
+def runs_behind(tables: Path, experiment: str, scale: str) -> tuple[int, str]:
+    """(valid runs, `figure2: 4 valid of 6 runs (2 diverged, 1 excluded)`) of one table."""
+    df = read(tables, experiment, scale)
+    excluded = excluded_count(tables, experiment, scale)
+    if df is None:
+        return 0, f"{experiment}: no runs" + (f" ({excluded} excluded)" if excluded else "")
+    valid = valid_mask(df, experiment)
+    diverged = int((df["status"] == "diverged").sum()) if "status" in df else \
+        int((~valid & df.get("diverged", pd.Series(False, index=df.index))
+             .astype(str).str.lower().isin(("true", "1", "1.0"))).sum())
+    other = int((~valid).sum()) - diverged
+    notes = [f"{n} {what}" for n, what in ((diverged, "diverged"), (other, "without accuracy"),
+                                           (excluded, "excluded")) if n]
+    text = f"{experiment}: {int(valid.sum())} valid of {len(df)} runs"
+    return int(valid.sum()), text + (f" ({', '.join(notes)})" if notes else "")
+
+
+def guard_verdicts(claims: list, tables: Path, scale: str) -> list[str]:
+    """No ✓ (nor partly) without valid runs: such a claim's verdict becomes "no valid runs".
+    Returns one line per table read, with its counts, for the report."""
+    lines = {}
+    for claim in claims:
+        valid = 0
+        for experiment in CLAIM_TABLES.get(claim.number, ()):
+            n, lines[experiment] = runs_behind(tables, experiment, scale)
+            valid += n
+        if valid == 0 and not claim.verdict.startswith("not measured"):
+            claim.verdict = f"{FAILS} no valid runs (see the counts below)"
+    return list(lines.values())
 
 
 def not_measured(number: str, text: str, scale: str, *experiments: str) -> Claim:
@@ -468,9 +563,12 @@ def build(tables: Path, scale: str) -> str:
              "counts as chance (10 %); differences are paired by seed and averaged over seeds "
              "(pp = percentage points).", "",
              "| # | claim (paper) | measured | scale | holds |", "|---|---|---|---|---|"]
+    counts = guard_verdicts(claims, tables, scale)
     for c in claims:
         lines.append(f"| {c.number} | {c.text} | {c.measured} | {c.scale} | {c.verdict} |")
     lines.append("")
+    lines += ["Runs behind the claims (valid: neither diverged nor without accuracy; excluded: "
+              "run folders `make collect` refused): " + "; ".join(counts) + ".", ""]
     lines += anchor_section(fig2, scale)
     for experiment, table in (("figure2", fig2), ("figure2_mnist", fig2m)):
         lines += grid_section(table, experiment)
@@ -490,9 +588,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="markdown path (default: <tables>/../report-<scale>.md)")
     args = parser.parse_args()
-    text = build(args.tables, args.scale)
     out = args.out or args.tables.parent / f"report-{args.scale}.md"
-    atomic_write_text(out, text + "\n")
+    if not out.parent.is_dir():
+        sys.exit(f"error: bad value --out={str(out)!r}: its folder does not exist; "
+                 "allowed: a path in an existing folder")
+    try:
+        text = build(args.tables, args.scale)
+        atomic_write_text(out, text + "\n")
+    except TableError as err:
+        sys.exit(f"error: {err}")
+    except OSError as err:
+        sys.exit(f"error: cannot write {out}: {err.strerror or err}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: no report written")
     print(text)
     print(f"\nwrote {out}")
 

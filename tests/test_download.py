@@ -52,10 +52,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
             return
         self.send_response(200)
-        if not mode.startswith("no-length"):
+        if mode == "huge-length":  # announces a terabyte
+            self.send_header("Content-Length", str(10**12))
+        elif not mode.startswith("no-length"):
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if mode in ("truncate", "no-length-truncate"):
+        if mode in ("no-length-drip", "no-length-flood", "huge-length"):
+            self._hostile(mode)
+        elif mode in ("truncate", "no-length-truncate"):
             self.wfile.write(body[: len(body) // 2])  # then the connection closes
         elif mode == "slow":  # long enough that a second process arrives meanwhile
             for i in range(0, len(body), max(1, len(body) // 4)):
@@ -65,6 +69,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.wfile.write(body)
         self.close_connection = True
+
+    def _hostile(self, mode: str) -> None:
+        """A byte every 0.1 s (drip), or 64 kB blocks without end (flood, huge-length),
+        until the client hangs up; at most 60 s, so a broken client cannot hang the suite."""
+        ends = time.monotonic() + 60
+        block = b"\x1f" if mode == "no-length-drip" else b"\0" * 65536
+        try:
+            while time.monotonic() < ends:
+                self.wfile.write(block)
+                self.wfile.flush()
+                if mode == "no-length-drip":
+                    time.sleep(0.1)
+        except OSError:  # the client gave up: what a bounded downloader does
+            pass
 
     def log_message(self, *args):  # keep the test output clean
         pass
@@ -396,3 +414,81 @@ def test_make_data_on_a_prepared_root_downloads_nothing():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("(MD5 verified), nothing to download")
 
+
+
+# ------------------------------------------------------------- a hostile mirror (issue 24)
+
+
+def _one_rejection(tmp_path, mirror, gz_files, mode: str, body: bytes, **limits):
+    """Fetch from a hostile mirror serving train-images (the rest is fine); returns the
+    one-line error and what the downloader said."""
+    root, table = tmp_path / "root", md5_table(gz_files)
+    images = "train-images-idx3-ubyte.gz"
+    url = mirror.serve("h", {images: body}, mode=mode)
+    mirror.serve("h", {k: v for k, v in gz_files.items() if k != images})
+    said = []
+    with pytest.raises(DataError) as excinfo:
+        fetch("mnist", root, [url], table, say=said.append, **limits)
+    assert raw_listing(root) == [LOCK_NAME]  # nothing kept, no .part
+    return one_line(excinfo), said
+
+
+def test_a_dripping_mirror_is_dropped_at_the_whole_downloads_deadline(tmp_path, mirror,
+                                                                        gz_files):
+    """One byte every 0.1 s never trips the per-read timeout; the deadline ends it."""
+    msg, said = _one_rejection(tmp_path, mirror, gz_files, "no-length-drip", b"", timeout=5,
+                               deadline=1.0)
+    assert "too slow" in msg and "deadline" in msg
+
+
+def test_a_mirror_announcing_a_terabyte_is_dropped_before_writing(tmp_path, mirror, gz_files):
+    msg, _ = _one_rejection(tmp_path, mirror, gz_files, "huge-length", b"")
+    # the official train-images file is 16 + 60000·784 bytes uncompressed; the cap adds
+    # gzip's worst-case overhead (0.1 % + 1 kB), computed here
+    size = 16 + 60000 * 784
+    assert f"announces {10**12} bytes, more than the {size + size // 1000 + 1024}" in msg
+
+
+def test_a_mirror_sending_without_end_is_cut_at_the_size_cap(tmp_path, mirror, gz_files):
+    sizes = {"train-images-idx3-ubyte": 100_000}
+    msg, _ = _one_rejection(tmp_path, mirror, gz_files, "no-length-flood", b"", sizes=sizes)
+    assert f"sent more than the {100_000 + 100 + 1024} bytes expected" in msg
+
+
+def test_a_gzip_bomb_is_stopped_at_the_expected_size(tmp_path, mirror, gz_files):
+    bomb = gzip.compress(b"\0" * 20_000_000)  # 20 MB of zeros in ~20 kB
+    sizes = {"train-images-idx3-ubyte": 1_000_000}
+    msg, _ = _one_rejection(tmp_path, mirror, gz_files, "ok", bomb, sizes=sizes)
+    assert "expands beyond the 1000000 bytes expected" in msg
+
+
+def test_a_rejected_mirror_is_said_with_its_reason_before_the_next(tmp_path, mirror, gz_files):
+    root, table = tmp_path / "root", md5_table(gz_files)
+    images = "train-images-idx3-ubyte.gz"
+    bad = mirror.serve("bad", {images: gzip.compress(b"\0" * 100)})
+    good = mirror.serve("good", gz_files)
+    said = []
+    fetch("mnist", root, [bad, good], table, say=said.append)
+    rejected = [line for line in said if line.startswith(f"rejected {bad}{images}")]
+    assert len(rejected) == 1 and rejected[0].startswith(f"rejected {bad}{images}: MD5 mismatch")
+    assert rejected[0].endswith("; trying the next")
+
+
+def test_stale_part_files_are_removed(tmp_path, mirror, gz_files):
+    root, table = tmp_path / "root", md5_table(gz_files)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    stale = raw / ".train-images-idx3-ubyte.gz.x1y2.part"  # what a SIGTERM mid-stream leaves
+    stale.write_bytes(b"\0" * 1000)
+    fetch("mnist", root, [mirror.serve("good", gz_files)], table, say=lambda s: None)
+    assert raw_listing(root) == sorted([LOCK_NAME, *gz_files])
+
+
+def test_the_loader_streams_a_gzip_bomb_and_stops_at_the_official_size(tmp_path):
+    """A labels file may hold 8 + 60000 bytes (the official size); a 30 MB bomb under its
+    name is refused after reading at most one byte more, never decompressed whole."""
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(b"\0" * 30_000_000))
+    with pytest.raises(DataError) as excinfo:
+        read_idx(path)
+    assert one_line(excinfo).startswith(f"oversized data file {path}: more than 60008 bytes")

@@ -266,6 +266,8 @@ def test_from_path_reads_config(tmp_path):
 def finished_run(results_dir: Path, summary: dict | None = None, metrics=None, **overrides):
     """Write a run folder; complete (with summary.json) unless ``summary`` is None."""
     folder = RunFolder(results_dir, make_config(**overrides)).prepare()
+    if metrics is None and summary is not None:  # a finished run's metrics end at its summary
+        metrics = [{"step": 0, "test_acc": summary.get("test_acc")}]
     if metrics is not None:
         folder.write_metrics(metrics)
     if summary is not None:
@@ -305,7 +307,7 @@ def test_load_empty_results_dir(tmp_path):
 def test_load_metrics_joins_config(tmp_path):
     rows = [{"step": 0, "test_acc": 0.1}, {"step": 5, "test_acc": 0.4}]
     a = finished_run(tmp_path, {"test_acc": 0.4}, rows, **{"train.seed": 0})
-    b = finished_run(tmp_path, {"test_acc": 0.5}, rows[:1], **{"train.seed": 1})
+    b = finished_run(tmp_path, {"test_acc": 0.1}, rows[:1], **{"train.seed": 1})
     finished_run(tmp_path, None, rows, **{"train.seed": 2})  # incomplete: left out
 
     m = results.load_metrics(tmp_path)
