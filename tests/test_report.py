@@ -184,6 +184,10 @@ def test_report_names_the_narrow_linear_table(tmp_path, monkeypatch, capsys):
     text = run_report(tables, tmp_path / "r.md", monkeypatch, capsys)
     assert "| 32 | PC-ALM | 0.001 | 1 | 8L | 41.00 ± 1.00 % | 3 |" in text
     assert "| 32 | BP | 0.001 | 3 | – | 41.00 ± 1.00 % | 3 |" in text
+    # every variant equals PC-ALM at T = 2L seed by seed: paired differences of exactly 0
+    gaps = next(ln for ln in text.splitlines() if ln.startswith("- L=32, minus PC-ALM"))
+    assert "BP η0=0.001 3 ep +0.00 [+0.00, +0.00] pp" in gaps
+    assert "PC-ALM η0=0.001 1 ep T=8L +0.00" in gaps and "T=2L +0.00" not in gaps
 
 
 def test_make_figure2_scale_paper_draws_the_reference_without_training(tmp_path):

@@ -578,6 +578,33 @@ def narrow_linear_rows(tables: Path, scale: str) -> pd.DataFrame | None:
     return out
 
 
+def narrow_linear_gaps(tables: Path, scale: str) -> list[str]:
+    """Per depth: each BP variant and PC-ALM at T = 8L against PC-ALM at T = 2L (1×, one
+    epoch; Figure 2's setting), seed-paired — does more BP training close Figure 2's gap?"""
+    df = _table(tables, "narrow_linear", scale)
+    if df is None or "algo.budget" not in df:
+        return []
+    df = df.assign(variant=[
+        f"BP η0={r['train.eta0']:g} {int(r['train.epochs'])} ep" if r["algo.name"] == "bp"
+        else f"PC-ALM η0={r['train.eta0']:g} {int(r['train.epochs'])} ep "
+             f"T={int(r['algo.budget'] // r['model.depth'])}L" for _, r in df.iterrows()])
+    lines = []
+    for depth, sub in df.groupby("model.depth"):
+        ref_name = "PC-ALM η0=0.001 1 ep T=2L"
+        ref = sub[sub["variant"] == ref_name].set_index("train.seed")["acc"]
+        if ref.empty:
+            continue
+        parts = []
+        for variant, rows in sub.groupby("variant"):
+            if variant == ref_name:
+                continue
+            d = Paired(tuple((rows.set_index("train.seed")["acc"] - ref).dropna()))
+            parts.append(f"{variant} {d.text()}")
+        lines.append(f"L={int(depth)}, minus PC-ALM at T = 2L (Figure 2's setting): "
+                     + "; ".join(parts))
+    return lines
+
+
 def all_claims(tables: Path, scale: str) -> tuple[list[Claim], dict]:
     """Every claim, in the paper's order, and the figure2 tables they were decided on."""
     fig2, fig2m = _table(tables, "figure2", scale), _table(tables, "figure2_mnist", scale)

@@ -107,6 +107,7 @@ def narrow_linear_section(tables: Path, scale: str, fig2: pd.DataFrame | None) -
         return lines + [f"not measured: `python experiments/sweep.py experiment=narrow_linear "
                         f"scale={scale}` then `make collect EXP=narrow_linear SCALE={scale}` "
                         f"({claims_mod.COST['narrow_linear']})", ""]
+    lines += [f"- {text}" for text in claims_mod.narrow_linear_gaps(tables, scale)] + [""]
     lines += ["| L | method | η0 | epochs | T | accuracy (mean ± sd) | seeds |",
               "|---|---|---|---|---|---|---|"]
     for _, r in table.sort_values(["model.depth", "algo.name", "train.eta0",
