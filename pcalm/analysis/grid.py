@@ -81,8 +81,8 @@ def missing_text(cells: list[tuple[int, int]]) -> str:
     if not cells:
         return ""
     return ("lacks " + ", ".join(f"N={w} L={d}" for w, d in cells)
-            + " (each activation; N·L ≥ 4096 needs a GPU: `make figure2 SCALE=paper TRAIN=1` "
-              "on one)")
+            + " (each activation; the cells with N·L ≥ 4096 need a GPU: `make figure2 SCALE=paper "
+              "TRAIN=1` on one)")
 
 
 # ----------------------------------------------------------------------- cell verdicts
