@@ -187,14 +187,16 @@ def claim_matches_bp(df: pd.DataFrame | None, scale: str, experiment: str,
 # ----------------------------------------------------------------- 3 PC deep-narrow
 
 
-def claim_pc_deep_narrow(df: pd.DataFrame | None, scale: str) -> Claim:
-    claim = Claim("3", "PC falls behind BP when the net is deep and narrow (Fig. 2)",
+def claim_pc_deep_narrow(df: pd.DataFrame | None, scale: str, experiment: str = "figure2",
+                         number: str = "3") -> Claim:
+    data = "Fashion-MNIST" if experiment == "figure2" else "MNIST"
+    claim = Claim(number, f"PC falls behind BP when the net is deep and narrow (Fig. 2, {data})",
                   f"in every cell with L ≥ {grid.DEEP_NARROW_RATIO}N, PC − BP below −δ "
                   f"(one-sided 95 % upper bound < −{100 * DELTA:g} pp, Holm; a diverged PC "
                   "run counts as PC behind), and per activation the slope of PC − BP against "
                   "log₂(L/N) (one point per cell, 95 % interval) below 0")
     if df is None:
-        return _missing(claim, scale, "figure2")
+        return _missing(claim, scale, experiment)
     decision = grid.decide(df, "pc", "bp", "shortfall",
                            where=lambda k: grid.deep_narrow(int(k[1]), int(k[2])))
     slopes = {act: grid.depth_trend(df, act) for act in grid.ACTIVATIONS
@@ -217,7 +219,8 @@ def claim_pc_deep_narrow(df: pd.DataFrame | None, scale: str) -> Claim:
 
 def claim_pcalm_repairs(df: pd.DataFrame | None, scale: str, experiment: str,
                         number: str) -> Claim:
-    claim = Claim(number, "PC-ALM repairs PC where PC fails (Fig. 2)",
+    data = "Fashion-MNIST" if experiment == "figure2" else "MNIST"
+    claim = Claim(number, f"PC-ALM repairs PC where PC fails (Fig. 2, {data})",
                   "in the cells where PC − BP < −δ holds (previous rule, Holm), PC-ALM − PC "
                   f"above +δ: one-sided 95 % lower bound > +{100 * DELTA:g} pp (superiority by "
                   "a margin, Holm over those cells)")
@@ -624,7 +627,9 @@ def all_claims(tables: Path, scale: str) -> tuple[list[Claim], dict]:
         claim_matches_bp(fig2, scale, "figure2", "2"),
         claim_matches_bp(fig2m, scale, "figure2_mnist", "2b"),
         claim_pc_deep_narrow(fig2, scale),
+        claim_pc_deep_narrow(fig2m, scale, "figure2_mnist", "3m"),
         claim_pcalm_repairs(fig2, scale, "figure2", "3b"),
+        claim_pcalm_repairs(fig2m, scale, "figure2_mnist", "3bm"),
         claim_ballistic(tables, scale),
         claim_alpha(tables, scale),
         claim_gamma(tables, scale, "figure6", "6"),
