@@ -142,8 +142,10 @@ def _resolve_algo(cfg: dict, eta_table: Path | None, authors_table: Path | None)
                 f"unknown key algo.{key} for algo {name}: allowed: {', '.join(allowed) or 'none'}"
             )
     model = cfg["model"]
-    if algo.get("budget") == "2L":  # the paper's grid rule T = 2L (SPEC §4)
-        algo["budget"] = 2 * model["depth"]
+    budget = algo.get("budget")
+    if isinstance(budget, str) and re.fullmatch(r"[1-9][0-9]*L", budget):
+        # "kL": k steps per layer; "2L" is the paper's grid rule T = 2L (SPEC §4)
+        algo["budget"] = int(budget[:-1]) * model["depth"]
     multiple = _table_multiple(algo.get("state_lr"))
     if multiple is not None:  # the paper's grid rule η_h = k/λ_max (SPEC §4: k = 1)
         table_value, cfg["state_lr_source"] = lookup_state_lr(

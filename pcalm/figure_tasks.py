@@ -261,8 +261,41 @@ def credit_traces(cfg: dict, dataset):
         "credit_cosine_final": float(cos[-1].mean()),
         "credit_norm_ratio_at_budget": float(norm[budget].mean()),
         "bottom_cosine_at_budget": float(cos[budget, 0]),
+        **credit_front(norm),
     }
+    if cfg["algo"]["name"] == "pcalm":  # SPEC §6: the wave moves √(α η_h) layers per step
+        summary["front_speed_predicted"] = math.sqrt(cfg["algo"]["alpha"] * cfg["algo"][
+            "state_lr"])
     return summary, {"norm_ratio": norm, "cosine": cos}
+
+
+FRONT_LEVEL = 0.5  # credit has "arrived" at a layer when ‖ε_l‖/‖δ_l‖ first reaches this
+
+
+def credit_front(norm: np.ndarray, level: float = FRONT_LEVEL) -> dict:
+    """The measured credit front from ‖ε_l(t)‖/‖δ_l‖ [T + 1, L − 1] (layer 0 = the input side).
+
+    Arrival t_l = the first step with ratio ≥ `level`; d_l = L − 1 − l layers below the output
+    (the top hidden layer is d = 1). Over the layers reached (at least 3):
+    `front_speed` = 1/slope of the least-squares line t_l = t_0 + d_l/v (layers per step),
+    `front_exponent` = slope of log t_l against log d_l: 1 for a ballistic front (t ∝ d),
+    2 for a diffusive one (t ∝ d², a heat equation). NaN where fewer than 3 layers arrive.
+    """
+    steps, layers = norm.shape
+    reached = norm >= level
+    d, t = [], []
+    for layer in range(layers):
+        hits = np.flatnonzero(reached[1:, layer])
+        if hits.size:
+            d.append(layers - layer)
+            t.append(hits[0] + 1)
+    out = {"front_layers_reached": len(d), "front_speed": math.nan, "front_exponent": math.nan}
+    if len(d) >= 3 and len(set(d)) >= 2:
+        d_arr, t_arr = np.asarray(d, float), np.asarray(t, float)
+        slope = np.polyfit(d_arr, t_arr, 1)[0]
+        out["front_speed"] = float(1 / slope) if slope > 0 else math.inf
+        out["front_exponent"] = float(np.polyfit(np.log(d_arr), np.log(t_arr), 1)[0])
+    return out
 
 
 # --------------------------------------------------------------------- Figure 4

@@ -255,3 +255,34 @@ def test_credit_routes_newton_equilibrium_agrees_with_pc_run_to_equilibrium(fake
                                                              abs=1e-4), key
     assert newton["flops_at_equilibrium"] == plain["flops_at_equilibrium"] or \
         plain["equilibrium_steps"] < newton["equilibrium_steps"]
+
+
+def test_credit_front_speed_and_exponent_of_planted_fronts():
+    """figure3's measured front (pcalm.figure_tasks.credit_front) on ratio maps whose arrival
+    steps are planted: layer column i of L − 1 is d = L − 1 − i layers below the output."""
+    from pcalm.figure_tasks import credit_front
+
+    layers, steps = 15, 400
+    d = layers - np.arange(layers)  # column 0 (input side) is the farthest
+
+    def planted(arrival):
+        t = np.arange(steps + 1)[:, None]
+        return np.where(t >= arrival[None, :], 1.0, 0.0)
+
+    wave = credit_front(planted(2 * d))  # ballistic: t = 2d, half a layer per step
+    assert wave["front_layers_reached"] == layers
+    assert wave["front_speed"] == pytest.approx(0.5) and wave["front_exponent"] == pytest.approx(1)
+    heat = credit_front(planted(d ** 2))  # diffusive: t = d², reaches 15 layers by 225 steps
+    assert heat["front_exponent"] == pytest.approx(2, abs=0.05)
+    slow = credit_front(planted(np.where(d <= 2, d ** 2, 10 ** 6)))  # two layers only
+    assert slow["front_layers_reached"] == 2 and math.isnan(slow["front_speed"])
+
+
+def test_budget_in_steps_per_layer(fake_data_root, tmp_path):
+    """algo.budget "kL" is k·L steps (narrow_linear's T = 8L); "2L" is the grid rule."""
+    raw = base_config(fake_data_root, tmp_path, algo=dict(PCALM_CONFIG, budget="8L"))
+    raw["model"]["depth"] = 5
+    assert resolve_run_config(raw)["algo"]["budget"] == 40
+    raw["algo"]["budget"] = "0L"
+    with pytest.raises(ConfigError, match="budget"):
+        resolve_run_config(raw)
