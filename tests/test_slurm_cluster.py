@@ -346,13 +346,13 @@ def test_a_time_limit_checkpoints_and_requeues(env, tmp_path):
     waits to start again, the limit goes back to 10 minutes: exactly one timeout, whatever the
     load (a fixed 1-minute limit signalled 5 to 35 s into each attempt, before a loaded job
     had even set up its handler). The run lasts ≈ 60 s, longer than one 30-s look (a run that
-    ends first fails below, saying so), and its uninterrupted twin trains here, in-process."""
+    ends first fails below, saying so); its uninterrupted twin trains at the same time, as
+    another job on the node's other CPU."""
     longer = [a.replace("train.epochs=60", "train.epochs=180") for a in SEED0]
     limit = ["hydra.launcher.timeout_min=10", "hydra.launcher.signal_delay_s=120",
              "hydra.launcher.max_num_timeout=3"]
     twin = tmp_path / "uninterrupted"
-    rc, out, err = run_sweep([a.replace("=slurm", "=basic") for a in longer], twin, env)
-    assert rc == 0, out + err
+    twin_sweep = sweep([*longer, *ONE_CPU], twin, env)
 
     def cut_the_limit(job_id: str) -> None:
         elapsed = seconds(slurm("squeue", "--noheader", "--format=%M", f"--jobs={job_id}"))
@@ -364,6 +364,8 @@ def test_a_time_limit_checkpoints_and_requeues(env, tmp_path):
 
     _, log = interrupted_run(env, tmp_path / "slurm", [*ONE_CPU, *limit], cut_the_limit,
                              longer, on_requeue=restore_the_limit)
+    rc, out, err = finish(twin_sweep)
+    assert rc == 0, out + err
     assert "Caught signal SIGUSR2" in log and "this job is timed-out" in log, \
         f"the run ended before slurmctld signalled the time limit:\n{log}"
     same_numbers(twin, tmp_path / "slurm", longer)
