@@ -82,6 +82,8 @@ def env(cluster, fake_data_root, tmp_path_factory):
 
 
 STARTED: list[subprocess.Popen] = []  # the sweeps the current test started
+SUBMITTED: set[str] = set()  # the jobs it submitted itself (sbatch)
+RESULTS: list[Path] = []  # where its sweeps record their jobs
 
 
 def sweep(args: list[str], results: Path, env: dict, stderr=subprocess.PIPE
@@ -90,7 +92,15 @@ def sweep(args: list[str], results: Path, env: dict, stderr=subprocess.PIPE
                             env={**env, "PCALM_RESULTS": str(results)}, text=True,
                             stdout=subprocess.PIPE, stderr=stderr)
     STARTED.append(proc)
+    RESULTS.append(results)
     return proc
+
+
+def sbatch(*args: str) -> str:
+    """Submit a job of the test's own; its id (cancelled after the test if still queued)."""
+    job_id = slurm("sbatch", "--parsable", *args).strip().split(";")[0]
+    SUBMITTED.add(job_id)
+    return job_id
 
 
 def finish(proc: subprocess.Popen, timeout: float = TIMEOUT_S) -> tuple[int, str, str]:
@@ -156,12 +166,14 @@ def wait_until(condition, what: str, proc: subprocess.Popen | None = None,
 
 @pytest.fixture(autouse=True)
 def own_queue(cluster):
-    """Each test starts with none of this user's jobs in the queue and leaves none: what it
-    started and did not see finish (a sweep, a blocking job, a held job, after a failure too)
-    is cancelled, and the test ends only once SLURM lists none of it any more (a cancelled
-    job stays COMPLETING until its processes are gone, and would take the next test's CPUs)."""
+    """Each test starts with none of this user's jobs in the queue (some need the whole node)
+    and leaves none of its own: what it started and did not see finish (a sweep, a blocking
+    job, a held job, after a failure too) is cancelled, and the test ends only once SLURM
+    lists none of it any more (a cancelled job stays COMPLETING until its processes are
+    gone, and would take the next test's CPUs). The cluster must be the suite's own: another
+    suite's jobs on it make this wait fail."""
     wait_until(lambda: not queue(), "an empty queue before the test",
-               seen=lambda: "jobs left by an earlier test or another user")
+               seen=lambda: "jobs of an earlier test or of another suite on this cluster")
     yield
     for proc in STARTED:
         if proc.poll() is None:  # SIGTERM: sweep.py stops its launcher's process group
@@ -171,12 +183,15 @@ def own_queue(cluster):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate()
+    mine = SUBMITTED | {job_id.split("_")[0] for r in RESULTS for job_id in ours(r)}
     STARTED.clear()
-    left = sorted({job_id.split("_")[0] for job_id in queue()})
+    SUBMITTED.clear()
+    RESULTS.clear()
+    left = sorted(mine & {job_id.split("_")[0] for job_id in queue()})
     if left:
         slurm("scancel", *left)
-    wait_until(lambda: not queue(), f"jobs {left} gone after scancel",
-               seen=lambda: "them still listed")
+    wait_until(lambda: not mine & {job_id.split("_")[0] for job_id in queue()},
+               f"jobs {left} gone after scancel", seen=lambda: "them still listed")
 
 
 def the_run(results: Path, args: list[str] = SEED0) -> RunFolder:
@@ -244,9 +259,7 @@ def test_no_wait_then_a_rerun_while_queued_submits_nothing(env, tmp_path):
 def test_a_live_job_of_another_name_with_a_recorded_id_is_not_ours(env, tmp_path):
     """Ids repeat (a cluster reset, two clusters on one results folder): a recorded job counts
     as in flight only if squeue lists it under the recorded name."""
-    other = slurm("sbatch", "--parsable", "--hold", "--job-name=someone-else", "--output=/dev/null",
-                  "--wrap=true")
-    other = other.strip().split(";")[0]
+    other = sbatch("--hold", "--job-name=someone-else", "--output=/dev/null", "--wrap=true")
     try:
         folder = tmp_path / "sweeps" / "figure2-smoke-old"
         folder.mkdir(parents=True)
@@ -343,7 +356,7 @@ def test_a_time_limit_checkpoints_and_requeues(env, tmp_path):
     Submitted with 10 minutes; once the run has a checkpoint, the limit is cut to a whole
     minute 45 to 105 s away, within signal_delay_s (120): slurmctld, which looks at time
     limits every 30 s, signals at its next look, well before the limit itself. While the job
-    waits to start again, the limit goes back to 10 minutes: exactly one timeout, whatever the
+    waits to start again, the limit goes up to 60 minutes: exactly one timeout, whatever the
     load (a fixed 1-minute limit signalled 5 to 35 s into each attempt, before a loaded job
     had even set up its handler). The run lasts ≈ 60 s, longer than one 30-s look (a run that
     ends first fails below, saying so); its uninterrupted twin trains at the same time, as
@@ -360,7 +373,7 @@ def test_a_time_limit_checkpoints_and_requeues(env, tmp_path):
         slurm("scontrol", "update", f"JobId={job_id}", f"TimeLimit={minutes}")
 
     def restore_the_limit(job_id: str) -> None:
-        slurm("scontrol", "update", f"JobId={job_id}", "TimeLimit=10")
+        slurm("scontrol", "update", f"JobId={job_id}", "TimeLimit=60")  # ample, under load too
 
     _, log = interrupted_run(env, tmp_path / "slurm", [*ONE_CPU, *limit], cut_the_limit,
                              longer, on_requeue=restore_the_limit)
@@ -386,8 +399,8 @@ def test_a_preemption_from_partition_high_requeues_and_resumes(reference, env, t
     cpus = slurm("sinfo", "--noheader", "--partition=high", "--format=%c").split()[0].rstrip("+")
 
     def preempt(job_id: str) -> None:  # a job of the high partition that needs every CPU
-        slurm("sbatch", "--partition=high", f"--cpus-per-task={cpus}", "--mem=100",
-              "--job-name=pcalm-test-preemptor", "--output=/dev/null", "--wrap=sleep 1")
+        sbatch("--partition=high", f"--cpus-per-task={cpus}", "--mem=100",
+               "--job-name=pcalm-test-preemptor", "--output=/dev/null", "--wrap=sleep 1")
 
     _, log = interrupted_run(env, tmp_path, ONE_CPU, preempt)
     assert "DUE TO PREEMPTION" in log, log
@@ -465,9 +478,8 @@ def test_a_job_pending_for_want_of_resources_is_reported(env, tmp_path):
     setup lines of the launcher config run in the job. The blocking job runs until the sweep
     has said so (its stderr goes to a file, read as it grows)."""
     cpus = slurm("sinfo", "--noheader", "--format=%c").split()[0].rstrip("+")
-    blocker = slurm("sbatch", "--parsable", f"--cpus-per-task={cpus}", "--mem=100",
-                    "--job-name=pcalm-test-blocker", "--output=/dev/null",
-                    f"--wrap=sleep {TIMEOUT_S:.0f}").strip()
+    blocker = sbatch(f"--cpus-per-task={cpus}", "--mem=100", "--job-name=pcalm-test-blocker",
+                     "--output=/dev/null", f"--wrap=sleep {TIMEOUT_S:.0f}")
     said = tmp_path / "sweep.err"
     warning = r"warning: SLURM job \S+ has been pending for \d+ s, reason Resources"
     with said.open("w") as stderr:
