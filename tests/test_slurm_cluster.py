@@ -8,6 +8,7 @@ byte for byte with the run the array sweep trained.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import re
@@ -37,7 +38,10 @@ CELL = ["experiment=figure2", "scale=smoke", "algo=pcalm", "model.width=64", "mo
 ONE_CPU = ["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
 SEEDS = [*CELL, "train.seed=0,1"]
 SEED0 = [*CELL, "train.seed=0"]
-TIMEOUT_S = 240
+# How long any one wait may last before the test fails saying what it waited for. Generous:
+# on a 2-core machine shared with other work, one sweep takes minutes to start (imports at
+# nice 5); a passing suite never waits this long.
+TIMEOUT_S = float(os.environ.get("PCALM_SLURM_TEST_TIMEOUT_S", "600"))
 
 
 def sinfo() -> str | None:
@@ -77,10 +81,26 @@ def env(cluster, fake_data_root, tmp_path_factory):
         os.environ["PCALM_DATA"] = before
 
 
-def sweep(args: list[str], results: Path, env: dict, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "experiments/sweep.py", *args], cwd=REPO,
+STARTED: list[subprocess.Popen] = []  # the sweeps the current test started
+SUBMITTED: set[str] = set()  # the jobs it submitted itself (sbatch)
+RESULTS: list[Path] = []  # where its sweeps record their jobs
+
+
+def sweep(args: list[str], results: Path, env: dict, stderr=subprocess.PIPE
+          ) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "experiments/sweep.py", *args], cwd=REPO,
                             env={**env, "PCALM_RESULTS": str(results)}, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+                            stdout=subprocess.PIPE, stderr=stderr)
+    STARTED.append(proc)
+    RESULTS.append(results)
+    return proc
+
+
+def sbatch(*args: str) -> str:
+    """Submit a job of the test's own; its id (cancelled after the test if still queued)."""
+    job_id = slurm("sbatch", "--parsable", *args).strip().split(";")[0]
+    SUBMITTED.add(job_id)
+    return job_id
 
 
 def finish(proc: subprocess.Popen, timeout: float = TIMEOUT_S) -> tuple[int, str, str]:
@@ -112,18 +132,66 @@ def ours(results: Path) -> dict[str, dict]:
 
 
 def job_state(job_id: str) -> str:
-    return slurm("squeue", "--noheader", "--array", "--format=%T", f"--jobs={job_id}").strip()
+    """squeue's state of a job ('' once it has left the queue: squeue lists pending, running
+    and completing jobs, and none at all once slurmctld has forgotten the id, MinJobAge)."""
+    return queue().get(job_id, {}).get("state", "")
+
+
+def queue() -> dict[str, dict[str, str]]:
+    """This user's jobs that squeue lists (pending, running, completing, requeued), one per
+    array task: id → {state, reason, name}."""
+    jobs = {}
+    for line in slurm("squeue", "--noheader", "--array", f"--user={getpass.getuser()}",
+                      "--format=%i|%T|%r|%j").splitlines():
+        job_id, state, reason, name = (line.strip().split("|", 3) + ["", "", ""])[:4]
+        if job_id:
+            jobs[job_id] = {"state": state, "reason": reason, "name": name}
+    return jobs
 
 
 def wait_until(condition, what: str, proc: subprocess.Popen | None = None,
-               timeout: float = TIMEOUT_S) -> None:
+               timeout: float = TIMEOUT_S, seen=None) -> None:
+    """Poll `condition` until it holds; fail after `timeout` s (or when `proc`, the sweep, ends
+    first) saying what was expected and, from `seen()`, what was there instead."""
     deadline = time.monotonic() + timeout
     while not condition():
         if proc is not None and proc.poll() is not None:
             out, err = proc.communicate()
             pytest.fail(f"the sweep ended before {what}:\n{out}\n{err}")
-        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        if time.monotonic() > deadline:
+            pytest.fail(f"expected {what} within {timeout:.0f} s; saw "
+                        f"{seen() if seen else 'it not happen'}; queue: {queue()}")
         time.sleep(0.2)
+
+
+@pytest.fixture(autouse=True)
+def own_queue(cluster):
+    """Each test starts with none of this user's jobs in the queue (some need the whole node)
+    and leaves none of its own: what it started and did not see finish (a sweep, a blocking
+    job, a held job, after a failure too) is cancelled, and the test ends only once SLURM
+    lists none of it any more (a cancelled job stays COMPLETING until its processes are
+    gone, and would take the next test's CPUs). The cluster must be the suite's own: another
+    suite's jobs on it make this wait fail."""
+    wait_until(lambda: not queue(), "an empty queue before the test",
+               seen=lambda: "jobs of an earlier test or of another suite on this cluster")
+    yield
+    for proc in STARTED:
+        if proc.poll() is None:  # SIGTERM: sweep.py stops its launcher's process group
+            proc.terminate()
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+    mine = SUBMITTED | {job_id.split("_")[0] for r in RESULTS for job_id in ours(r)}
+    STARTED.clear()
+    SUBMITTED.clear()
+    RESULTS.clear()
+    left = sorted(mine & {job_id.split("_")[0] for job_id in queue()})
+    if left:
+        slurm("scancel", *left)
+    wait_until(lambda: not mine & {job_id.split("_")[0] for job_id in queue()},
+               f"jobs {left} gone after scancel", seen=lambda: "them still listed")
 
 
 def the_run(results: Path, args: list[str] = SEED0) -> RunFolder:
@@ -191,9 +259,7 @@ def test_no_wait_then_a_rerun_while_queued_submits_nothing(env, tmp_path):
 def test_a_live_job_of_another_name_with_a_recorded_id_is_not_ours(env, tmp_path):
     """Ids repeat (a cluster reset, two clusters on one results folder): a recorded job counts
     as in flight only if squeue lists it under the recorded name."""
-    other = slurm("sbatch", "--parsable", "--hold", "--job-name=someone-else", "--output=/dev/null",
-                  "--wrap=true")
-    other = other.strip().split(";")[0]
+    other = sbatch("--hold", "--job-name=someone-else", "--output=/dev/null", "--wrap=true")
     try:
         folder = tmp_path / "sweeps" / "figure2-smoke-old"
         folder.mkdir(parents=True)
@@ -214,15 +280,16 @@ def test_a_live_job_of_another_name_with_a_recorded_id_is_not_ours(env, tmp_path
 
 
 def interrupted_run(env, results: Path, extra: list[str], interrupt,
-                    args: list[str] = SEED0) -> tuple[str, str]:
-    """One run, waited for; `interrupt(job_id)` once it has a checkpoint. Returns the sweep's
+                    args: list[str] = SEED0, on_requeue=None) -> tuple[str, str]:
+    """One run, waited for; `interrupt(job_id)` once it has a checkpoint (so the job's
+    signal handlers are in place and there is a step to resume from). Returns the sweep's
     output and the job's log, after checking that it resumed from a checkpoint."""
     proc = sweep([*args, *extra], results, env)
     run = the_run(results, args)
     wait_until(lambda: run.checkpoint_path.exists(), "a checkpoint", proc)
     (job_id,) = ours(results)
     interrupt(job_id)
-    hurry_requeued(job_id, proc)
+    hurry_requeued(job_id, proc, on_requeue)
     rc, out, err = finish(proc)
     assert rc == 0, out + err
     assert "done: 1 complete, 0 missing" in out
@@ -233,15 +300,24 @@ def interrupted_run(env, results: Path, extra: list[str], interrupt,
     return out + err, log
 
 
-def hurry_requeued(job_id: str, proc: subprocess.Popen) -> None:
-    """SLURM holds a requeued job back for about two minutes (reason BeginTime); start it now
-    instead, as long as the sweep waits."""
+def hurry_requeued(job_id: str, proc: subprocess.Popen, on_requeue=None) -> None:
+    """Until the sweep ends: a requeued job that SLURM holds back (reason BeginTime: a
+    requeued job may start only once its old credential has expired, AuthInfo cred_expire,
+    two minutes by default) is started now instead. `on_requeue(job_id)` runs first, once
+    per hold (e.g. to change the next attempt's time limit while nothing runs)."""
     deadline = time.monotonic() + TIMEOUT_S
-    while proc.poll() is None and time.monotonic() < deadline:
-        queue = slurm("squeue", "--noheader", "--format=%T %r", f"--jobs={job_id}").split()
-        if queue == ["PENDING", "BeginTime"]:
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"],
-                           capture_output=True, timeout=60)
+    while proc.poll() is None:
+        entry = queue().get(job_id, {})
+        if entry.get("state") == "PENDING" and entry.get("reason") == "BeginTime":
+            if on_requeue is not None:
+                on_requeue(job_id)
+            slurm("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+            wait_until(lambda: queue().get(job_id, {}).get("reason") != "BeginTime",
+                       f"job {job_id} released from its BeginTime hold",
+                       seen=lambda: queue().get(job_id))
+        if time.monotonic() > deadline:
+            pytest.fail(f"expected the sweep of job {job_id} to end within {TIMEOUT_S:.0f} s; "
+                        f"the job is {entry or 'no longer queued'}")
         time.sleep(0.5)
 
 
@@ -275,28 +351,56 @@ def last_attempt_seconds(log: str) -> float:
 
 
 def test_a_time_limit_checkpoints_and_requeues(env, tmp_path):
-    """USR2 `signal_delay_s` before a 1-minute limit: submitit requeues, the run resumes.
+    """USR2 `signal_delay_s` before the time limit: submitit requeues, the run resumes.
 
-    slurmctld looks at time limits every 30 s or so, so the signal comes 5 to 35 s into each
-    attempt: this run is longer (≈ 45 s), and its uninterrupted twin trains here, in-process."""
-    longer = [a.replace("train.epochs=60", "train.epochs=120") for a in SEED0]
-    limit = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=55",
-             "hydra.launcher.max_num_timeout=20"]
+    Submitted with 10 minutes; once the run has a checkpoint, the limit is cut to a whole
+    minute 45 to 105 s away, within signal_delay_s (120): slurmctld, which looks at time
+    limits every 30 s, signals at its next look, well before the limit itself. While the job
+    waits to start again, the limit goes up to 60 minutes: exactly one timeout, whatever the
+    load (a fixed 1-minute limit signalled 5 to 35 s into each attempt, before a loaded job
+    had even set up its handler). The run lasts ≈ 60 s, longer than one 30-s look (a run that
+    ends first fails below, saying so); its uninterrupted twin trains at the same time, as
+    another job on the node's other CPU."""
+    longer = [a.replace("train.epochs=60", "train.epochs=180") for a in SEED0]
+    limit = ["hydra.launcher.timeout_min=10", "hydra.launcher.signal_delay_s=120",
+             "hydra.launcher.max_num_timeout=3"]
     twin = tmp_path / "uninterrupted"
-    rc, out, err = run_sweep([a.replace("=slurm", "=basic") for a in longer], twin, env)
+    twin_sweep = sweep([*longer, *ONE_CPU], twin, env)
+
+    def cut_the_limit(job_id: str) -> None:
+        elapsed = seconds(slurm("squeue", "--noheader", "--format=%M", f"--jobs={job_id}"))
+        minutes = -(-(elapsed + 45) // 60)
+        slurm("scontrol", "update", f"JobId={job_id}", f"TimeLimit={minutes}")
+
+    def restore_the_limit(job_id: str) -> None:
+        slurm("scontrol", "update", f"JobId={job_id}", "TimeLimit=60")  # ample, under load too
+
+    _, log = interrupted_run(env, tmp_path / "slurm", [*ONE_CPU, *limit], cut_the_limit,
+                             longer, on_requeue=restore_the_limit)
+    rc, out, err = finish(twin_sweep)
     assert rc == 0, out + err
-    _, log = interrupted_run(env, tmp_path / "slurm", [*ONE_CPU, *limit], lambda job: None,
-                             longer)
-    assert "Caught signal SIGUSR2" in log and "this job is timed-out" in log, log
+    assert "Caught signal SIGUSR2" in log and "this job is timed-out" in log, \
+        f"the run ended before slurmctld signalled the time limit:\n{log}"
     same_numbers(twin, tmp_path / "slurm", longer)
+    assert json.loads(the_run(tmp_path / "slurm", longer).summary_path.read_text())[
+        "attempts"] == 2
+
+
+def seconds(elapsed: str) -> int:
+    """squeue's `%M` ([days-][hours:]minutes:seconds) in seconds."""
+    days, _, clock = elapsed.strip().rpartition("-")
+    total = 0
+    for part in clock.split(":"):
+        total = total * 60 + int(part)
+    return total + 86400 * int(days or 0)
 
 
 def test_a_preemption_from_partition_high_requeues_and_resumes(reference, env, tmp_path):
     cpus = slurm("sinfo", "--noheader", "--partition=high", "--format=%c").split()[0].rstrip("+")
 
     def preempt(job_id: str) -> None:  # a job of the high partition that needs every CPU
-        slurm("sbatch", "--partition=high", f"--cpus-per-task={cpus}", "--mem=100",
-              "--job-name=pcalm-test-preemptor", "--output=/dev/null", "--wrap=sleep 1")
+        sbatch("--partition=high", f"--cpus-per-task={cpus}", "--mem=100",
+               "--job-name=pcalm-test-preemptor", "--output=/dev/null", "--wrap=sleep 1")
 
     _, log = interrupted_run(env, tmp_path, ONE_CPU, preempt)
     assert "DUE TO PREEMPTION" in log, log
@@ -371,22 +475,28 @@ def test_a_gpu_is_asked_for_only_where_there_are_gpus(env, tmp_path):
 
 def test_a_job_pending_for_want_of_resources_is_reported(env, tmp_path):
     """A job that cannot start (the node's CPUs are taken) is reported while the sweep waits;
-    setup lines of the launcher config run in the job."""
+    setup lines of the launcher config run in the job. The blocking job runs until the sweep
+    has said so (its stderr goes to a file, read as it grows)."""
     cpus = slurm("sinfo", "--noheader", "--format=%c").split()[0].rstrip("+")
-    blocker = slurm("sbatch", "--parsable", f"--cpus-per-task={cpus}", "--mem=100",
-                    "--job-name=pcalm-test-blocker", "--output=/dev/null",
-                    "--wrap=sleep 120").strip()
-    try:
-        wait_until(lambda: job_state(blocker) == "RUNNING", "the blocking job running")
-        proc = sweep([*SEED0, *ONE_CPU, "hydra.launcher.setup=[echo pcalm-setup-line]"],
-                     tmp_path, {**env, "PCALM_SLURM_PENDING_WARN_S": "2"})
-        wait_until(lambda: len(ours(tmp_path)) == 1, "a submitted job", proc)
-        time.sleep(6)
-    finally:
-        slurm("scancel", blocker)
-    rc, out, err = finish(proc)
+    blocker = sbatch(f"--cpus-per-task={cpus}", "--mem=100", "--job-name=pcalm-test-blocker",
+                     "--output=/dev/null", f"--wrap=sleep {TIMEOUT_S:.0f}")
+    said = tmp_path / "sweep.err"
+    warning = r"warning: SLURM job \S+ has been pending for \d+ s, reason Resources"
+    with said.open("w") as stderr:
+        try:
+            wait_until(lambda: job_state(blocker) == "RUNNING", "the blocking job running",
+                       seen=lambda: job_state(blocker))
+            proc = sweep([*SEED0, *ONE_CPU, "hydra.launcher.setup=[echo pcalm-setup-line]"],
+                         tmp_path, {**env, "PCALM_SLURM_PENDING_WARN_S": "2"}, stderr=stderr)
+            wait_until(lambda: re.search(warning, said.read_text()),
+                       "the sweep's warning that its job pends for Resources", proc,
+                       seen=lambda: said.read_text() or "nothing on its stderr")
+        finally:
+            slurm("scancel", blocker)
+        rc, out, _ = finish(proc)
+    err = said.read_text()
     assert rc == 0, out + err
-    assert re.search(r"warning: SLURM job \S+ has been pending for \d+ s, reason Resources", err)
+    assert len(re.findall(warning, err)) == 1, err  # said once
     (script,) = tmp_path.glob("submitit/*/*_submission.sh")
     assert "echo pcalm-setup-line" in script.read_text()
     assert "pcalm-setup-line" in job_log(tmp_path)
