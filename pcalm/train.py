@@ -80,11 +80,13 @@ def build_net(cfg: dict, input_dim: int, seeds: list[int], device, num_classes=1
 
 
 def evaluation_steps(steps_per_epoch: int, epochs: int, evals_per_epoch: int) -> set[int]:
-    """Step 0 and `evals_per_epoch` evenly spaced steps per epoch, the last one included."""
+    """Step 0 and `evals_per_epoch` evenly spaced steps per epoch, the last one included.
+    More evaluations than steps mean every step (asking for 1e9 costs no more than that)."""
+    evals = min(evals_per_epoch, steps_per_epoch)
     points = {0}
     for epoch in range(epochs):
-        for k in range(1, evals_per_epoch + 1):
-            points.add(epoch * steps_per_epoch + round(k * steps_per_epoch / evals_per_epoch))
+        for k in range(1, evals + 1):
+            points.add(epoch * steps_per_epoch + round(k * steps_per_epoch / evals))
     return points
 
 
@@ -125,15 +127,13 @@ WEIGHT_COPIES = 4
 
 
 def check_schedule(train: dict, n_train: int) -> None:
-    """Evaluations at most once per step and at most MAX_EVALUATIONS in all: a schedule past
-    either would loop or fill the memory before the first step (ValueError, one line)."""
-    steps = n_train // train["batch_size"]
-    if steps >= 1 and train["evals_per_epoch"] > steps:
-        raise ValueError(f"bad value train.evals_per_epoch={train['evals_per_epoch']}: allowed: "
-                         f"at most the {steps} steps of an epoch")
-    if train["epochs"] * train["evals_per_epoch"] > MAX_EVALUATIONS:
+    """At most MAX_EVALUATIONS evaluations in all (an evaluation at most once per step): a
+    schedule past that would fill the memory before the first step (ValueError, one line)."""
+    steps = max(1, n_train // train["batch_size"])
+    evals = min(train["evals_per_epoch"], steps)
+    if train["epochs"] * evals > MAX_EVALUATIONS:
         raise ValueError(f"bad value train.epochs={train['epochs']}: allowed: epochs × "
-                         f"evals_per_epoch ({train['evals_per_epoch']}) at most "
+                         f"evaluations per epoch ({evals}) at most "
                          f"{MAX_EVALUATIONS} evaluations")
 
 

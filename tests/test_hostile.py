@@ -396,7 +396,6 @@ def test_the_submitit_folder_is_private_and_refused_when_others_can_write_above_
 
 @pytest.mark.parametrize("change, expected", [
     ({"model": {"width": 100_000}}, "bad value model.width=100000 (model.depth=4): needs about"),
-    ({"train": {"evals_per_epoch": 10**9}}, "allowed: at most the 4 steps of an epoch"),
     ({"train": {"epochs": 10**9}}, "at most 100000 evaluations"),
 ])
 def test_sizes_that_cannot_run_fail_in_one_line_before_any_folder(change, expected,
@@ -406,6 +405,17 @@ def test_sizes_that_cannot_run_fail_in_one_line_before_any_folder(change, expect
         execute([cfg], **QUIET)
     assert expected in str(err.value) and "\n" not in str(err.value)
     assert not (results_dir / "runs").exists() or not any((results_dir / "runs").iterdir())
+
+
+def test_more_evaluations_than_steps_mean_every_step_without_building_a_huge_plan():
+    """train.evals_per_epoch=1e9 once hung building 1e9 evaluation points per epoch; it is
+    every step of the epoch (what any count ≥ the steps gives), planned at once."""
+    from pcalm.train import evaluation_steps
+
+    assert evaluation_steps(4, 2, 10**9) == {0, 1, 2, 3, 4, 5, 6, 7, 8}
+    assert evaluation_steps(4, 2, 10**9) == evaluation_steps(4, 2, 4) == \
+        evaluation_steps(4, 2, 7)  # the old rule's set for counts above the steps
+    assert evaluation_steps(10, 1, 2) == {0, 5, 10}
 
 
 def test_the_memory_estimate_counts_weights_and_states():

@@ -188,7 +188,7 @@ def test_seeds_of_a_cell_share_a_job_when_jobs_have_gpus(fake_slurm, data_env, c
     assert sweep_py.main([*grid, f"hydra.launcher.partition={partition}",
                           f"hydra.launcher.gpus_per_node={gpus}", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    sizes = [int(n) for n in re.findall(r"job \d+: (\d+) runs", out)]
+    sizes = [int(n) for n in re.findall(r"job \d+: (\d+) runs?", out)]
     assert sum(sizes) == 12
     assert all(n % 2 == 0 for n in sizes) == even  # the grid has seeds 0 and 1 of each cell
     assert (", 1 GPU," in out) == (gpus == "1" or even)

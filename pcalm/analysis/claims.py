@@ -49,12 +49,13 @@ COLLAPSE_MARGIN = 0.05  # η sweep: "collapse" = diverged or within 5 pp of chan
 FRONT_EXPONENT_SPLIT = 1.5  # arrival t ∝ d^p: p < 1.5 ballistic, p > 1.5 diffusive
 LABEL = {"bp": "BP", "pc": "PC", "pcalm": "PC-ALM"}
 
-# What a missing table costs on a 2-core CPU at paper scale (measured; issue 21)
-COST = {"figure1": "seconds", "figure3": "seconds", "figure4": "seconds",
-        "figure5": "≈ 15 min", "figure10": "≈ 45 min", "figure_eta": "≈ 20 min",
-        "figure6": "≈ 2.3 h", "figure7": "≈ 2.3 h", "figure8": "≈ a CPU-day (a GPU job)",
-        "figure9": "≈ a CPU-day (a GPU job)", "figure2": "≈ 1 h (N·L ≤ 2048)",
-        "figure2_mnist": "≈ 1 h (N·L ≤ 2048)", "narrow_linear": "≈ 10 min"}
+# What a missing table costs at paper scale on a 2-core CPU (job time, measured or projected
+# by `--dry-run`; README "Every figure at paper scale: what is on record")
+COST = {"figure1": "seconds", "figure3": "minutes", "figure4": "seconds",
+        "figure5": "≈ 35 min", "figure10": "≈ 3–4 h", "figure_eta": "≈ 1–2 h",
+        "figure6": "≈ 10 h", "figure7": "≈ 10 h", "figure8": "≈ 19 h (a GPU job)",
+        "figure9": "≈ 19 h (a GPU job)", "figure2": "≈ 1 h (N·L ≤ 2048)",
+        "figure2_mnist": "≈ 1 h (N·L ≤ 2048)", "narrow_linear": "≈ 30 min"}
 
 # The authors' anchor cell (SPEC §7): Fashion-MNIST, N = L = 32, ReLU, T = 64, seed 0.
 ANCHOR = ("relu", 32, 32)
