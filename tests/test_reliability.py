@@ -8,9 +8,9 @@ folder, Ctrl-C. Each test fails on the code before the fix. Kills happen at a kn
 
 from __future__ import annotations
 
-import re
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
