@@ -216,9 +216,15 @@ def test_local_sweep_runs_then_skips_then_collects(data_env, capsys):
     # Collect the grid plus a cell that never ran: a table of 4, the missing one named.
     assert load_script("scripts/collect.py").main(grid[:-1] + ["model.depth=4,8"]) == 0
     out = capsys.readouterr().out
-    assert "collected 4 of 8 runs (4 missing: pcalm N=" in out
-    table = data_env / "tables" / "figure2-smoke.csv"
-    assert table.is_file() and (data_env / "tables" / "figure2-smoke-metrics.csv").is_file()
+    # the table covers the experiment's whole grid under these settings plus the cells asked
+    # for (the 4 trained ones in it, the rest named missing), under a name carrying the
+    # settings (they change the runs: a smaller data set)
+    found = re.search(r"collected 4 of (\d+) runs \((\d+) missing: .*→ (\S+\.csv): 4 valid",
+                      out)
+    assert found and int(found[1]) - int(found[2]) == 4, out
+    table = Path(found[3])
+    assert table.parent == data_env / "tables" and table.name.startswith("figure2-smoke-")
+    assert table.is_file() and table.with_name(f"{table.stem}-metrics.csv").is_file()
     df = load(data_env)
     assert len(df) == 4 and set(df["model.width"]) == {8, 16}
     assert {"test_acc", "train.seed", "algo.name"} <= set(df.columns)
