@@ -68,7 +68,7 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
         rows = df[(df[NETWORK] == pd.Series(net, index=NETWORK)).all(axis=1)]
         _panel(ax, rows, net)
     axes[0][0].set_ylabel("test accuracy after one epoch (%)")
-    axes[0][-1].legend(loc="upper right", bbox_to_anchor=(1.0, 0.9), frameon=False, fontsize=7)
+    axes[0][0].legend(loc="lower left", frameon=False, fontsize=7)
     first = df.iloc[0]
     data = DATA_LABELS.get(str(first.get("data.name")), first.get("data.name"))
     budgets = sorted({int(b) for b in df["algo.budget"].dropna().unique()})
