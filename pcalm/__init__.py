@@ -11,13 +11,13 @@ import importlib
 
 # public name → the module that defines it (a name equal to its module's last part is the module)
 _PUBLIC = {
-    "ALGORITHMS": "pcalm.algorithms",
-    "Algorithm": "pcalm.algorithms",
-    "make_algorithm": "pcalm.algorithms",
-    "stack_algorithms": "pcalm.algorithms",
-    "ResidualMLP": "pcalm.model",
-    "diagnostics": "pcalm.diagnostics",
-    "results": "pcalm.results",
+    "ALGORITHMS": "pcalm.core.algorithms",
+    "Algorithm": "pcalm.core.algorithms",
+    "make_algorithm": "pcalm.core.algorithms",
+    "stack_algorithms": "pcalm.core.algorithms",
+    "ResidualMLP": "pcalm.core.model",
+    "diagnostics": "pcalm.core.diagnostics",
+    "results": "pcalm.runs.folder",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -11,9 +11,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pcalm.config import ConfigError, resolve_run_config
-from pcalm.eta import AUTHORS_TABLE_NAME
-from pcalm.results import check_results_dir
+from pcalm.runs.config import ConfigError, resolve_run_config
+from pcalm.runs.eta import AUTHORS_TABLE_NAME
+from pcalm.runs.folder import check_results_dir
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "configs"

@@ -15,9 +15,9 @@ import warnings
 from pathlib import Path
 
 from pcalm.cli import exit_with
-from pcalm.config import Cell
-from pcalm.eta import EtaTableError
-from pcalm.results import (
+from pcalm.runs.config import Cell
+from pcalm.runs.eta import EtaTableError
+from pcalm.runs.folder import (
     RunFolder,
     atomic_write_text,
     check_results_dir,
@@ -26,7 +26,7 @@ from pcalm.results import (
     load_metrics,
     problems,
 )
-from pcalm.sweep import load_sweep
+from pcalm.sweeps.grid import load_sweep
 
 SHOW_MISSING = 3
 SWEEP_FLAGS = ("--dry-run", "--no-wait")  # sweep.py's; ignored so `make figureN ARGS=` works

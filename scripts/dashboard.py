@@ -21,17 +21,17 @@ import sys
 from pathlib import Path
 
 from pcalm.cli import REPO, exit_with
-from pcalm.eta import EtaTableError
-from pcalm.results import RunFolder
-from pcalm.sweep import load_sweep
-from pcalm.tracking import effective_mode, open_summary_run, open_tracker, recorded, run_meta
+from pcalm.runs.eta import EtaTableError
+from pcalm.runs.folder import RunFolder
+from pcalm.runs.tracking import effective_mode, open_summary_run, open_tracker, recorded, run_meta
+from pcalm.sweeps.grid import load_sweep
 
 SWEEP_FLAGS = ("--dry-run", "--no-wait")  # sweep.py's; ignored so `make figureN ARGS=` works
 
 
 def retag(configs: list[dict]) -> int:
     """Add this experiment's tags to grid runs tracked before under another; returns how many."""
-    from pcalm.runner import _run_name
+    from pcalm.runs.runner import _run_name
 
     count = 0
     for cfg in configs:

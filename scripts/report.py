@@ -8,7 +8,7 @@ missing is marked "not measured" with the command that measures it. Thresholds f
 are stated in the report; at smoke scale (a 6,000-sample subset, 93 steps) absolute numbers
 are not comparable with the paper's — compare orderings and trends.
 
-Diagnostic tables (pcalm/figure_tasks.py) are read by column name: claim 1 from figure4's
+Diagnostic tables (pcalm/runs/tasks/figures.py) are read by column name: claim 1 from figure4's
 `grad_cosine_final` / `grad_rel_error_final` and figure1's `grad_error_final` (linear PC-ALM
 rows); claim 4 from figure3's `bottom_cosine_at_budget` and `credit_norm_ratio_at_budget`.
 A table without them is reported as such.
@@ -43,7 +43,7 @@ from grid_stats import grid_claims, seed_summary  # noqa: E402
 from grid_stats import paired as paired_stat  # noqa: E402
 from plot_figure_eta import eta_multiples  # noqa: E402
 
-from pcalm.results import atomic_write_text  # noqa: E402
+from pcalm.runs.folder import atomic_write_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 HOLDS, FAILS, PARTLY = "✓", "✗", "~ partly"

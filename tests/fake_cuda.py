@@ -12,7 +12,7 @@ import contextlib
 
 import torch
 
-from pcalm import algorithms
+from pcalm.core import algorithms
 
 
 class FakeGraph:

@@ -16,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from pcalm import results
+from pcalm.runs import folder as results
 
 REPO = Path(__file__).resolve().parent.parent
 

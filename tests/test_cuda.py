@@ -21,16 +21,16 @@ import warnings
 import pytest
 import torch
 
-from pcalm import algorithms
-from pcalm.algorithms import make_algorithm, stack_algorithms
-from pcalm.model import ResidualMLP
+from pcalm.core import algorithms
+from pcalm.core.algorithms import make_algorithm, stack_algorithms
+from pcalm.core.model import ResidualMLP
 
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 
-FALLBACK = "pcalm: the .* inference path failed"  # pcalm.algorithms._disable's warning
+FALLBACK = "pcalm: the .* inference path failed"  # pcalm.core.algorithms._disable's warning
 CASES = [
     ("bp", {}),
     ("pc", {"budget": 12, "state_lr": 0.2}),
@@ -113,8 +113,8 @@ def test_graph_follows_adam_updates():
 
 
 def test_training_on_the_gpu_learns(fake_data_root, results_dir):
-    from pcalm.config import resolve_run_config
-    from pcalm.runner import execute
+    from pcalm.runs.config import resolve_run_config
+    from pcalm.runs.runner import execute
     from tests.conftest import PCALM_CONFIG, base_config
 
     cfg = resolve_run_config(base_config(fake_data_root, results_dir, algo=PCALM_CONFIG,
@@ -156,7 +156,7 @@ def test_mixed_stack_on_the_gpu_paths(mode, path):
 
 def test_graph_follows_stacked_adam_updates():
     """Models with their own learning rate (StackedAdam) over a mixed stack, graph vs eager."""
-    from pcalm.optim import StackedAdam, make_adam
+    from pcalm.core.optim import StackedAdam, make_adam
 
     nets = {mode: ResidualMLP(20, 16, 7, output_dim=5, activation="relu", seed=list(range(4)),
                               device="cuda") for mode in ("auto", "off")}
@@ -231,7 +231,7 @@ def test_a_run_releases_its_graphs_and_pins_ieee_float32(tmp_path):
     saved = [b.fp32_precision for b in backends]
     torch.backends.cuda.matmul.fp32_precision = "tf32"  # what a user might have set
     try:
-        from pcalm.train import Trainer
+        from pcalm.runs.train import Trainer
 
         trainer = Trainer(_stack_configs(tmp_path, device="cuda"), _dataset())
         summaries = trainer.run()
@@ -245,7 +245,7 @@ def test_a_run_releases_its_graphs_and_pins_ieee_float32(tmp_path):
 
 
 def test_hessian_lambda_max_of_a_cuda_net():
-    from pcalm.diagnostics import hessian_lambda_max
+    from pcalm.core.diagnostics import hessian_lambda_max
 
     cpu = ResidualMLP(20, 16, 6, output_dim=5, activation="tanh", seed=0)
     gpu = ResidualMLP(20, 16, 6, output_dim=5, activation="tanh", seed=0, device="cuda")

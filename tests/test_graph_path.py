@@ -23,11 +23,11 @@ import weakref
 import pytest
 import torch
 
-from pcalm import algorithms, diagnostics
-from pcalm.algorithms import PCALM, make_algorithm, stack_algorithms
+from pcalm.core import algorithms, diagnostics
+from pcalm.core.algorithms import PCALM, make_algorithm, stack_algorithms
+from pcalm.core.model import ResidualMLP
 from pcalm.data import Dataset
-from pcalm.model import ResidualMLP
-from pcalm.train import Trainer
+from pcalm.runs.train import Trainer
 from tests import fake_cuda as stubs
 from tests.conftest import base_config
 from tests.fake_cuda import FakeGraph

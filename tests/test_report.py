@@ -82,7 +82,7 @@ def test_eta_claim_is_measured_against_the_eta_table(
 
 def test_diagnostic_claims_read_the_figure_task_columns(tmp_path, monkeypatch, capsys,
                                                         scripts_path):
-    """Claims 1 and 4 read the diagnostic tasks' summary columns (pcalm/figure_tasks.py):
+    """Claims 1 and 4 read the diagnostic tasks' summary columns (pcalm/runs/tasks/figures.py):
     the interface between those tables and the report, checked on two-row tables."""
     tables = tmp_path / "tables"
     tables.mkdir()

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pcalm import results
-from pcalm.results import RunFolder, run_id
+from pcalm.runs import folder as results
+from pcalm.runs.folder import RunFolder, run_id
 
 
 def make_config(**overrides) -> dict:

@@ -1,6 +1,6 @@
 """The fast paths compute what the straightforward ones do (SPEC §3–4).
 
-- the fast in-place loop of pcalm.algorithms == pcalm.naive's per-layer version (float64),
+- the fast in-place loop of pcalm.core.algorithms == pcalm.core.naive's per-layer version (float64),
   for BP, PC and PC-ALM, all activations, L = 2 and L ≥ 3, inner steps, post_dual, ρ ≠ 1;
 - a stack of M models == M single-model runs (float64, tight);
 - the torch.compile'd step == the eager loop (float32 tolerance).
@@ -9,9 +9,9 @@
 import pytest
 import torch
 
-from pcalm import algorithms, naive
-from pcalm.algorithms import make_algorithm
-from pcalm.model import ResidualMLP
+from pcalm.core import algorithms, naive
+from pcalm.core.algorithms import make_algorithm
+from pcalm.core.model import ResidualMLP
 from tests import fake_cuda as stubs
 from tests.conftest import load_script
 from tests.fake_cuda import FakeGraph

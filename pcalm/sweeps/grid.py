@@ -27,9 +27,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from pcalm import cli
-from pcalm.config import ConfigError, check_name
-from pcalm.results import RunFolder
-from pcalm.train import stack_key
+from pcalm.runs.config import ConfigError, check_name
+from pcalm.runs.folder import RunFolder
+from pcalm.runs.train import stack_key
 
 LAUNCHERS = ("local", "slurm", "basic")
 GRID_PREFIX = "sweep.grid."
@@ -338,7 +338,7 @@ def stack_size(max_stack: int | str, device_type: str | None) -> int:
 
 def stack_units(configs: list[dict], max_stack: int | str = 1,
                 device_type: str | None = None) -> list[list[dict]]:
-    """Runs that train together (equal `stack_key`: pcalm.train), in chunks of `max_stack`."""
+    """Runs that train together (equal `stack_key`: pcalm.runs.train), in chunks of `max_stack`."""
     groups: dict[str, list[dict]] = {}
     for cfg in configs:
         groups.setdefault(stack_key(cfg), []).append(cfg)

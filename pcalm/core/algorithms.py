@@ -39,7 +39,7 @@ over layers, no allocation per step. How it is made fast (ARCHITECTURE "Performa
 - BP runs in the same buffers (forward pass, then the adjoint layer by layer), so it too is
   captured in a CUDA graph on GPU.
 - Inputs the fast loop does not take (e.g. x with extra batch dims) run the previous stacked
-  eager loop (`pcalm.naive.stacked_eager_inference`).
+  eager loop (`pcalm.core.naive.stacked_eager_inference`).
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from pcalm import energy, naive
-from pcalm.model import ResidualMLP
+from pcalm.core import energy, naive
+from pcalm.core.model import ResidualMLP
 
 WEIGHT_CREDITS = ("pre_dual", "post_dual")
 COMPILE_MODES = ("auto", "on", "off")

@@ -11,7 +11,7 @@ sequential layer loops (forward pass, backprop); b0 is the fixed cost of one inf
 (a handful of kernel launches: what dominates narrow nets). An evaluation costs
 ceil(n_test / chunk) forward passes, e0 + eL·L + eW·W at the chunk's batch size.
 
-`calibrate` fits the coefficients by timing the real hot path (pcalm.algorithms) at a few
+`calibrate` fits the coefficients by timing the real hot path (pcalm.core.algorithms) at a few
 cells, in about ten seconds; `make bench` and the first sweep plan on a device do it and store
 the result (results/cost/<device>.json), so later plans on that device are instant. PC is
 costed as PC-ALM (the same loop with α = 0). A run's projection = steps × step + evaluations.
@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 INPUT_DIM, OUTPUT_DIM = 784, 10
-EVAL_CHUNK = 2000  # pcalm.train.EVAL_CHUNK
+EVAL_CHUNK = 2000  # pcalm.runs.train.EVAL_CHUNK
 FULL_SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000),
               "synthetic": (6000, 1000)}
 # (N, L) cells timed for the fit: narrow and wide, shallow and deep.
@@ -42,7 +42,7 @@ def forward_macs(batch: int, width: int, depth: int) -> float:
 class CostModel:
     """Seconds per training step and per evaluation chunk on one device (see module doc)."""
 
-    device: str  # the CPU model or GPU name (pcalm.provenance.device_name)
+    device: str  # the CPU model or GPU name (pcalm.runs.provenance.device_name)
     kind: str  # cpu | cuda
     threads: int
     bp: tuple[float, float, float]  # c0, cL, cW
@@ -89,7 +89,7 @@ class CostModel:
 
     # -- storage ------------------------------------------------------------------------
     def save(self, path: Path) -> None:
-        from pcalm.results import atomic_write_json
+        from pcalm.runs.folder import atomic_write_json
 
         atomic_write_json(path, asdict(self))
 
@@ -112,7 +112,7 @@ def device_key(device_name: str, threads: int) -> str:
 
 
 def model_path(results_dir: Path, device, threads: int) -> Path:
-    from pcalm.provenance import device_name
+    from pcalm.runs.provenance import device_name
 
     return Path(results_dir) / "cost" / f"{device_key(device_name(device), threads)}.json"
 
@@ -126,7 +126,7 @@ def stored_models(results_dir: Path, kind: str) -> list[CostModel]:
 
 def cached_or_calibrated(results_dir: Path, device, threads: int, say=print) -> CostModel:
     """The device's stored cost model, calibrated (and stored) first if there is none."""
-    from pcalm.provenance import device_name
+    from pcalm.runs.provenance import device_name
 
     path = model_path(results_dir, device, threads)
     model = CostModel.load(path)
@@ -184,8 +184,8 @@ def _time_cell(n: int, depth: int, x, y, x_eval, sync) -> dict[str, tuple[list, 
     """One calibration cell's timings, each with its row of the fit (see the module doc)."""
     import torch
 
-    from pcalm.algorithms import make_algorithm
-    from pcalm.model import ResidualMLP
+    from pcalm.core.algorithms import make_algorithm
+    from pcalm.core.model import ResidualMLP
 
     net = ResidualMLP(INPUT_DIM, n, depth, seed=[0], device=x.device)
     batch, w = x.shape[-2], forward_macs(x.shape[-2], n, depth)
@@ -210,7 +210,7 @@ def calibrate(device, threads: int) -> CostModel:
     """Time BP, PC-ALM at two budgets, and an evaluation at CALIBRATION_CELLS; fit."""
     import torch
 
-    from pcalm.provenance import device_name
+    from pcalm.runs.provenance import device_name
 
     device = torch.device(device)
     before = torch.get_num_threads()

@@ -1,6 +1,6 @@
 """Experiment tracking (Weights & Biases) behind one small interface.
 
-Results on disk (``pcalm.results``) are the source of truth and are always written; a tracker
+Results on disk (``pcalm.runs.folder``) are the source of truth and are always written; a tracker
 only mirrors them for live dashboards. So wandb is off by default, imported only when asked
 for, and never needed for anything to work.
 

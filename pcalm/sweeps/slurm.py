@@ -17,7 +17,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from pcalm.results import atomic_write_json, run_id
+from pcalm.runs.folder import atomic_write_json, run_id
 
 JOBS_FILE = "slurm_jobs.json"
 SQUEUE_TIMEOUT_S = 60
