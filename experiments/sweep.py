@@ -21,11 +21,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from pcalm.atomic import atomic_write_json
 from pcalm.cli import REPO, compose, exit_with, interrupted
 from pcalm.data import DataError
 from pcalm.runs import provenance
 from pcalm.runs.eta import EtaTableError
-from pcalm.runs.folder import RunFolder, atomic_write_json, check_results_dir, inside
+from pcalm.runs.folder import RunFolder, check_results_dir, inside
 from pcalm.runs.runner import load_run_dataset
 from pcalm.runs.tasks.registry import TASKS
 from pcalm.sweeps import slurm

@@ -17,7 +17,6 @@ _PUBLIC = {
     "stack_algorithms": "pcalm.core.algorithms",
     "ResidualMLP": "pcalm.core.model",
     "diagnostics": "pcalm.core.diagnostics",
-    "results": "pcalm.runs.folder",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -32,8 +32,8 @@ from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.request import urlopen
 
+from pcalm.atomic import fsync_dir  # the one way this project persists a rename
 from pcalm.data import _FOLDERS, MD5, DataError, missing_files, raw_dir
-from pcalm.runs.folder import _fsync_dir  # the one way this project persists a rename
 
 URL_SCHEMES = ("https://", "http://", "file://")
 TIMEOUT_S = 30.0  # per connection attempt and per read: a dead mirror costs this much, once
@@ -166,7 +166,7 @@ def _download(url: str, dest: Path, md5: str, timeout: float,
         if found != md5:
             raise _Failed(f"MD5 {found} of the uncompressed file, expected {md5}")
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return dest
     finally:
         with contextlib.suppress(FileNotFoundError):

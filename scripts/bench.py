@@ -45,11 +45,11 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from pcalm.atomic import atomic_write_text  # noqa: E402
 from pcalm.core import algorithms, naive  # noqa: E402
 from pcalm.core.algorithms import make_algorithm, stack_algorithms  # noqa: E402
 from pcalm.core.device import resolve_device  # noqa: E402
 from pcalm.core.model import ResidualMLP  # noqa: E402
-from pcalm.runs.folder import atomic_write_text  # noqa: E402
 from pcalm.sweeps import cost  # noqa: E402
 
 INPUT_DIM, CLASSES = 784, 10

@@ -14,18 +14,12 @@ import sys
 import warnings
 from pathlib import Path
 
+from pcalm.analysis.tables import collect, load_metrics, problems
+from pcalm.atomic import atomic_write_text
 from pcalm.cli import exit_with
 from pcalm.runs.config import Cell
 from pcalm.runs.eta import EtaTableError
-from pcalm.runs.folder import (
-    RunFolder,
-    atomic_write_text,
-    check_results_dir,
-    collect,
-    inside,
-    load_metrics,
-    problems,
-)
+from pcalm.runs.folder import RunFolder, check_results_dir, inside
 from pcalm.sweeps.grid import load_sweep
 
 SHOW_MISSING = 3

@@ -20,7 +20,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pcalm.runs.folder import atomic_write_text  # noqa: E402
+from pcalm.atomic import atomic_write_text  # noqa: E402
 
 REFERENCE = REPO / "results" / "reference" / "tables"
 CONFIG_PREFIXES = ("name", "task.", "model.", "algo.", "data.", "train.", "logger.",

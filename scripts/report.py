@@ -43,7 +43,7 @@ from grid_stats import grid_claims, seed_summary  # noqa: E402
 from grid_stats import paired as paired_stat  # noqa: E402
 from plot_figure_eta import eta_multiples  # noqa: E402
 
-from pcalm.runs.folder import atomic_write_text  # noqa: E402
+from pcalm.atomic import atomic_write_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 HOLDS, FAILS, PARTLY = "✓", "✗", "~ partly"

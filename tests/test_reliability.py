@@ -19,9 +19,10 @@ import pytest
 import torch
 
 from pcalm import cli
+from pcalm.analysis.tables import load
 from pcalm.runs import runner
 from pcalm.runs.config import ConfigError, resolve_run_config
-from pcalm.runs.folder import RunFolder, RunLock, check_results_dir, inside, load
+from pcalm.runs.folder import RunFolder, RunLock, check_results_dir, inside
 from pcalm.runs.runner import execute
 from pcalm.runs.train import Trainer
 from tests.conftest import REPO, base_config, load_script

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from pcalm import cli
-from pcalm.runs.folder import RunFolder, load
+from pcalm.analysis.tables import load
+from pcalm.runs.folder import RunFolder
 from pcalm.sweeps import grid as sweep
 from pcalm.sweeps.grid import (
     AUTO_GPU_STACK,

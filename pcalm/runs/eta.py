@@ -210,7 +210,7 @@ def lookup_state_lr(table_path: Path | str | None, data: str, activation: str,
 
 def write_table(path: Path | str, rows: list[dict]) -> None:
     """Merge `rows` into the table at `path` (same cell → replaced), written atomically."""
-    from pcalm.runs.folder import atomic_write_text
+    from pcalm.atomic import atomic_write_text
 
     path = Path(path)
     existing = {}

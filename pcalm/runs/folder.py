@@ -1,4 +1,4 @@
-"""Run identity, run folders on disk, and loading finished runs into tables.
+"""Run identity and run folders on disk (tables of finished runs: pcalm.analysis.tables).
 
 One run = one folder ``<results_dir>/runs/<run_id>/`` holding
 
@@ -30,12 +30,13 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import pandas as pd
 import yaml
+
+from pcalm.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 
 # Dotted config keys that do not change the numbers, so two configs differing only here are the
 # same run. A key names its whole subtree ("logger" drops the whole logger section).
@@ -135,89 +136,8 @@ def run_id(config: Mapping) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Atomic writes
+# Arrays a diagnostic task stored
 # --------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename: fsync the directory entry (best effort; not possible on Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def _atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool) -> None:
-    """Write ``path`` via ``write(fileobj)`` on a same-directory temp file, then rename.
-
-    Same directory so ``os.replace`` is a rename within one filesystem, which is atomic. On any
-    error the temp file is removed and the final name keeps its previous content (or absence).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from colleagues
-        mode = "wb" if binary else "w"
-        with os.fdopen(fd, mode, **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # also KeyboardInterrupt / SystemExit: never leave the temp behind
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    _atomic_write(path, lambda f: f.write(text), binary=False)
-
-
-def _json_default(obj: Any) -> Any:
-    """Let json write numpy/torch scalars and arrays, and paths, that summaries often hold."""
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (NaN/inf allowed, as Python does)."""
-
-    def write(f: IO) -> None:
-        json.dump(obj, f, indent=2, default=_json_default)
-        f.write("\n")
-
-    _atomic_write(path, write, binary=False)
-
-
-def atomic_save_arrays(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
-    """``numpy.savez`` the named arrays to ``path`` atomically (a task's traces, curves...)."""
-    import numpy as np
-
-    _atomic_write(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}),
-                  binary=True)
 
 
 def load_arrays(folder: str | os.PathLike) -> dict:
@@ -226,13 +146,6 @@ def load_arrays(folder: str | os.PathLike) -> dict:
 
     with np.load(Path(folder) / ARRAYS_FILE) as data:
         return {k: data[k] for k in data.files}
-
-
-def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
-    """``torch.save(obj)`` to ``path`` atomically (torch imported only when needed)."""
-    import torch
-
-    _atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -477,156 +390,6 @@ class RunFolder:
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
-
-
-# --------------------------------------------------------------------------------------------
-# Tables
-# --------------------------------------------------------------------------------------------
-
-
-def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}, "c": [1, 2]}`` → ``{"a.b": 1, "c": [1, 2]}`` (lists stay lists)."""
-    flat: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, prefix=f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _read_config(folder: Path) -> dict:
-    """The stored config of a run folder, or {} (with a warning) if it cannot be read."""
-    try:
-        config = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        warnings.warn(f"{folder}: cannot read {CONFIG_FILE} ({err})", stacklevel=3)
-        return {}
-    return config if isinstance(config, dict) else {}
-
-
-def _scan(
-    results_dir: str | os.PathLike, run_ids: Iterable[str] | None
-) -> tuple[list[tuple[str, Path, dict, dict]], list[str]]:
-    """Complete runs as ``(id, folder, config, summary)`` and the ids left out.
-
-    With ``run_ids``: the requested ids, and as "left out" those absent or incomplete. Without:
-    every folder under ``runs/``, and as "left out" the incomplete ones found there.
-    """
-    runs_dir = Path(results_dir) / "runs"
-    if run_ids is None:
-        ids = sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
-    else:
-        ids = list(dict.fromkeys(str(i) for i in run_ids))  # dedupe, keep order
-    complete, missing = [], []
-    for rid in ids:
-        folder = runs_dir / rid
-        summary = _read_json(folder / SUMMARY_FILE)
-        if not is_summary(summary):
-            missing.append(rid)
-            continue
-        complete.append((rid, folder, _read_config(folder), summary))
-    return complete, sorted(missing)
-
-
-def _frame(rows: list[dict], first: str = "run_id") -> pd.DataFrame:
-    """DataFrame with columns in first-seen order (pandas' own order is not guaranteed)."""
-    columns = list(dict.fromkeys([first, *(key for row in rows for key in row)]))
-    return pd.DataFrame(rows, columns=columns)
-
-
-def load(results_dir: str | os.PathLike = "results", run_ids: Iterable[str] | None = None):
-    """One row per complete run: ``run_id``, flattened config, then flattened summary.
-
-    Incomplete folders are skipped, so a half-finished sweep still loads. ``.attrs["missing"]``
-    lists (sorted) the requested ids that are absent or incomplete — or, when ``run_ids`` is
-    None, the incomplete folders found — so the caller can say which cells are missing.
-    On a name clash between a config key and a summary key the summary value wins.
-    """
-    complete, missing = _scan(results_dir, run_ids)
-    rows = [
-        {"run_id": rid, **flatten(config), **flatten(summary)}
-        for rid, _, config, summary in complete
-    ]
-    df = _frame(rows)
-    df.attrs["missing"] = missing
-    return df
-
-
-def _read_metrics(path: Path) -> pd.DataFrame | None:
-    """A run's metrics.csv as a frame, or None if it is absent, empty or unreadable."""
-    try:
-        return pd.read_csv(path)
-    except FileNotFoundError:
-        return None
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError) as err:
-        warnings.warn(f"{path}: cannot read metrics ({err})", stacklevel=3)
-        return None
-
-
-def load_metrics(results_dir: str | os.PathLike = "results", run_ids: Iterable[str] | None = None):
-    """All metrics rows of complete runs, with ``run_id`` and flattened config columns joined on.
-
-    For training curves: one row per evaluation per run. ``.attrs["missing"]`` as in ``load``.
-    """
-    complete, missing = _scan(results_dir, run_ids)
-    frames = []
-    for rid, folder, config, _ in complete:
-        metrics = _read_metrics(folder / METRICS_FILE)
-        if metrics is None or metrics.empty:
-            continue
-        head = {"run_id": rid, **flatten(config)}
-        # Build the constant columns row by row so list-valued config entries stay whole.
-        const = pd.DataFrame([head] * len(metrics), columns=list(head))
-        frames.append(pd.concat([const, metrics.drop(columns=list(head), errors="ignore")], axis=1))
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id"])
-    df.attrs["missing"] = missing
-    return df
-
-
-def collect(
-    results_dir: str | os.PathLike, run_ids: Iterable[str] | None, out_path: str | os.PathLike
-) -> pd.DataFrame:
-    """``load`` the runs, write the table atomically as CSV to ``out_path``, return it.
-
-    Prints nothing: the caller reports (e.g. ``df.attrs["missing"]``).
-    """
-    df = load(results_dir, run_ids)
-    atomic_write_text(out_path, df.to_csv(index=False))
-    return df
-
-
-def problems(results_dir: str | os.PathLike, run_ids: Iterable[str] | None = None) -> list[str]:
-    """One line per defect of a complete run that a table would hide: no (or an unreadable)
-    metrics.csv, a config.yaml that is absent, not YAML, or not a mapping."""
-    complete, _ = _scan_quietly(results_dir, run_ids)
-    lines = []
-    for _, folder, _, _ in complete:
-        config_path = folder / CONFIG_FILE
-        try:
-            config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-            if not isinstance(config, dict):
-                lines.append(f"{config_path}: not a config (a YAML mapping), found "
-                             f"{type(config).__name__}: its run has no config columns")
-        except (OSError, yaml.YAMLError) as err:
-            what = "missing" if isinstance(err, FileNotFoundError) else "unreadable"
-            lines.append(f"{config_path}: {what}: its run has no config columns")
-        metrics_path = folder / METRICS_FILE
-        if not metrics_path.is_file():
-            lines.append(f"{metrics_path}: missing: its run has no metrics rows")
-        else:
-            try:
-                pd.read_csv(metrics_path)
-            except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError, ValueError):
-                lines.append(f"{metrics_path}: unreadable CSV: its run has no metrics rows")
-    return lines
-
-
-def _scan_quietly(results_dir, run_ids):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return _scan(results_dir, run_ids)
 
 
 def iter_run_folders(results_dir: str | os.PathLike = "results") -> Iterator[RunFolder]:

@@ -18,12 +18,13 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from pcalm.atomic import atomic_save_arrays
 from pcalm.core.device import resolve_device
 from pcalm.data import IMAGE_DATASETS, DataError, Dataset, files_checksum, load_dataset
 from pcalm.download import fetch
 from pcalm.runs import provenance
 from pcalm.runs.config import Cell
-from pcalm.runs.folder import ARRAYS_FILE, RunFolder, RunLock, atomic_save_arrays
+from pcalm.runs.folder import ARRAYS_FILE, RunFolder, RunLock
 from pcalm.runs.tasks.registry import TASKS
 from pcalm.runs.tracking import open_tracker
 from pcalm.runs.train import Trainer, stack_key

@@ -89,7 +89,7 @@ class CostModel:
 
     # -- storage ------------------------------------------------------------------------
     def save(self, path: Path) -> None:
-        from pcalm.runs.folder import atomic_write_json
+        from pcalm.atomic import atomic_write_json
 
         atomic_write_json(path, asdict(self))
 
