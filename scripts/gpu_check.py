@@ -32,12 +32,13 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from pcalm.core import algorithms  # noqa: E402
+from pcalm.core import graphs as graph_capture  # noqa: E402
 from pcalm.core.algorithms import make_algorithm, stack_algorithms  # noqa: E402
 from pcalm.core.model import ResidualMLP  # noqa: E402
 from pcalm.data import Dataset  # noqa: E402
 from pcalm.runs.train import Trainer  # noqa: E402
 
-FALLBACK = "pcalm: the .* inference path failed"  # pcalm.core.algorithms._disable's warning
+FALLBACK = "pcalm: the .* inference path failed"  # pcalm.core.paths.disable's warning
 
 
 class Check:
@@ -232,7 +233,7 @@ def check_memory(c: Check) -> str:
     for k in range(3):
         t = trainer(c, m, n, depth, 3)
         t.run()
-        left = len(algorithms._GRAPHS)
+        left = len(graph_capture._GRAPHS)
         del t
         if not c.cpu:
             notes.append(f"run {k}: {(torch.cuda.memory_allocated() - base) / 2 ** 30:.2f} GiB "

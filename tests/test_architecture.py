@@ -170,12 +170,16 @@ def private_imports(path: Path) -> list[str]:
     return bad
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
+# Known, and left for now because other work edits these files: to be made public there.
+PRIVATE_FOR_NOW = {"pcalm/download.py: pcalm.data._FOLDERS",
+                   "scripts/dashboard.py: pcalm.runs.runner._run_name"}
+
+
 def test_no_module_imports_another_modules_private_names():
     sources = [*PACKAGE.rglob("*.py"), *(REPO / "experiments").glob("*.py"),
                *(REPO / "scripts").glob("*.py")]
-    bad = [b for path in sources for b in private_imports(path)]
-    assert bad == []
+    bad = {b for path in sources for b in private_imports(path)}
+    assert bad - PRIVATE_FOR_NOW == set()
 
 
 def entry_points() -> list[Path]:
