@@ -26,14 +26,14 @@ def run_config(cfg: DictConfig | dict) -> dict:
     """The resolved, validated run config of a composed Hydra config (sweep keys dropped)."""
     if isinstance(cfg, DictConfig):
         try:  # resolve the run's sections only: sweeps resolve thousands of cells
-            cfg = {k: _resolved(cfg[k]) for k in RUN_SECTIONS if k in cfg}
+            cfg = {k: resolved(cfg[k]) for k in RUN_SECTIONS if k in cfg}
         except Exception as err:  # an interpolation error: name it, in one line
-            raise ConfigError(_one_line(err)) from None
+            raise ConfigError(one_line(err)) from None
     raw = {k: cfg[k] for k in RUN_SECTIONS if k in cfg}
     return resolve_run_config(raw, ETA_TABLE, AUTHORS_ETA_TABLE)
 
 
-def _resolved(node):
+def resolved(node):
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
@@ -81,7 +81,7 @@ def _composition_error(err: BaseException) -> ConfigError:
         keys = [str(k) for k in parent.keys() if k != "hydra"]
         where = f" in {head}" if head else ""
         return ConfigError(f"unknown key {full_key}: allowed{where}: {', '.join(keys)}")
-    return ConfigError(_one_line(err))
+    return ConfigError(one_line(err))
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def parse_overrides(texts: list[str]) -> list[Override]:
         try:
             o = parser.parse_override(text)
         except Exception as err:
-            raise ConfigError(f"cannot parse override {text!r}: {_one_line(err)}") from None
+            raise ConfigError(f"cannot parse override {text!r}: {one_line(err)}") from None
         sweep = None
         if o.is_sweep_override():
             if not o.is_discrete_sweep() or o.value_type.name == "GLOB_CHOICE_SWEEP":
@@ -126,7 +126,7 @@ def group_options(group: str) -> list[str] | None:
     return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     text = str(err).strip()
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
@@ -138,7 +138,7 @@ def _one_line(err: BaseException) -> str:
 
 def exit_with(err: BaseException, code: int = 2) -> None:
     """Print a one-line error and leave; used for every user-facing failure."""
-    print(f"error: {_one_line(err)}", file=sys.stderr)
+    print(f"error: {one_line(err)}", file=sys.stderr)
     raise SystemExit(code)
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 
 from pcalm.atomic import atomic_write_text
-from pcalm.runs.folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, _read_json, is_summary
+from pcalm.runs.folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, is_summary, read_json
 
 
 def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -60,7 +60,7 @@ def _scan(
     complete, missing = [], []
     for rid in ids:
         folder = runs_dir / rid
-        summary = _read_json(folder / SUMMARY_FILE)
+        summary = read_json(folder / SUMMARY_FILE)
         if not is_summary(summary):
             missing.append(rid)
             continue

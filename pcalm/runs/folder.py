@@ -153,7 +153,7 @@ def load_arrays(folder: str | os.PathLike) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> Any | None:
+def read_json(path: Path) -> Any | None:
     """Parsed JSON at ``path``, or None if it is absent or unreadable."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -320,7 +320,7 @@ class RunFolder:
     def exists_complete(self) -> bool:
         """True iff ``summary.json`` holds a valid summary (``is_summary``): the run finished
         and need not re-run. Absent, torn, ``[]`` or any other JSON: incomplete."""
-        return is_summary(_read_json(self.summary_path))
+        return is_summary(read_json(self.summary_path))
 
     def prepare(self) -> RunFolder:
         """Create the folder and write the full config (cosmetic keys included) to config.yaml.

@@ -144,7 +144,7 @@ def _grid(base: DictConfig, edits: _GridEdits) -> dict[str, list]:
         try:
             grid = OmegaConf.to_container(base.sweep.grid, resolve=True)
         except Exception as err:
-            raise ConfigError(f"cannot resolve sweep.grid: {cli._one_line(err)}") from None
+            raise ConfigError(f"cannot resolve sweep.grid: {cli.one_line(err)}") from None
         grid = {str(k): _as_list(v) for k, v in grid.items()}
     grid.update(edits.axes)
     grid = {k: v for k, v in grid.items() if k not in edits.drop}
@@ -248,7 +248,7 @@ def _cell_configs(cfg: DictConfig, cells: list[dict], value_keys: list[str]):
             else:
                 run = cli.run_config(_with_values(template, cell, value_keys))
         except ValueError as err:  # ConfigError, EtaTableError, OmegaConf's key errors
-            raise ConfigError(f"{cli._one_line(err)} (cell: {describe(cell)})") from None
+            raise ConfigError(f"{cli.one_line(err)} (cell: {describe(cell)})") from None
         # Jobs may run from another directory (a compute node): make paths absolute.
         run["results_dir"] = str(Path(run["results_dir"]).expanduser().resolve())
         run["data"]["root"] = str(Path(run["data"]["root"]).expanduser().resolve())
@@ -264,9 +264,9 @@ def _plain_template(cfg: DictConfig, value_keys: list[str]) -> dict | None:
         if top not in cli.RUN_SECTIONS or any(top in t for t in texts):  # conservative
             return None
     try:
-        return {k: cli._resolved(cfg[k]) for k in cli.RUN_SECTIONS if k in cfg}
+        return {k: cli.resolved(cfg[k]) for k in cli.RUN_SECTIONS if k in cfg}
     except Exception as err:
-        raise ConfigError(cli._one_line(err)) from None
+        raise ConfigError(cli.one_line(err)) from None
 
 
 def _leaves(node):
