@@ -197,7 +197,7 @@ def test_learning_rate_rule(tmp_path, width, depth, gamma0, eta0, lr):
     without γ0², with γ0 instead of γ0², or sqrt(L/N)."""
     from pcalm.runs.train import Trainer, learning_rate
 
-    cfg = _cfg(tmp_path, width, depth, gamma0, eta0)
+    cfg = _cfg(tmp_path, width, depth, gamma0, eta0, evals_per_epoch=1)  # 2 steps an epoch
     assert learning_rate(cfg) == pytest.approx(lr, rel=1e-14)
     trainer = Trainer([cfg], _dataset())
     opt = trainer.optimizer
