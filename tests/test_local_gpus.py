@@ -35,7 +35,7 @@ def plan(monkeypatch, capsys, gpus: int, device: str, results_dir) -> list[int]:
     monkeypatch.setattr(sweep_py, "cores", lambda: 16)
     monkeypatch.setattr(sweep_py, "projection", lambda *a: None)  # would time a real GPU
     assert sweep_py.main([*GRID, f"train.device={device}", "--dry-run"]) == 0
-    return [int(n) for n in re.findall(r"job \d+: (\d+) runs", capsys.readouterr().out)]
+    return [int(n) for n in re.findall(r"job \d+: (\d+) runs?\b", capsys.readouterr().out)]
 
 
 def test_local_jobs_are_one_per_gpu_and_one_per_core_without(monkeypatch, capsys, results_dir):

@@ -216,9 +216,13 @@ def test_local_sweep_runs_then_skips_then_collects(data_env, capsys):
     # Collect the grid plus a cell that never ran: a table of 4, the missing one named.
     assert load_script("scripts/collect.py").main(grid[:-1] + ["model.depth=4,8"]) == 0
     out = capsys.readouterr().out
-    assert "collected 4 of 8 runs (4 missing: pcalm N=" in out
-    table = data_env / "tables" / "figure2-smoke.csv"
-    assert table.is_file() and (data_env / "tables" / "figure2-smoke-metrics.csv").is_file()
+    # the table holds the experiment's whole grid at these settings (table_scope) and the
+    # cells asked for: the 4 trained runs are in, every other run is named missing
+    counted = re.search(r"collected 4 of (\d+) runs \((\d+) missing: ", out)
+    assert counted and int(counted[1]) - int(counted[2]) == 4, out
+    (table,) = (p for p in (data_env / "tables").glob("figure2-smoke*.csv")
+                if not p.name.endswith(("-metrics.csv", "-excluded.csv")))
+    assert table.with_name(table.stem + "-metrics.csv").is_file()
     df = load(data_env)
     assert len(df) == 4 and set(df["model.width"]) == {8, 16}
     assert {"test_acc", "train.seed", "algo.name"} <= set(df.columns)
