@@ -65,10 +65,10 @@ lint:  ## ruff check of the code
 
 # Mutation testing (mutmut, the `dev` extra; settings in pyproject.toml [tool.mutmut]): each
 # small change of the math and the training loop must fail a test. Slow (about a second per
-# mutant on 2 cores): MUTANTS="pcalm.energy*" runs one module's mutants; `mutmut show NAME`
+# mutant on 2 cores): MUTANTS="pcalm.core.energy*" runs one module's mutants; `mutmut show NAME`
 # prints a survivor's diff. Results stay in mutants/ (git-ignored), so a rerun resumes.
 MUTANTS ?=
-mutants:  ## mutation testing of the math and training loop (MUTANTS="pcalm.energy*" for one module)
+mutants:  ## mutation testing of the math and training loop (MUTANTS="pcalm.core.energy*" for one module)
 	$(VENV)/bin/mutmut run --max-children $$(nproc) $(if $(MUTANTS),"$(MUTANTS)")
 	$(VENV)/bin/mutmut results
 

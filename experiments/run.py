@@ -23,12 +23,12 @@ from omegaconf import DictConfig
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 from pcalm.cli import CONFIG_DIR, check_overrides, exit_with, interrupted, run_config  # noqa: E402
-from pcalm.config import Cell  # noqa: E402
 from pcalm.data import DataError  # noqa: E402
-from pcalm.eta import EtaTableError  # noqa: E402
-from pcalm.results import RunFolder, check_results_dir  # noqa: E402
-from pcalm.runner import execute  # noqa: E402
-from pcalm.sweep import multirun_refusal  # noqa: E402
+from pcalm.runs.config import Cell  # noqa: E402
+from pcalm.runs.eta import EtaTableError  # noqa: E402
+from pcalm.runs.folder import RunFolder, check_results_dir  # noqa: E402
+from pcalm.runs.runner import execute  # noqa: E402
+from pcalm.sweeps.grid import multirun_refusal  # noqa: E402
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")

@@ -1,8 +1,8 @@
 """One sweep job: train its share of a sweep's runs, listed in the sweep's manifest.
 
 experiments/sweep.py launches this as a Hydra multirun over the job index (configs/job.yaml,
-hydra/launcher=local|slurm|basic; SLURM: pcalm/launcher.py). A job skips runs already
-complete and resumes an interrupted run from its checkpoint, so a requeued job (SLURM
+hydra/launcher=local|slurm|basic; SLURM: pcalm/sweeps/submitit_launcher.py). A job skips
+runs already complete and resumes an interrupted run from its checkpoint, so a requeued job (SLURM
 preemption or time limit: submitit calls the launcher's `checkpoint`, which resubmits the
 same job) simply goes on.
 """
@@ -105,10 +105,10 @@ def use_one_gpu(gpu: int | None) -> None:
 
 def run_job(manifest_path: str, index: int) -> None:
     """Train every run of job `index`; a failing run does not stop the others."""
-    from pcalm.config import Cell
-    from pcalm.device import resolve_device, threads_for
-    from pcalm.runner import execute
-    from pcalm.sweep import stack_size, stack_units
+    from pcalm.core.device import resolve_device, threads_for
+    from pcalm.runs.config import Cell
+    from pcalm.runs.runner import execute
+    from pcalm.sweeps.grid import stack_size, stack_units
 
     manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
     job = manifest["jobs"][index]
@@ -127,7 +127,7 @@ def run_job(manifest_path: str, index: int) -> None:
     # what it can meanwhile, then waits for them and skips those that are complete by then.
     for wait, batch in ((False, units), (True, None)):
         for unit in batch if batch is not None else busy:
-            # A run's own setting wins; else small nets run one thread (pcalm.device)
+            # A run's own setting wins; else small nets run one thread (pcalm.core.device)
             set_threads(unit[0]["train"]["threads"]
                         or (threads and threads_for(unit[0], threads)))
             try:

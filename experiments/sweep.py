@@ -7,7 +7,7 @@
 The make targets run it: `make sweep EXP=figure2 SCALE=smoke LAUNCHER=local ARGS='...'`, and
 `make figure2` (sweep, collect, plot); `make help` lists them all.
 
-Any config key is an override; `key=a,b` sets a grid axis, `key=a` pins one (pcalm/sweep.py).
+Any config key is an override; `key=a,b` sets a grid axis, `key=a` pins one (pcalm/sweeps/grid.py).
 `hydra.launcher.*` overrides go to the launcher (configs/hydra/launcher/). Every run is
 validated before anything is launched. Runs already complete are skipped; if none is
 missing, nothing is launched. --dry-run stops after the plan; --no-wait (SLURM) returns once
@@ -30,15 +30,18 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from pcalm import launcher as launcher_api
-from pcalm import provenance, slurm
+from pcalm.atomic import atomic_write_json
 from pcalm.cli import REPO, compose, exit_with, interrupted
-from pcalm.cost import describe_seconds
 from pcalm.data import DataError
-from pcalm.eta import EtaTableError
-from pcalm.results import RunFolder, atomic_write_json, check_results_dir, inside
-from pcalm.runner import load_run_dataset
-from pcalm.sweep import (
+from pcalm.runs import provenance
+from pcalm.runs.eta import EtaTableError
+from pcalm.runs.folder import RunFolder, check_results_dir, inside
+from pcalm.runs.runner import load_run_dataset
+from pcalm.runs.tasks.registry import TASKS
+from pcalm.sweeps import slurm
+from pcalm.sweeps import submitit_launcher as launcher_api
+from pcalm.sweeps.cost import describe_seconds
+from pcalm.sweeps.grid import (
     Sweep,
     job_count,
     load_sweep,
@@ -46,7 +49,6 @@ from pcalm.sweep import (
     stack_size,
     stack_units,
 )
-from pcalm.tasks import TASKS
 
 RUN_JOB = REPO / "experiments" / "run_job.py"
 FLAGS = ("--dry-run", "--no-wait")
@@ -238,13 +240,13 @@ def projection(sweep: Sweep, jobs: list[list[dict]], device: str, threads: int |
                results_dir: Path) -> list[float] | None:
     """Projected wall time of each job (s), printed with the plan; None if unknown.
 
-    Local and basic jobs run here: the cost model of this device (pcalm.cost; calibrated
+    Local and basic jobs run here: the cost model of this device (pcalm.sweeps.cost; calibrated
     once, ~10 s, or by `make bench`). SLURM jobs run on nodes unknown here: a model stored by
     `make bench` on such a node (same device kind) is used, and the line says whose it is.
     """
     import torch
 
-    from pcalm import cost
+    from pcalm.sweeps import cost
 
     launcher = sweep.settings["launcher"]
     if launcher == "slurm":

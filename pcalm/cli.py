@@ -11,9 +11,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pcalm.config import ConfigError, resolve_run_config
-from pcalm.eta import AUTHORS_TABLE_NAME
-from pcalm.results import check_results_dir
+from pcalm.runs.config import ConfigError, resolve_run_config
+from pcalm.runs.eta import AUTHORS_TABLE_NAME
+from pcalm.runs.folder import check_results_dir
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "configs"
@@ -26,14 +26,14 @@ def run_config(cfg: DictConfig | dict) -> dict:
     """The resolved, validated run config of a composed Hydra config (sweep keys dropped)."""
     if isinstance(cfg, DictConfig):
         try:  # resolve the run's sections only: sweeps resolve thousands of cells
-            cfg = {k: _resolved(cfg[k]) for k in RUN_SECTIONS if k in cfg}
+            cfg = {k: resolved(cfg[k]) for k in RUN_SECTIONS if k in cfg}
         except Exception as err:  # an interpolation error: name it, in one line
-            raise ConfigError(_one_line(err)) from None
+            raise ConfigError(one_line(err)) from None
     raw = {k: cfg[k] for k in RUN_SECTIONS if k in cfg}
     return resolve_run_config(raw, ETA_TABLE, AUTHORS_ETA_TABLE)
 
 
-def _resolved(node):
+def resolved(node):
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
@@ -81,7 +81,7 @@ def _composition_error(err: BaseException) -> ConfigError:
         keys = [str(k) for k in parent.keys() if k != "hydra"]
         where = f" in {head}" if head else ""
         return ConfigError(f"unknown key {full_key}: allowed{where}: {', '.join(keys)}")
-    return ConfigError(_one_line(err))
+    return ConfigError(one_line(err))
 
 
 @dataclass(frozen=True)
@@ -134,10 +134,10 @@ def _why_unparsed(text: str, err: BaseException) -> str:
         key, value = text.split("=", 1)
         return (f"the character {odd!r} is not allowed unquoted; allowed: ASCII, or quote the "
                 f"value: {key}='\"{value}\"'")
-    return _one_line(err)
+    return one_line(err)
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     text = str(err).strip()
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
@@ -149,7 +149,7 @@ def _one_line(err: BaseException) -> str:
 
 def exit_with(err: BaseException, code: int = 2) -> None:
     """Print a one-line error and leave; used for every user-facing failure."""
-    print(f"error: {_one_line(err)}", file=sys.stderr)
+    print(f"error: {one_line(err)}", file=sys.stderr)
     raise SystemExit(code)
 
 

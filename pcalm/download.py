@@ -10,7 +10,7 @@ when loading, so a file that lands here also loads). Safe for the concurrent job
 - a file is written under a temporary name in the same folder and renamed into place only
   once complete and verified, so no reader ever sees a half-written file under its real name;
 - downloads into one folder happen under an exclusive ``flock`` on ``raw/.download.lock``
-  (the idea of pcalm.results.RunLock): the second process waits, finds the files present and
+  (the idea of pcalm.runs.folder.RunLock): the second process waits, finds the files present and
   downloads nothing.
 
 Every failure is a :class:`pcalm.data.DataError` with one line: offline, it names the missing
@@ -34,6 +34,7 @@ from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.request import urlopen
 
+from pcalm.atomic import fsync_dir  # the one way this project persists a rename
 from pcalm.data import (
     _FOLDERS,
     MAX_IDX_BYTES,
@@ -43,7 +44,6 @@ from pcalm.data import (
     official_size,
     raw_dir,
 )
-from pcalm.results import _fsync_dir  # the one way this project persists a rename
 
 URL_SCHEMES = ("https://", "http://", "file://")
 TIMEOUT_S = 30.0  # per connection attempt and per read: a dead mirror costs this much, once
@@ -224,7 +224,7 @@ def _download(url: str, dest: Path, md5: str, limits: _Limits,
         if found != md5:
             raise _Failed(f"MD5 mismatch: {found} of the uncompressed file, expected {md5}")
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return dest
     finally:
         with contextlib.suppress(FileNotFoundError):

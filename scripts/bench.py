@@ -7,7 +7,7 @@
 Per cell (N, L, B, T): ms for one weight-gradient computation (forward pass, T inference
 steps, weight gradients: what a training step costs besides Adam's < 1 %) for BP, PC and
 PC-ALM on the fast path (`--compile`), PC-ALM ÷ BP and PC-ALM ÷ (T × BP); PC-ALM's baselines
-side by side: the naive per-layer version (pcalm/naive.py), the previous stacked eager
+side by side: the naive per-layer version (pcalm/core/naive.py), the previous stacked eager
 loop, and the fast loop eager and compiled; and the vectorised throughput: Trainer-style
 training steps (weight gradients + Adam) of M stacked models, in models·steps per second,
 for a uniform PC-ALM stack and for the mixed PC + PC-ALM stack the sweep trains (half PC,
@@ -45,11 +45,12 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from pcalm import algorithms, cost, naive  # noqa: E402
-from pcalm.algorithms import make_algorithm, stack_algorithms  # noqa: E402
-from pcalm.device import resolve_device  # noqa: E402
-from pcalm.model import ResidualMLP  # noqa: E402
-from pcalm.results import atomic_write_text  # noqa: E402
+from pcalm.atomic import atomic_write_text  # noqa: E402
+from pcalm.core import algorithms, naive  # noqa: E402
+from pcalm.core.algorithms import make_algorithm, stack_algorithms  # noqa: E402
+from pcalm.core.device import resolve_device  # noqa: E402
+from pcalm.core.model import ResidualMLP  # noqa: E402
+from pcalm.sweeps import cost  # noqa: E402
 
 INPUT_DIM, CLASSES = 784, 10
 GRID = [8, 16, 32, 64, 128]
@@ -84,7 +85,7 @@ def parse_args(argv=None):
     p.add_argument("--grid-sizes", default=None,
                    help="N and L values of the projected grid (default: Fig. 2's 8,...,128)")
     p.add_argument("--no-calibrate", action="store_true",
-                   help="skip the sweep plans' cost model (pcalm/cost.py) at the end")
+                   help="skip the sweep plans' cost model (pcalm/sweeps/cost.py) at the end")
     p.add_argument("--grid-models", type=int, default=GRID_SEEDS)
     p.add_argument("--out", type=Path, default=None, help="default: results/bench.csv")
     return p.parse_args(argv)
@@ -158,7 +159,7 @@ def algo_time(a, net, x, y, device, repeats, warmup=2, min_time=None) -> tuple[f
 def mixed_stack(m: int, mode: str, **options):
     """The stack the sweep trains a Fig. 2 cell's PC and PC-ALM runs in (one per seed):
     the first half of the models PC, the rest PC-ALM, so the options are per-model tensors
-    (`pcalm.algorithms.Stacked`)."""
+    (`pcalm.core.algorithms.Stacked`)."""
     members = [make_algorithm("pc" if k < m // 2 else "pcalm", **options) for k in range(m)]
     a = stack_algorithms(members)
     a.compile_mode = mode
@@ -399,7 +400,7 @@ def run(args) -> None:
         atomic_write_text(out.with_name(out.stem + "_grid.csv"), to_csv(grid_rows))
     atomic_write_text(out, to_csv(rows))
     print(f"\nwrote {out}")
-    # The sweep plans' cost model (pcalm/cost.py) for this device and thread count: stored
+    # The sweep plans' cost model (pcalm/sweeps/cost.py) for this device and thread count: stored
     # here so that `--dry-run` and every sweep plan project wall times without measuring.
     if args.no_calibrate:
         return

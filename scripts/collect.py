@@ -23,20 +23,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from pcalm.analysis.tables import collect, load_metrics, portable_table, problems
+from pcalm.atomic import atomic_write_text
 from pcalm.cli import exit_with
-from pcalm.config import Cell
-from pcalm.eta import EtaTableError
-from pcalm.results import (
-    RunFolder,
-    atomic_write_text,
-    check_results_dir,
-    collect,
-    inside,
-    load_metrics,
-    portable_table,
-    problems,
-)
-from pcalm.sweep import table_scope
+from pcalm.runs.config import Cell
+from pcalm.runs.eta import EtaTableError
+from pcalm.runs.folder import RunFolder, check_results_dir, inside
+from pcalm.sweeps.grid import table_scope
 
 SHOW_MISSING = 3
 SWEEP_FLAGS = ("--dry-run", "--no-wait")  # sweep.py's; ignored so `make figureN ARGS=` works
@@ -47,7 +40,7 @@ def write_tables(overrides: list[str]) -> tuple[pd.DataFrame, int, list[str], Pa
 
     Complete runs with a missing or unreadable metrics.csv are named on stderr (one line
     each): they are in the tables, but without those rows. Folders that fail the checks of
-    pcalm.results.audit_run (edited config, bad summary, torn or foreign metrics) are left
+    pcalm.runs.folder.audit_run (edited config, bad summary, torn or foreign metrics) are left
     out of both tables, named in one warning line and listed in ``<table>-excluded.csv``.
     """
     scope = table_scope(overrides)

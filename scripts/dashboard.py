@@ -27,10 +27,9 @@ import sys
 from pathlib import Path
 
 from pcalm.cli import REPO, exit_with
-from pcalm.eta import EtaTableError
-from pcalm.results import RunFolder
-from pcalm.sweep import table_scope
-from pcalm.tracking import (
+from pcalm.runs.eta import EtaTableError
+from pcalm.runs.folder import RunFolder
+from pcalm.runs.tracking import (
     effective_mode,
     open_summary_run,
     open_tracker,
@@ -38,14 +37,15 @@ from pcalm.tracking import (
     run_meta,
     summary_run_id,
 )
-from pcalm.wandb_log import in_wandb, supersede, unsynced_folders
+from pcalm.runs.wandb_log import in_wandb, supersede, unsynced_folders
+from pcalm.sweeps.grid import table_scope
 
 SWEEP_FLAGS = ("--dry-run", "--no-wait")  # sweep.py's; ignored so `make figureN ARGS=` works
 
 
 def retag(configs: list[dict]) -> int:
     """Add this experiment's tags to grid runs tracked before under another; returns how many."""
-    from pcalm.runner import _run_name
+    from pcalm.runs.runner import run_name
 
     count = 0
     for cfg in configs:
@@ -55,7 +55,7 @@ def retag(configs: list[dict]) -> int:
             continue  # never tracked (logger off when it trained), or not finished
         if set(run_meta(cfg)["tags"]) <= set(before.get("tags", [])):
             continue
-        open_tracker(cfg["logger"], folder.id, _run_name(cfg), before.get("group"), cfg,
+        open_tracker(cfg["logger"], folder.id, run_name(cfg), before.get("group"), cfg,
                      folder.path).finish()
         count += 1
     return count

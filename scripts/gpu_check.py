@@ -31,13 +31,14 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from pcalm import algorithms  # noqa: E402
-from pcalm.algorithms import make_algorithm, stack_algorithms  # noqa: E402
+from pcalm.core import algorithms  # noqa: E402
+from pcalm.core import graphs as graph_capture  # noqa: E402
+from pcalm.core.algorithms import make_algorithm, stack_algorithms  # noqa: E402
+from pcalm.core.model import ResidualMLP  # noqa: E402
 from pcalm.data import Dataset  # noqa: E402
-from pcalm.model import ResidualMLP  # noqa: E402
-from pcalm.train import Trainer  # noqa: E402
+from pcalm.runs.train import Trainer  # noqa: E402
 
-FALLBACK = "pcalm: the .* inference path failed"  # pcalm.algorithms._disable's warning
+FALLBACK = "pcalm: the .* inference path failed"  # pcalm.core.paths.disable's warning
 
 
 class Check:
@@ -149,7 +150,7 @@ def check_realistic(c: Check, label: str, algo, m: int) -> str:
 
 
 def config(seed: int, algo: dict, n: int, depth: int, device: str) -> dict:
-    """A run config as pcalm.config resolves it (what the Trainer reads), without Hydra."""
+    """A run config as pcalm.runs.config resolves it (what the Trainer reads), without Hydra."""
     return {"name": "gpu-check", "task": {"name": "train"},
             "model": {"width": n, "depth": depth, "activation": "relu", "param": "mupc",
                       "gamma0": 1.0},
@@ -232,7 +233,7 @@ def check_memory(c: Check) -> str:
     for k in range(3):
         t = trainer(c, m, n, depth, 3)
         t.run()
-        left = len(algorithms._GRAPHS)
+        left = len(graph_capture._GRAPHS)
         del t
         if not c.cpu:
             notes.append(f"run {k}: {(torch.cuda.memory_allocated() - base) / 2 ** 30:.2f} GiB "
@@ -273,7 +274,7 @@ def check_realistic_compiled(c: Check) -> str:
 
 
 def env(c: Check) -> None:
-    from pcalm.algorithms import float32_matmul_precision
+    from pcalm.core.algorithms import float32_matmul_precision
 
     print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, python {sys.version.split()[0]}")
     print(f"device: {c.device_name()}; float32 matmul now: "

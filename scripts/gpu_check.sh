@@ -12,7 +12,7 @@
 #   bench-cuda.csv  N=L=128, T=2L: BP / PC / PC-ALM graph vs eager; 1 model vs a mixed stack of 64
 #   grid_grid.csv   the projected paper-scale Fig. 2 grid, cell by cell (grid.csv: its tiny cell)
 #   bench-compiled.csv  the same cell as bench-cuda.csv with the compiled step
-#   results/cost/…  the sweep plans' cost model for this GPU (pcalm/cost.py)
+#   results/cost/…  the sweep plans' cost model for this GPU (pcalm/sweeps/cost.py)
 # A stage that runs out of time or fails does not stop the next; the exit status is that of
 # the first stage that failed (124: a timeout).
 set -u -o pipefail

@@ -2,7 +2,7 @@
 
     python scripts/plot_figure8.py --scale smoke [--tables DIR] [--out PATH]
 
-x: FLOPs spent on inference (log; t · 4·B·N·(N(L−2) + C), pcalm.figure_tasks.flops_per_step);
+x: FLOPs spent on inference (log; t · 4·B·N·(N(L−2) + C), pcalm.runs.tasks.figures.flops_per_step);
 y, one panel each: (a) the stacked hidden-credit cosine cos(ε, −δ) over all hidden layers
 (direction and the layers' relative magnitudes), (b) the mean over hidden layers of
 cos(ε_l, −δ_l) (direction only), (c) the whole-network weight-gradient cosine to BP.
@@ -81,7 +81,7 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
                         linewidth=1.8, capsize=2,
                         label=f"route 1: widen {ALGO_LABELS['pc']} (T = {budget})")
             label_widths(ax, xs, ms, ns)
-        # Route 1 at equilibrium: PC run until z stops changing (pcalm.figure_tasks).
+        # Route 1 at equilibrium: PC run until z stops changing (pcalm.runs.tasks.figures).
         eq = df[df["algo.name"] == "pc"] if f"{key}_equilibrium" in df else df.iloc[0:0]
         if len(eq):
             stats = eq.groupby("model.width").agg(

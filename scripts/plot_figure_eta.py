@@ -3,7 +3,7 @@
     python scripts/plot_figure_eta.py --scale smoke [--tables DIR] [--out PATH]
 
 x: η_h · λ_max, the multiple k of 1/λ_max (λ_max = 1/η_h of the cell's table step: the
-authors' published value where they have the cell, else ours, read through pcalm.eta's
+authors' published value where they have the cell, else ours, read through pcalm.runs.eta's
 validated reader — so `algo.state_lr: table*k` runs sit at exactly k). One panel per network
 (N, L, activation). y: test accuracy after one epoch, mean ± sd over seeds; single seeds as
 dots, diverged runs (non-finite loss) as crosses at chance (10 %). The PC stability limit
@@ -38,7 +38,7 @@ NETWORK = ["data.name", "model.activation", "model.width", "model.depth"]
 def table_step(data: str, activation: str, width: int, depth: int) -> float | None:
     """The cell's grid-rule step η_h = 1/λ_max (authors' table, else ours), or None."""
     from pcalm.cli import AUTHORS_ETA_TABLE, ETA_TABLE
-    from pcalm.eta import EtaTableError, lookup_state_lr
+    from pcalm.runs.eta import EtaTableError, lookup_state_lr
 
     try:
         return lookup_state_lr(ETA_TABLE, data, activation, width, depth, AUTHORS_ETA_TABLE)[0]

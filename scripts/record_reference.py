@@ -5,8 +5,8 @@
 Copies <results>/tables/<exp>-<scale>.csv (one row per run: run id, config, numbers,
 provenance) as it is but for this machine's paths (`data.root`, `results_dir` and the same
 paths in `provenance.command`: relative to the repository, else `$PCALM_DATA` /
-`$PCALM_RESULTS`; pcalm.results.portable_table), and <exp>-<scale>-metrics.csv slimmed to
-the run id and the metric columns (the config is one join away, in the run table), so the
+`$PCALM_RESULTS`; pcalm.analysis.tables.portable_table), and <exp>-<scale>-metrics.csv
+slimmed to the run id and the metric columns (the config is one join away, in the run table), so the
 record stays small. The diagnostic figures (1, 3, 4, 5, 8, 9) draw from each run's
 arrays.npz as well: those are copied to results/reference/runs/<run_id>/arrays.npz, where
 the plots look for them beside the tables. The figure and report targets read these when
@@ -26,7 +26,9 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pcalm.results import ARRAYS_FILE, atomic_write_text, portable_table  # noqa: E402
+from pcalm.analysis.tables import portable_table  # noqa: E402
+from pcalm.atomic import atomic_write_text  # noqa: E402
+from pcalm.runs.folder import ARRAYS_FILE  # noqa: E402
 
 REFERENCE = REPO / "results" / "reference" / "tables"
 CONFIG_PREFIXES = ("name", "task.", "model.", "algo.", "data.", "train.", "logger.",

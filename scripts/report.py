@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pcalm.analysis.grid import TableError
 from pcalm.analysis.scorecard import build
-from pcalm.results import atomic_write_text
+from pcalm.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
 

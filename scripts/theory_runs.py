@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pcalm.results import ARRAYS_FILE, load_arrays
+from pcalm.runs.folder import ARRAYS_FILE, load_arrays
 
 DATA_LABELS = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "synthetic": "synthetic"}
 

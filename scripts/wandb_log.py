@@ -12,7 +12,7 @@ it is `none`; `logger=online` or WANDB_MODE=online to log straight to the server
 offline runs with `make wandb-sync`.
 
 `--consolidate` (run by `make wandb-sync` first) leaves one unsynced offline folder per run id,
-so that a sync gives one clean wandb run per id (pcalm/wandb_log.py says why).
+so that a sync gives one clean wandb run per id (pcalm/runs/wandb_log.py says why).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import sys
 from pathlib import Path
 
 from pcalm.cli import exit_with
-from pcalm.eta import EtaTableError
-from pcalm.results import RunFolder
-from pcalm.sweep import table_scope
-from pcalm.tracking import TrackingError, effective_mode
-from pcalm.wandb_log import consolidate, log_finished_run
+from pcalm.runs.eta import EtaTableError
+from pcalm.runs.folder import RunFolder
+from pcalm.runs.tracking import TrackingError, effective_mode
+from pcalm.runs.wandb_log import consolidate, log_finished_run
+from pcalm.sweeps.grid import table_scope
 
 SWEEP_FLAGS = ("--dry-run", "--no-wait")  # sweep.py's; ignored so `make ... ARGS=` works
 

@@ -9,10 +9,13 @@ host-to-device copy fails the test. `FakeGraph` replays by re-running the captur
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 
 import torch
 
-from pcalm import algorithms
+from pcalm.core import compiled as compile_cache
+from pcalm.core import graphs as graph_capture
+from pcalm.core import paths as path_choice
 
 
 class FakeGraph:
@@ -105,7 +108,7 @@ def install(monkeypatch) -> Captures:
     def set_stream(stream):
         streams.current = stream
 
-    real_check = algorithms._check_first_replay
+    real_check = graph_capture.check_first_replay
 
     def check_wired(runner, *args):  # the fake graph learns which runner it replays
         runner.graph.runner = runner
@@ -118,17 +121,17 @@ def install(monkeypatch) -> Captures:
     monkeypatch.setattr(torch.cuda, "set_stream", set_stream)
     monkeypatch.setattr(torch.cuda, "graph", capture)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
-    monkeypatch.setattr(algorithms, "_check_first_replay", check_wired)
-    monkeypatch.setattr(algorithms, "_GRAPHS", algorithms.OrderedDict())
-    monkeypatch.setattr(algorithms, "_disabled", set())
-    monkeypatch.setattr(algorithms, "GRAPH_DEVICE_TYPES", ("cuda", "cpu"))
+    monkeypatch.setattr(graph_capture, "check_first_replay", check_wired)
+    monkeypatch.setattr(graph_capture, "_GRAPHS", OrderedDict())
+    monkeypatch.setattr(path_choice, "_disabled", set())
+    monkeypatch.setattr(path_choice, "GRAPH_DEVICE_TYPES", ("cuda", "cpu"))
     return graphs
 
 
 def plain_compiled(monkeypatch) -> dict:
     """The compiled step swapped for the plain Python function torch.compile would trace:
     the compiled path's logic in milliseconds (its compile is tested in the slow suite)."""
-    steps = {(act, lam): algorithms._functional_step(act, lam)
+    steps = {(act, lam): compile_cache.functional_step(act, lam)
              for act in ("identity", "tanh", "relu") for lam in (False, True)}
-    monkeypatch.setattr(algorithms, "_COMPILED", steps)
+    monkeypatch.setattr(compile_cache, "_COMPILED", steps)
     return steps

@@ -16,7 +16,8 @@ import signal
 import sys
 from pathlib import Path
 
-from pcalm import results
+from pcalm import atomic
+from pcalm.runs import folder as results
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,7 +41,7 @@ def main() -> None:
                 f.write(text[: len(text) // 2])
                 f.flush()
                 os.kill(os.getpid(), signum)
-            results._atomic_write(path, half, binary=False)
+            atomic.atomic_write(path, half, binary=False)
         else:
             write(path, text)
 

@@ -3,16 +3,16 @@
 import pytest
 import torch
 
-from pcalm import energy
-from pcalm.algorithms import make_algorithm, run_inference, stack_algorithms
-from pcalm.diagnostics import (
+from pcalm.core import energy
+from pcalm.core.algorithms import make_algorithm, run_inference, stack_algorithms
+from pcalm.core.diagnostics import (
     alignment_to_bp,
     hessian_lambda_max,
     iteration_matrix,
     linear_system,
     spectral_radius,
 )
-from pcalm.model import ResidualMLP
+from pcalm.core.model import ResidualMLP
 from tests import oracle
 
 

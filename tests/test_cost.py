@@ -1,4 +1,4 @@
-"""The cost model behind the projected wall times of sweep plans (pcalm/cost.py)."""
+"""The cost model behind the projected wall times of sweep plans (pcalm/sweeps/cost.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from pcalm import cost
-from pcalm.cost import CostModel, _fit, forward_macs
-from pcalm.provenance import device_name
+from pcalm.runs.provenance import device_name
+from pcalm.sweeps import cost
+from pcalm.sweeps.cost import CostModel, _fit, forward_macs
 from tests.conftest import load_script
 
 MODEL = CostModel("test-cpu", "cpu", 1, bp=(1e-4, 2e-5, 1e-10), step=(5e-5, 1e-6, 2e-10),
@@ -72,8 +72,8 @@ def test_calibration_on_this_cpu_predicts_its_own_timings(one_thread):
     shared machine are noisy; a wrong term or unit is off by far more)."""
     import torch
 
-    from pcalm.algorithms import make_algorithm
-    from pcalm.model import ResidualMLP
+    from pcalm.core.algorithms import make_algorithm
+    from pcalm.core.model import ResidualMLP
 
     model = cost.calibrate("cpu", 1)
     assert model.kind == "cpu" and all(c >= 0 for c in model.inference)

@@ -17,20 +17,23 @@ On CPU machines the same runner logic is tested with CUDA stubbed out
 """
 
 import warnings
+from collections import OrderedDict
 
 import pytest
 import torch
 
-from pcalm import algorithms
-from pcalm.algorithms import make_algorithm, stack_algorithms
-from pcalm.model import ResidualMLP
+from pcalm.core import algorithms
+from pcalm.core import graphs as graph_capture
+from pcalm.core import paths as path_choice
+from pcalm.core.algorithms import make_algorithm, stack_algorithms
+from pcalm.core.model import ResidualMLP
 
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 
-FALLBACK = "pcalm: the .* inference path failed"  # pcalm.algorithms._disable's warning
+FALLBACK = "pcalm: the .* inference path failed"  # pcalm.core.paths.disable's warning
 CASES = [
     ("bp", {}),
     ("pc", {"budget": 12, "state_lr": 0.2}),
@@ -43,8 +46,8 @@ CASES = [
 @pytest.fixture(autouse=True)
 def fresh_paths(monkeypatch):
     """Each test starts with every path available and an empty graph cache."""
-    monkeypatch.setattr(algorithms, "_disabled", set())
-    monkeypatch.setattr(algorithms, "_GRAPHS", algorithms.OrderedDict())
+    monkeypatch.setattr(path_choice, "_disabled", set())
+    monkeypatch.setattr(graph_capture, "_GRAPHS", OrderedDict())
 
 
 def _batch(models, seed, batch=32, dim=20, classes=5):
@@ -77,7 +80,7 @@ def _assert_close(got, want):
                          ids=["graph", "compiled_graph", "compiled"])
 def test_gpu_paths_equal_eager(act, models, name, options, mode, graphs, monkeypatch):
     if not graphs:
-        monkeypatch.setattr(algorithms, "GRAPH_DEVICE_TYPES", ())
+        monkeypatch.setattr(path_choice, "GRAPH_DEVICE_TYPES", ())
     seeds = 0 if models is None else list(range(models))
     net = ResidualMLP(20, 16, 7, output_dim=5, activation=act, seed=seeds, device="cuda")
     compiled = mode == "on" and name != "bp"
@@ -89,9 +92,9 @@ def test_gpu_paths_equal_eager(act, models, name, options, mode, graphs, monkeyp
             x, y = _batch(models, seed)
             _assert_close(_grads(name, options, mode, net, x, y, want_path=path),
                           _grads(name, options, "off", net, x, y))
-    assert not algorithms._disabled
+    assert not path_choice._disabled
     if graphs:
-        assert len(algorithms._GRAPHS) == 1
+        assert len(graph_capture._GRAPHS) == 1
 
 
 def test_graph_follows_adam_updates():
@@ -109,12 +112,12 @@ def test_graph_follows_adam_updates():
             opts[mode].step()
     for a, b in zip(net.parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    assert len(algorithms._GRAPHS) == 1 and not algorithms._disabled
+    assert len(graph_capture._GRAPHS) == 1 and not path_choice._disabled
 
 
 def test_training_on_the_gpu_learns(fake_data_root, results_dir):
-    from pcalm.config import resolve_run_config
-    from pcalm.runner import execute
+    from pcalm.runs.config import resolve_run_config
+    from pcalm.runs.runner import execute
     from tests.conftest import PCALM_CONFIG, base_config
 
     cfg = resolve_run_config(base_config(fake_data_root, results_dir, algo=PCALM_CONFIG,
@@ -156,7 +159,7 @@ def test_mixed_stack_on_the_gpu_paths(mode, path):
 
 def test_graph_follows_stacked_adam_updates():
     """Models with their own learning rate (StackedAdam) over a mixed stack, graph vs eager."""
-    from pcalm.optim import StackedAdam, make_adam
+    from pcalm.core.optim import StackedAdam, make_adam
 
     nets = {mode: ResidualMLP(20, 16, 7, output_dim=5, activation="relu", seed=list(range(4)),
                               device="cuda") for mode in ("auto", "off")}
@@ -231,7 +234,7 @@ def test_a_run_releases_its_graphs_and_pins_ieee_float32(tmp_path):
     saved = [b.fp32_precision for b in backends]
     torch.backends.cuda.matmul.fp32_precision = "tf32"  # what a user might have set
     try:
-        from pcalm.train import Trainer
+        from pcalm.runs.train import Trainer
 
         trainer = Trainer(_stack_configs(tmp_path, device="cuda"), _dataset())
         summaries = trainer.run()
@@ -239,13 +242,13 @@ def test_a_run_releases_its_graphs_and_pins_ieee_float32(tmp_path):
     finally:
         for b, value in zip(backends, saved):
             b.fp32_precision = value
-    assert not algorithms._GRAPHS
+    assert not graph_capture._GRAPHS
     assert [s["float32_matmul"] for s in summaries] == ["ieee", "ieee"]
     assert [s["compute_path"] for s in summaries] == ["graph", "graph"]
 
 
 def test_hessian_lambda_max_of_a_cuda_net():
-    from pcalm.diagnostics import hessian_lambda_max
+    from pcalm.core.diagnostics import hessian_lambda_max
 
     cpu = ResidualMLP(20, 16, 6, output_dim=5, activation="tanh", seed=0)
     gpu = ResidualMLP(20, 16, 6, output_dim=5, activation="tanh", seed=0, device="cuda")

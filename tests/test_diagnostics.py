@@ -1,4 +1,4 @@
-"""pcalm/diagnostics.py beyond the SPEC rules of tests/test_spec_rules.py: the λ_max solvers
+"""pcalm/core/diagnostics.py beyond the SPEC rules of tests/test_spec_rules.py: the λ_max solvers
 step by step, their defaults, stacked nets, and the linear system's guard. Every expected
 value comes from the dense per-sample Hessian built by tests/oracle.py.
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pcalm.diagnostics import (
+from pcalm.core.diagnostics import (
     hessian_lambda_max,
     hessian_power_trace,
     hessian_vector_product,
@@ -21,7 +21,7 @@ from pcalm.diagnostics import (
     linear_hessian,
     linear_system,
 )
-from pcalm.model import ResidualMLP
+from pcalm.core.model import ResidualMLP
 from tests import oracle
 
 

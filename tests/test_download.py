@@ -327,7 +327,7 @@ def test_config_mirrors_are_torchvisions_in_its_order():
 
 def test_bad_mirrors_value_is_a_one_line_config_error():
     from pcalm.cli import compose, run_config
-    from pcalm.config import ConfigError
+    from pcalm.runs.config import ConfigError
 
     with pytest.raises(ConfigError) as excinfo:
         run_config(compose(["data=mnist", "data.mirrors=[yann.lecun.com/exdb/mnist/]"]))
@@ -337,8 +337,8 @@ def test_bad_mirrors_value_is_a_one_line_config_error():
 
 @pytest.mark.parametrize("experiment", ["figure2", "figure2_mnist"])
 def test_mirrors_leave_the_committed_reference_run_ids_unchanged(experiment):
-    from pcalm.results import run_id
-    from pcalm.sweep import load_sweep
+    from pcalm.runs.folder import run_id
+    from pcalm.sweeps.grid import load_sweep
 
     table = REPO / "results" / "reference" / "tables" / f"{experiment}-paper.csv"
     recorded = set(pd.read_csv(table, usecols=["run_id"]).run_id)
@@ -356,7 +356,7 @@ def test_mirrors_leave_the_committed_reference_run_ids_unchanged(experiment):
 def test_a_run_with_missing_data_downloads_it_and_trains(tmp_path, mirror, monkeypatch):
     """The default config, data.root empty: the run fetches, verifies, loads and trains."""
     from pcalm.cli import compose, run_config
-    from pcalm.runner import execute
+    from pcalm.runs.runner import execute
 
     src = make_fake_idx_root(tmp_path / "src", n_train=200, n_test=50,
                              datasets=("FashionMNIST",), gz=True)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from pcalm import energy
-from pcalm.model import ResidualMLP
+from pcalm.core import energy
+from pcalm.core.model import ResidualMLP
 
 ACTS = ["identity", "tanh", "relu"]
 

@@ -1,4 +1,4 @@
-"""The equilibrium mode (pcalm.equilibrium) against independently computed fixed points.
+"""The equilibrium mode (pcalm.core.equilibrium) against independently computed fixed points.
 
 Linear nets: PC's fixed point is the minimiser of a quadratic, z* = (PᵀP + ρRᵀR)⁻¹(Pᵀy +
 Rᵀ(ρc − λ)), built here from the weights with dense torch.linalg; PC-ALM's is z = h,
@@ -13,9 +13,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pcalm import energy, equilibrium
-from pcalm.algorithms import make_algorithm
-from pcalm.model import ResidualMLP
+from pcalm.core import energy, equilibrium
+from pcalm.core.algorithms import make_algorithm
+from pcalm.core.model import ResidualMLP
 
 D, C = 6, 3
 

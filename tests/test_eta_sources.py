@@ -7,9 +7,9 @@ import hashlib
 import pytest
 
 from pcalm.cli import AUTHORS_ETA_TABLE, ETA_TABLE
-from pcalm.config import ConfigError, resolve_run_config
-from pcalm.eta import EtaTableError, load_authors_table, load_table
-from pcalm.results import run_id
+from pcalm.runs.config import ConfigError, resolve_run_config
+from pcalm.runs.eta import EtaTableError, load_authors_table, load_table
+from pcalm.runs.folder import run_id
 from tests.conftest import REPO, base_config
 
 # The file as the authors published it (../shared/reference/authors_eta_best_by_cell.csv).

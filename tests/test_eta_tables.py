@@ -1,4 +1,4 @@
-"""Reading and writing the η_h tables (pcalm/eta.py): small tables written in each test, the
+"""Reading and writing the η_h tables (pcalm/runs/eta.py): small tables written in each test, the
 expected dictionaries and files spelled out here. Catches a loader that drops, renames or
 rounds a value, a check off by one at its bounds, a message without file, line or fix, and a
 merge that loses, duplicates or reorders rows."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from pcalm.eta import (
+from pcalm.runs.eta import (
     EtaTableError,
     load_authors_table,
     load_table,

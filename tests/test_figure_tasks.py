@@ -1,4 +1,4 @@
-"""The theory-figure tasks (pcalm/figure_tasks.py): shapes, and the numbers theory fixes.
+"""The theory-figure tasks (pcalm/runs/tasks/figures.py): shapes, and the numbers theory fixes.
 
 Fig 1: PC-ALM's scalar weight gradient reaches BP's (to 1e-6), PC's does not. Fig 4: the
 iteration matrix is stable and the traces converge to the forward pass / −δ. Fig 5: on a
@@ -13,9 +13,9 @@ import math
 import numpy as np
 import pytest
 
-from pcalm.config import ConfigError, resolve_run_config
-from pcalm.runner import load_run_dataset
-from pcalm.tasks import TASKS
+from pcalm.runs.config import ConfigError, resolve_run_config
+from pcalm.runs.runner import load_run_dataset
+from pcalm.runs.tasks.registry import TASKS
 from tests.conftest import PC_CONFIG, PCALM_CONFIG, base_config
 
 PC, PCALM = PC_CONFIG, PCALM_CONFIG
@@ -148,7 +148,7 @@ def test_credit_traces_shapes_and_zero_credit_at_the_forward_pass(fake_data_root
 
 
 def test_credit_routes_shapes_and_flops(fake_data_root, tmp_path):
-    from pcalm.figure_tasks import flops_per_step
+    from pcalm.runs.tasks.figures import flops_per_step
 
     depth, n, batch = 4, 8, 32
     summary, a = run(config(fake_data_root, tmp_path,
@@ -194,7 +194,7 @@ def test_task_parameters_are_checked(fake_data_root, tmp_path):
 def test_experiment_grids_expand(experiment, scale, runs, check, tmp_path, monkeypatch):
     """The experiments compose, their nested scale interpolations resolve, and every cell
     validates (η_h pinned, so that the test does not depend on configs/eta_table.csv)."""
-    from pcalm.sweep import load_sweep
+    from pcalm.sweeps.grid import load_sweep
 
     monkeypatch.setenv("PCALM_RESULTS", str(tmp_path))
     sweep = load_sweep([f"experiment={experiment}", f"scale={scale}",
@@ -210,9 +210,9 @@ def test_pc_equilibrium_is_the_minimiser_of_the_pc_energy_for_a_linear_net():
     z* = (PᵀP + RᵀR)⁻¹ (Pᵀy + Rᵀc) (SPEC §6's R, P; c = a_in W_1 x in the first block)."""
     import torch
 
-    from pcalm import diagnostics
-    from pcalm.figure_tasks import pc_equilibrium
-    from pcalm.model import ResidualMLP
+    from pcalm.core import diagnostics
+    from pcalm.core.model import ResidualMLP
+    from pcalm.runs.tasks.figures import pc_equilibrium
 
     net = ResidualMLP(6, 4, 5, output_dim=3, activation="identity", seed=0,
                       dtype=torch.float64)
@@ -258,9 +258,9 @@ def test_credit_routes_newton_equilibrium_agrees_with_pc_run_to_equilibrium(fake
 
 
 def test_credit_front_speed_and_exponent_of_planted_fronts():
-    """figure3's measured front (pcalm.figure_tasks.credit_front) on ratio maps whose arrival
+    """figure3's measured front (pcalm.runs.tasks.figures.credit_front) on ratio maps whose arrival
     steps are planted: layer column i of L − 1 is d = L − 1 − i layers below the output."""
-    from pcalm.figure_tasks import credit_front
+    from pcalm.runs.tasks.figures import credit_front
 
     layers, steps = 15, 400
     d = layers - np.arange(layers)  # column 0 (input side) is the farthest

@@ -1,7 +1,7 @@
 """Golden training check: the real Trainer against every step recomputed in the test.
 
 A tiny float64 training (synthetic data, 2 epochs of 4 steps, evaluations every 2 steps) runs
-through pcalm.train.Trainer for BP, PC and PC-ALM. The test then redoes it from SPEC.md alone
+through pcalm.runs.train.Trainer for BP, PC and PC-ALM. The test then redoes it from SPEC.md alone
 (tests/oracle.py): the init drawn from the seed, the data order of each epoch, the weight
 gradients (autograd of ℓ for BP; inference by autograd of the energy for PC / PC-ALM), Adam
 by `torch.optim.Adam` with the SPEC constants and lr = η0 γ0² sqrt(N/L), the evaluations on
@@ -18,9 +18,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pcalm.config import resolve_run_config
 from pcalm.data import Dataset
-from pcalm.train import Trainer
+from pcalm.runs.config import resolve_run_config
+from pcalm.runs.train import Trainer
 from tests import oracle
 from tests.conftest import base_config
 

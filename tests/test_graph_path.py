@@ -23,11 +23,13 @@ import weakref
 import pytest
 import torch
 
-from pcalm import algorithms, diagnostics
-from pcalm.algorithms import PCALM, make_algorithm, stack_algorithms
+from pcalm.core import algorithms, diagnostics
+from pcalm.core import compiled as compile_cache
+from pcalm.core import graphs as graph_capture
+from pcalm.core.algorithms import PCALM, make_algorithm, stack_algorithms
+from pcalm.core.model import ResidualMLP
 from pcalm.data import Dataset
-from pcalm.model import ResidualMLP
-from pcalm.train import Trainer
+from pcalm.runs.train import Trainer
 from tests import fake_cuda as stubs
 from tests.conftest import base_config
 from tests.fake_cuda import FakeGraph
@@ -147,7 +149,7 @@ def test_the_graph_cache_keeps_the_four_most_recently_used_captures(fake_cuda):
     net = ResidualMLP(9, 6, 3, output_dim=4, seed=[0, 1])
 
     def batches_cached():
-        return [key[1][7][1] for key in algorithms._GRAPHS]  # x's batch size, oldest first
+        return [key[1][7][1] for key in graph_capture._GRAPHS]  # x's batch size, oldest first
 
     for batch in (1, 2, 3, 4):
         algo.stacked_weight_grads(net, *_data(models=2, batch=batch))
@@ -208,14 +210,14 @@ def test_the_probe_changes_y_too(fake_cuda, monkeypatch):
 # -- 2. a failure turns off its shape only; the summary records the path ------------------
 
 def test_a_failing_shape_leaves_other_shapes_on_the_graph_path(fake_cuda, monkeypatch):
-    real_init = algorithms._GraphRunner.__init__
+    real_init = graph_capture.GraphRunner.__init__
 
     def out_of_memory_for_batch_7(self, net, x, y, *args):
         if x.shape[-2] == 7:
             raise torch.OutOfMemoryError("CUDA out of memory (planted)")
         real_init(self, net, x, y, *args)
 
-    monkeypatch.setattr(algorithms._GraphRunner, "__init__", out_of_memory_for_batch_7)
+    monkeypatch.setattr(graph_capture.GraphRunner, "__init__", out_of_memory_for_batch_7)
     algo = make_algorithm("pc", budget=4, state_lr=0.2)
     net = ResidualMLP(9, 6, 4, output_dim=4, seed=[0, 1])
     with pytest.warns(UserWarning) as caught:
@@ -277,7 +279,7 @@ def test_the_summary_records_a_fallback(tmp_path, fake_cuda, monkeypatch, one_th
         (s, _) = Trainer(_stack_configs(tmp_path), _dataset()).run()
     assert s["compute_path"] == "eager+graph"
     assert s["compute_path_steps"] == {"graph": 1, "eager": 2}
-    assert not algorithms._GRAPHS  # the failed shape's capture is dropped at once
+    assert not graph_capture._GRAPHS  # the failed shape's capture is dropped at once
 
 
 def test_a_failed_replay_drops_its_capture_at_once(fake_cuda, monkeypatch):
@@ -285,7 +287,7 @@ def test_a_failed_replay_drops_its_capture_at_once(fake_cuda, monkeypatch):
     net = ResidualMLP(9, 6, 4, output_dim=4, seed=[0, 1])
     x, y = _data(models=2)
     algo.stacked_weight_grads(net, x, y)
-    assert len(algorithms._GRAPHS) == 1
+    assert len(graph_capture._GRAPHS) == 1
 
     def fails(self):
         raise RuntimeError("replay failed (planted)")
@@ -293,7 +295,7 @@ def test_a_failed_replay_drops_its_capture_at_once(fake_cuda, monkeypatch):
     monkeypatch.setattr(FakeGraph, "replay", fails)
     with pytest.warns(UserWarning, match="replay failed"):
         algo.stacked_weight_grads(net, x, y)
-    assert algo.last_path == "eager" and not algorithms._GRAPHS
+    assert algo.last_path == "eager" and not graph_capture._GRAPHS
 
 
 def test_a_cpu_run_records_the_eager_path(tmp_path, one_thread):
@@ -309,7 +311,7 @@ def test_a_run_releases_its_graphs_and_captures_only_its_training_step(
     net = weakref.ref(trainer.net)
     trainer.run()
     assert len(fake_cuda) == 1  # the training step; not the post-training alignment's shapes
-    assert not algorithms._GRAPHS
+    assert not graph_capture._GRAPHS
     fake_cuda.clear()  # the stubs' own record of the capture
     del trainer
     gc.collect()
@@ -325,7 +327,7 @@ def test_a_failed_run_releases_its_graphs_too(tmp_path, fake_cuda, one_thread):
 
     with pytest.raises(KeyboardInterrupt):
         trainer.run(on_eval=stop)
-    assert len(fake_cuda) == 1 and not algorithms._GRAPHS
+    assert len(fake_cuda) == 1 and not graph_capture._GRAPHS
 
 
 def test_release_graphs_drops_one_nets_captures(fake_cuda):
@@ -334,9 +336,9 @@ def test_release_graphs_drops_one_nets_captures(fake_cuda):
     algo.compile_mode = "auto"
     for net in nets:
         algo.stacked_weight_grads(net, *_data(models=2))
-    assert len(algorithms._GRAPHS) == 2
+    assert len(graph_capture._GRAPHS) == 2
     assert algorithms.release_graphs(nets[0]) == 1
-    (runner,) = algorithms._GRAPHS.values()
+    (runner,) = graph_capture._GRAPHS.values()
     assert runner.ws.net is nets[1]
 
 
@@ -348,7 +350,7 @@ def test_a_compile_failure_in_warm_up_is_captured_once(fake_cuda, monkeypatch):
             raise RuntimeError("inductor failed (planted)")
         return step
 
-    monkeypatch.setattr(algorithms, "_compiled_step", broken)
+    monkeypatch.setattr(compile_cache, "compiled_step", broken)
     algo = make_algorithm("pcalm", budget=3, state_lr=0.2)
     algo.compile_mode = "on"
     net = ResidualMLP(9, 6, 4, output_dim=4, seed=[0, 1])
@@ -444,10 +446,10 @@ def test_the_recorded_precision_is_the_one_in_force(user_set_tf32):
 def test_dynamo_keeps_every_shape_of_every_compiled_step(monkeypatch):
     import torch._dynamo.config as dynamo_config
 
-    monkeypatch.setattr(algorithms, "_COMPILED", {})
+    monkeypatch.setattr(compile_cache, "_COMPILED", {})
     # dynamo's own patch: its config names are aliases that monkeypatch would delete on undo
     with dynamo_config.patch(recompile_limit=8, accumulated_recompile_limit=256):
-        algorithms._compiled_step("relu", True)
+        compile_cache.compiled_step("relu", True)
         # 25 Fig. 2 cells × 3 activations × lone / stacked shapes in one long job, at least;
         # and all 6 compiled variants (3 activations × PC / PC-ALM) at that many each.
         assert dynamo_config.recompile_limit >= 256

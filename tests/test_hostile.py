@@ -19,9 +19,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from pcalm.config import resolve_run_config
-from pcalm.results import RunFolder, load, load_metrics
-from pcalm.runner import execute
+from pcalm.analysis.tables import load, load_metrics
+from pcalm.runs.config import resolve_run_config
+from pcalm.runs.folder import RunFolder
+from pcalm.runs.runner import execute
 from tests.conftest import REPO, base_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -239,7 +240,7 @@ def test_a_damaged_table_gives_the_report_one_line(damage, tmp_path, monkeypatch
 
 
 def test_a_step_size_that_diverges_at_once_is_refused_with_its_bound(fake_data_root, tmp_path):
-    from pcalm.config import ConfigError
+    from pcalm.runs.config import ConfigError
 
     results = tmp_path / "results"
     with pytest.raises(ConfigError) as err:
@@ -257,8 +258,8 @@ def test_a_checkpoint_beyond_the_plan_restarts_the_run(fake_data_root, results_d
     its 4 real steps (200 samples / batch 50), instead of ending "complete" at once."""
     import torch
 
-    from pcalm.runner import load_run_dataset
-    from pcalm.train import Trainer
+    from pcalm.runs.runner import load_run_dataset
+    from pcalm.runs.train import Trainer
 
     cfg = small(fake_data_root, results_dir)
     folder = RunFolder(results_dir, cfg).prepare()
@@ -276,8 +277,8 @@ def test_a_checkpoint_beyond_the_plan_restarts_the_run(fake_data_root, results_d
                                   "train.threads=1,2", "train.checkpoint_every=5,50",
                                   "sweep.grid.train.threads=[1,2]"])
 def test_a_sweep_over_a_key_outside_the_run_id_is_refused(axis, tmp_path, monkeypatch):
-    from pcalm.config import ConfigError
-    from pcalm.sweep import load_sweep
+    from pcalm.runs.config import ConfigError
+    from pcalm.sweeps.grid import load_sweep
 
     monkeypatch.chdir(tmp_path)  # relative results folders A, B would land here
     key = axis.split("=")[0].removeprefix("sweep.grid.")
@@ -292,7 +293,7 @@ ETA_HEADER = "data,activation,width,depth,lambda_max,state_lr,seeds\n"
 
 
 def test_an_eta_table_listing_a_cell_twice_is_refused_naming_both_lines(tmp_path):
-    from pcalm.eta import EtaTableError, load_table
+    from pcalm.runs.eta import EtaTableError, load_table
 
     table = tmp_path / "eta_table.csv"
     table.write_text(ETA_HEADER + "fashion_mnist,relu,8,4,10.0,0.1,0-1-2\n"
@@ -305,7 +306,7 @@ def test_an_eta_table_listing_a_cell_twice_is_refused_naming_both_lines(tmp_path
 
 
 def test_an_eta_table_with_a_byte_order_mark_reads_like_one_without(tmp_path):
-    from pcalm.eta import load_table
+    from pcalm.runs.eta import load_table
 
     table = tmp_path / "eta_table.csv"
     table.write_bytes(b"\xef\xbb\xbf" + (ETA_HEADER + "mnist,tanh,16,4,8.0,0.125,0\n").encode())
@@ -327,7 +328,7 @@ def _outside_with_bait(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("planted", ["run folder", "runs dir", "lock", "locks dir"])
 def test_a_symlinked_run_folder_or_lock_is_refused_and_nothing_outside_changes(
         planted, fake_data_root, results_dir, tmp_path):
-    from pcalm.results import ResultsDirError
+    from pcalm.runs.folder import ResultsDirError
 
     cfg = small(fake_data_root, results_dir)
     rid = RunFolder(results_dir, cfg).id
@@ -347,7 +348,7 @@ def test_a_symlinked_run_folder_or_lock_is_refused_and_nothing_outside_changes(
 
 def test_a_run_folder_that_is_a_file_fails_in_one_line(fake_data_root, results_dir):
     """experiments/run.py prints a ValueError's one line (pcalm.cli.exit_with)."""
-    from pcalm.results import ResultsDirError
+    from pcalm.runs.folder import ResultsDirError
 
     cfg = small(fake_data_root, results_dir)
     folder = RunFolder(results_dir, cfg)
@@ -360,7 +361,7 @@ def test_a_run_folder_that_is_a_file_fails_in_one_line(fake_data_root, results_d
 
 
 def test_a_summary_that_is_a_folder_is_refused_before_training(fake_data_root, results_dir):
-    from pcalm.results import ResultsDirError
+    from pcalm.runs.folder import ResultsDirError
 
     cfg = small(fake_data_root, results_dir)
     folder = RunFolder(results_dir, cfg)
@@ -375,7 +376,7 @@ def test_the_submitit_folder_is_private_and_refused_when_others_can_write_above_
     and a folder above it that others can write (not sticky) is refused in one line."""
     import stat
 
-    from pcalm.launcher import UnsafeFolder, private_folder
+    from pcalm.sweeps.submitit_launcher import UnsafeFolder, private_folder
 
     results = tmp_path / "results"
     results.mkdir(mode=0o755)
@@ -420,7 +421,7 @@ def test_more_evaluations_than_steps_mean_every_step_without_building_a_huge_pla
 
 def test_the_memory_estimate_counts_weights_and_states():
     """4 copies of 784·N + (L−2)·N² + 10·N weights plus 8·L·B·N states, float32."""
-    from pcalm.train import memory_estimate
+    from pcalm.runs.train import memory_estimate
 
     cfg = {"model": {"width": 1000, "depth": 10},
            "train": {"batch_size": 64, "dtype": "float32"}}
@@ -442,7 +443,7 @@ class _BrokenTracker:
 
 def test_a_failing_logger_never_loses_a_finished_run(fake_data_root, results_dir, monkeypatch,
                                                       recwarn):
-    from pcalm import runner
+    from pcalm.runs import runner
 
     monkeypatch.setattr(runner, "open_tracker", lambda *a, **k: _BrokenTracker())
     cfg = small(fake_data_root, results_dir)
@@ -455,7 +456,7 @@ def test_a_failing_logger_never_loses_a_finished_run(fake_data_root, results_dir
 
 
 def test_a_bogus_wandb_mode_is_named_in_one_line(monkeypatch):
-    from pcalm.tracking import effective_mode
+    from pcalm.runs.tracking import effective_mode
 
     monkeypatch.setenv("WANDB_MODE", "bogus")
     with pytest.raises(ValueError, match=r"^bad value WANDB_MODE='bogus' \(environment\): "
@@ -469,9 +470,9 @@ def test_a_bogus_wandb_mode_is_named_in_one_line(monkeypatch):
 
 def _enospc_on(monkeypatch, name_part: str):
     """Make every atomic write of a file whose name holds `name_part` fail like a full disk."""
-    from pcalm import results
+    from pcalm import atomic
 
-    real = results._atomic_write
+    real = atomic.atomic_write
 
     def full(path, write, binary):
         if name_part in Path(path).name:
@@ -481,7 +482,7 @@ def _enospc_on(monkeypatch, name_part: str):
             return real(path, fill_then_fail, binary)
         return real(path, write, binary)
 
-    monkeypatch.setattr(results, "_atomic_write", full)
+    monkeypatch.setattr(atomic, "atomic_write", full)
 
 
 def test_a_full_disk_mid_run_leaves_no_temp_file_and_no_orphan_folder(
@@ -515,7 +516,7 @@ def test_a_full_disk_in_collect_is_one_line_and_keeps_the_old_table(data_env, mo
 
 def test_a_non_ascii_override_says_how_to_write_it():
     from pcalm import cli
-    from pcalm.config import ConfigError
+    from pcalm.runs.config import ConfigError
 
     with pytest.raises(ConfigError) as err:
         cli.parse_overrides(["logger.project=naïve"])

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from pcalm.sweep import load_sweep, multirun_refusal
+from pcalm.sweeps.grid import load_sweep, multirun_refusal
 from tests.conftest import REPO
 
 

@@ -46,7 +46,7 @@ def test_local_jobs_are_one_per_gpu_and_one_per_core_without(monkeypatch, capsys
 
 def test_the_manifest_gives_each_local_job_its_gpu(tmp_path):
     sweep_py = load_script("experiments/sweep.py")
-    from pcalm.sweep import load_sweep
+    from pcalm.sweeps.grid import load_sweep
 
     sweep = load_sweep(GRID)
     jobs = [[c] for c in sweep.configs[:5]]

@@ -1,9 +1,9 @@
-"""pcalm.optim: Adam over a model stack with one learning rate per model."""
+"""pcalm.core.optim: Adam over a model stack with one learning rate per model."""
 
 import pytest
 import torch
 
-from pcalm.optim import StackedAdam, make_adam
+from pcalm.core.optim import StackedAdam, make_adam
 
 
 def _stack_and_singles(lrs, shape=(4, 5)):

@@ -13,8 +13,8 @@ matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from pcalm.results import RunFolder  # noqa: E402
-from pcalm.sweep import load_sweep, table_scope, variant_name  # noqa: E402
+from pcalm.runs.folder import RunFolder  # noqa: E402
+from pcalm.sweeps.grid import load_sweep, table_scope, variant_name  # noqa: E402
 from tests.conftest import REPO, load_script  # noqa: E402
 
 FIG2 = ["experiment=figure2", "scale=smoke"]

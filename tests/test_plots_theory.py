@@ -2,7 +2,7 @@
 
 Each test runs a few tiny diagnostic tasks into a temporary results folder through the runner
 (run folders with summary.json + arrays.npz), writes the table the way scripts/collect.py
-does (`<exp>-smoke.csv` via pcalm.results.collect), runs the plot script as a user would
+does (`<exp>-smoke.csv` via pcalm.analysis.tables.collect), runs the plot script as a user would
 (--tables, --out) and checks that a non-empty PNG and PDF come out.
 """
 
@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from pcalm.config import resolve_run_config
-from pcalm.results import RunFolder, collect
-from pcalm.runner import execute
+from pcalm.analysis.tables import collect
+from pcalm.runs.config import resolve_run_config
+from pcalm.runs.folder import RunFolder
+from pcalm.runs.runner import execute
 from tests.conftest import PC_CONFIG, PCALM_CONFIG, base_config, run_plot_script
 
 SCALE = "smoke"

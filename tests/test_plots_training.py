@@ -2,7 +2,7 @@
 
 Each test trains a few tiny runs on fake IDX data into a temporary results folder, writes the
 tables the way scripts/collect.py does (`<exp>-<scale>.csv` and `<exp>-<scale>-metrics.csv`,
-via pcalm.results.collect / load_metrics), runs the plot script as a user would (--tables,
+via pcalm.analysis.tables.collect / load_metrics), runs the plot script as a user would (--tables,
 --out) and checks that a non-empty PNG and PDF come out. Cells are left out on purpose: a
 half-finished sweep must still plot.
 """
@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from pcalm.analysis.tables import collect, load_metrics
+from pcalm.atomic import atomic_write_text
 from pcalm.cli import compose, run_config
-from pcalm.config import resolve_run_config
-from pcalm.results import RunFolder, atomic_write_text, collect, load_metrics
-from pcalm.runner import execute
+from pcalm.runs.config import resolve_run_config
+from pcalm.runs.folder import RunFolder
+from pcalm.runs.runner import execute
 from tests.conftest import REPO, run_plot_script
 
 SCALE = "smoke"

@@ -11,8 +11,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pcalm import provenance
-from pcalm.results import portable_table, run_id
+from pcalm.analysis.tables import portable_table
+from pcalm.runs import provenance
+from pcalm.runs.folder import run_id
 from tests.conftest import REPO
 
 REFERENCE = REPO / "results" / "reference" / "tables"

@@ -22,7 +22,7 @@ def _section(title: str) -> str:
 
 def test_the_one_run_examples_id_is_the_id_of_its_command(monkeypatch):
     from pcalm.cli import compose, run_config
-    from pcalm.results import RunFolder
+    from pcalm.runs.folder import RunFolder
 
     one = _section("One run")
     command = re.search(r"```bash\n(python experiments/run\.py [^\n]+)\n```", one).group(1)
@@ -59,11 +59,17 @@ def test_the_layout_names_files_that_exist_and_every_module_and_script():
     folder = None
     for line in block.splitlines():
         head = re.match(r"^(\S+/)\s", line)
+        sub = re.match(r"^  (\S+/|\(shared\))\s", line)  # a subfolder row of pcalm/
         if head:
             folder = head.group(1)
+        elif sub and folder and folder.startswith("pcalm/"):
+            folder = "pcalm/" if sub.group(1) == "(shared)" else "pcalm/" + sub.group(1)
         if folder:
             rows[folder] = rows.get(folder, "") + " " + line
-    for folder in ("pcalm/", "scripts/", "experiments/"):
+    packages = {f"{p.parent.relative_to(REPO).as_posix()}/"
+                for p in (REPO / "pcalm").rglob("*.py")}
+    assert packages <= set(rows), f"pcalm folders without a Layout row: {packages - set(rows)}"
+    for folder in (*sorted(packages), "scripts/", "experiments/"):
         named = set(re.findall(r"[\w.-]+\.(?:py|sh)", rows[folder]))
         for name in named:
             if "N" in name:  # plot_figureN.py stands for every figure's script

@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pcalm import cli, runner
-from pcalm.config import ConfigError, resolve_run_config
-from pcalm.results import RunFolder, RunLock, check_results_dir, inside, load
-from pcalm.runner import execute
-from pcalm.train import Trainer
+from pcalm import cli
+from pcalm.analysis.tables import load
+from pcalm.runs import runner
+from pcalm.runs.config import ConfigError, resolve_run_config
+from pcalm.runs.folder import RunFolder, RunLock, check_results_dir, inside
+from pcalm.runs.runner import execute
+from pcalm.runs.train import Trainer
 from tests.conftest import REPO, base_config, load_script
 
 STOP_RUN = REPO / "tests" / "stop_run.py"
@@ -219,7 +221,7 @@ def test_a_waiting_process_skips_the_run_the_lock_holder_finished(fake_data_root
 
 
 def test_a_lock_dies_with_its_process(tmp_path):
-    code = ("import os, sys; from pcalm.results import RunLock; "
+    code = ("import os, sys; from pcalm.runs.folder import RunLock; "
             "assert RunLock(sys.argv[1], 'abc').acquire(False); os._exit(0)")
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60)
     lock = RunLock(tmp_path, "abc")
@@ -364,7 +366,7 @@ def test_experiment_must_be_a_file_of_configs_experiment():
 
 def test_collect_excludes_a_missing_metrics_file_and_a_junk_config_in_one_line(data_env,
                                                                               capsys):
-    from pcalm.sweep import load_sweep
+    from pcalm.sweeps.grid import load_sweep
 
     grid = ["experiment=figure2", "scale=smoke", "inference.state_lr=0.25", "algo=bp",
             "sweep.grid={model.width:[8,16]}", "model.depth=4", "model.activation=relu"]
@@ -387,7 +389,7 @@ def test_collect_excludes_a_missing_metrics_file_and_a_junk_config_in_one_line(d
 
 
 def test_two_sweeps_in_one_second_get_two_folders(data_env, monkeypatch):
-    from pcalm.sweep import load_sweep
+    from pcalm.sweeps.grid import load_sweep
 
     sweep_script = load_script("experiments/sweep.py")
     sweep = load_sweep(SWEEP[:-1])

@@ -148,7 +148,7 @@ def test_eta_claim_gain_below_the_limit_and_collapse_beyond(tmp_path, monkeypatc
 
 
 def test_diagnostic_claims_read_the_figure_task_columns(tmp_path, monkeypatch, capsys):
-    """Claims 1, 4, 5 read the diagnostic tasks' summary columns (pcalm/figure_tasks.py)."""
+    """Claims 1, 4, 5 read the diagnostic tasks' summary columns (pcalm/runs/tasks/figures.py)."""
     tables = tmp_path / "tables"
     tables.mkdir()
     (tables / "figure4-smoke.csv").write_text(

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pcalm.results import RunFolder
-from pcalm.sweep import expand
+from pcalm.runs.folder import RunFolder
+from pcalm.sweeps.grid import expand
 
 REPO = Path(__file__).resolve().parent.parent
 # One job, two equal runs (seeds 0 and 1) of 200 steps each, a checkpoint every 20 steps.

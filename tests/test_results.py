@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pcalm import results
-from pcalm.results import RunFolder, run_id
+from pcalm.analysis import tables
+from pcalm.runs import folder as results
+from pcalm.runs.folder import RunFolder, run_id
 
 
 def make_config(**overrides) -> dict:
@@ -284,7 +285,7 @@ def test_load_flattens_filters_and_reports_missing(tmp_path):
     b = finished_run(tmp_path, {"test_acc": 0.7}, **{"model.width": 32})
     incomplete = finished_run(tmp_path, None, **{"model.width": 64})
 
-    df = results.load(tmp_path)
+    df = tables.load(tmp_path)
     assert sorted(df["run_id"]) == sorted([a.id, b.id])
     assert list(df.columns[:3]) == ["run_id", "name", "model.width"]
     assert {"algo.name", "train.seed", "logger.mode", "test_acc", "cos.net"} <= set(df.columns)
@@ -293,15 +294,15 @@ def test_load_flattens_filters_and_reports_missing(tmp_path):
     assert row["cos.layer"] == [0.1, 0.2]  # lists stay lists
     assert df.attrs["missing"] == [incomplete.id]
 
-    only = results.load(tmp_path, run_ids=[b.id, incomplete.id, "000000000000"])
+    only = tables.load(tmp_path, run_ids=[b.id, incomplete.id, "000000000000"])
     assert list(only["run_id"]) == [b.id]
     assert only.attrs["missing"] == sorted([incomplete.id, "000000000000"])
 
 
 def test_load_empty_results_dir(tmp_path):
-    df = results.load(tmp_path / "nothing_here")
+    df = tables.load(tmp_path / "nothing_here")
     assert len(df) == 0 and "run_id" in df.columns
-    assert results.load(tmp_path, run_ids=["abc"]).attrs["missing"] == ["abc"]
+    assert tables.load(tmp_path, run_ids=["abc"]).attrs["missing"] == ["abc"]
 
 
 def test_load_metrics_joins_config(tmp_path):
@@ -310,7 +311,7 @@ def test_load_metrics_joins_config(tmp_path):
     b = finished_run(tmp_path, {"test_acc": 0.1}, rows[:1], **{"train.seed": 1})
     finished_run(tmp_path, None, rows, **{"train.seed": 2})  # incomplete: left out
 
-    m = results.load_metrics(tmp_path)
+    m = tables.load_metrics(tmp_path)
     assert len(m) == 3
     assert m.columns[0] == "run_id" and list(m.columns[-2:]) == ["step", "test_acc"]
     by_run = m.groupby("run_id")["step"].apply(list).to_dict()
@@ -318,7 +319,7 @@ def test_load_metrics_joins_config(tmp_path):
     assert set(m.loc[m["run_id"] == b.id, "train.seed"]) == {1}
     assert len(m.attrs["missing"]) == 1
 
-    assert len(results.load_metrics(tmp_path, run_ids=[b.id])) == 1
+    assert len(tables.load_metrics(tmp_path, run_ids=[b.id])) == 1
 
 
 def test_collect_writes_csv(tmp_path):
@@ -326,7 +327,7 @@ def test_collect_writes_csv(tmp_path):
 
     a = finished_run(tmp_path, {"test_acc": 0.8})
     out = tmp_path / "tables" / "sub" / "figure1.csv"
-    df = results.collect(tmp_path, [a.id, "ffffffffffff"], out)
+    df = tables.collect(tmp_path, [a.id, "ffffffffffff"], out)
     assert df.attrs["missing"] == ["ffffffffffff"]
     back = pd.read_csv(out)
     assert list(back["run_id"]) == [a.id] and back.loc[0, "test_acc"] == 0.8

@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 
 from pcalm.cli import compose, run_config
-from pcalm.results import RunFolder
-from pcalm.runner import execute
+from pcalm.runs.folder import RunFolder
+from pcalm.runs.runner import execute
 
 REPO = Path(__file__).resolve().parent.parent
 STOP_RUN = REPO / "tests" / "stop_run.py"

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from pcalm.config import resolve_run_config
 from pcalm.data import DataError, Dataset, make_fake_idx_root, read_idx, write_idx
-from pcalm.results import run_id
-from pcalm.runner import execute
-from pcalm.train import Trainer
+from pcalm.runs.config import resolve_run_config
+from pcalm.runs.folder import run_id
+from pcalm.runs.runner import execute
+from pcalm.runs.train import Trainer
 from tests.conftest import base_config
 
 

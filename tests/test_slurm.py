@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from pcalm.results import RunFolder
-from pcalm.sweep import expand
+from pcalm.runs.folder import RunFolder
+from pcalm.sweeps.grid import expand
 from tests.conftest import load_script
 
 FIRST_JOB_ID = 4242
@@ -197,7 +197,7 @@ def test_seeds_of_a_cell_share_a_job_when_jobs_have_gpus(fake_slurm, data_env, c
 def test_a_recorded_job_is_in_flight_only_under_its_recorded_name(tmp_path):
     """Job ids repeat (a cluster reset; two clusters on one results folder): squeue listing
     the id under another job name means another job."""
-    from pcalm import slurm
+    from pcalm.sweeps import slurm
 
     runs = expand([*CELL, "algo=pc", "model.width=8", "train.seed=0,1"])
     folder = tmp_path / "sweeps" / "figure2-smoke-x"
@@ -224,7 +224,7 @@ NODES = {"small": {"cpus": 2, "mem_mb": 8192, "gpus": False, "default": True},
     ({"partition": "gpu", "gpus_per_node": 2}, {"auto"}, (4, 16, 2)),
 ])
 def test_job_request_fills_what_the_user_left_open(asked, devices, want):
-    from pcalm import slurm
+    from pcalm.sweeps import slurm
 
     full = {"partition": None, "gpus_per_node": None, "gres": None, "cpus_per_task": None,
             "mem_gb": None, **asked}
@@ -244,7 +244,7 @@ def test_job_request_fills_what_the_user_left_open(asked, devices, want):
                                      "small (sinfo)"),
 ])
 def test_job_request_refuses_what_no_node_can_give(asked, devices, message):
-    from pcalm import slurm
+    from pcalm.sweeps import slurm
 
     full = {"partition": None, "gpus_per_node": None, "gres": None, "cpus_per_task": None,
             "mem_gb": None, **asked}
@@ -253,7 +253,7 @@ def test_job_request_refuses_what_no_node_can_give(asked, devices, message):
 
 
 def test_job_request_without_sinfo_keeps_the_defaults_and_says_so():
-    from pcalm import slurm
+    from pcalm.sweeps import slurm
 
     full = {"partition": None, "gpus_per_node": None, "gres": None, "cpus_per_task": None,
             "mem_gb": None}

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from pcalm.results import RunFolder
-from pcalm.sweep import expand
+from pcalm.runs.folder import RunFolder
+from pcalm.sweeps.grid import expand
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slurm

@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pcalm import energy
+from pcalm.core import energy
+from pcalm.core.model import ResidualMLP
 from pcalm.data import Dataset
-from pcalm.model import ResidualMLP
 from tests import oracle
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -56,7 +56,7 @@ def test_muPC_scalings_and_forward_pass(act, gamma0):
 @pytest.mark.parametrize("act", ACTS)
 def test_activation_derivatives_are_autograd_s_including_at_zero(act):
     """φ' of each activation equals autograd's, also at z = 0 (relu: φ'(0) = 0)."""
-    from pcalm.model import get_activation
+    from pcalm.core.model import get_activation
 
     z = torch.tensor([-2.0, -0.5, 0.0, 0.3, 1.7], dtype=torch.float64, requires_grad=True)
     phi = get_activation(act)
@@ -129,7 +129,7 @@ def test_loss_is_half_squared_error_summed_over_classes_mean_over_batch():
 
 def test_evaluate_computes_the_spec_metrics():
     """test MSE = ½‖ŷ − y‖² averaged over samples (with its ½), CE of softmax(ŷ), accuracy."""
-    from pcalm.train import evaluate
+    from pcalm.runs.train import evaluate
 
     net = ResidualMLP(9, 6, 3, activation="tanh", gamma0=0.2, seed=1, dtype=torch.float64)
     x, labels = _data(37, 9, 3)
@@ -150,7 +150,7 @@ def test_evaluate_computes_the_spec_metrics():
 def test_adam_constants_and_update():
     """β = (0.9, 0.999), ε = 1e-8, bias-corrected, no weight decay — for torch's Adam (one
     lr) and for StackedAdam (an lr per model). The tiny gradients make ε visible."""
-    from pcalm.optim import StackedAdam, make_adam
+    from pcalm.core.optim import StackedAdam, make_adam
 
     g = torch.Generator().manual_seed(0)
     p0 = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
@@ -170,7 +170,7 @@ def test_adam_constants_and_update():
 
 
 def _cfg(tmp_path, width=8, depth=2, gamma0=3.0, eta0=1e-3, algo=None, **train):
-    from pcalm.config import resolve_run_config
+    from pcalm.runs.config import resolve_run_config
     from tests.conftest import base_config
 
     raw = base_config(tmp_path, tmp_path, model={"width": width, "depth": depth,
@@ -195,9 +195,9 @@ def _dataset(n_train=70, n_test=23, d=12, seed=0):
 def test_learning_rate_rule(tmp_path, width, depth, gamma0, eta0, lr):
     """lr = η0 · γ0² · sqrt(N/L), and it is the lr the Trainer's Adam uses. Catches lr
     without γ0², with γ0 instead of γ0², or sqrt(L/N)."""
-    from pcalm.train import Trainer, learning_rate
+    from pcalm.runs.train import Trainer, learning_rate
 
-    cfg = _cfg(tmp_path, width, depth, gamma0, eta0)
+    cfg = _cfg(tmp_path, width, depth, gamma0, eta0, evals_per_epoch=1)  # 2 steps an epoch
     assert learning_rate(cfg) == pytest.approx(lr, rel=1e-14)
     trainer = Trainer([cfg], _dataset())
     opt = trainer.optimizer
@@ -215,7 +215,7 @@ def test_epochs_reshuffle_with_seed_plus_epoch_and_drop_the_last_batch(tmp_path)
     """Epoch e's order is randperm(n, Generator().manual_seed(seed + e)); steps cut it into
     consecutive batches; the last partial batch is dropped. Catches the same shuffle every
     epoch, a seed other than seed + epoch, or a kept partial batch."""
-    from pcalm.train import Trainer
+    from pcalm.runs.train import Trainer
 
     data = _dataset(n_train=70)
     seed, batch = 3, 16
@@ -239,7 +239,7 @@ def test_epochs_reshuffle_with_seed_plus_epoch_and_drop_the_last_batch(tmp_path)
 def test_metrics_are_measured_on_the_test_split(tmp_path):
     """Each evaluation row's test_* are the metrics of the current net on the TEST split
     (not the training split), and the summary reports the last row."""
-    from pcalm.train import Trainer
+    from pcalm.runs.train import Trainer
 
     data = _dataset(n_train=64, n_test=29)
     cfg = _cfg(tmp_path, width=6, depth=3, gamma0=1.0, batch_size=32, epochs=1,
@@ -311,7 +311,7 @@ def test_the_oracle_hessian_is_the_gauss_newton_form_of_autograd():
 def test_hessian_vector_product_has_readout_and_constraint_terms(act):
     """diagnostics.hessian_vector_product is H = PᵀP + ρRᵀR per sample. Catches a missing
     readout term, a missing ρ, a missing φ'."""
-    from pcalm.diagnostics import hessian_vector_product
+    from pcalm.core.diagnostics import hessian_vector_product
 
     net = _hessian_net(act)
     x, _ = _data(3, 6, 2)
@@ -332,7 +332,7 @@ def test_hessian_lambda_max_is_the_largest_per_sample_eigenvalue(act):
     1e-9 on a net whose state dimension (7 × 16 = 112) exceeds the default iteration count:
     catches a mean or median over samples, the readout term dropped, or too few Lanczos
     iterations."""
-    from pcalm.diagnostics import hessian_lambda_max
+    from pcalm.core.diagnostics import hessian_lambda_max
 
     net = ResidualMLP(20, 16, 8, activation=act, seed=1, dtype=torch.float64)
     x, _ = _data(12, 20, 5)
@@ -352,7 +352,7 @@ def test_hessian_lambda_max_default_iterations_converge_on_a_deep_net():
     """At N = 8, L = 64 (state dimension 504, a near-degenerate top of the spectrum) the
     default solver is within 1e-6 of the dense eigenvalue (measured: 60 Lanczos steps
     1e-7, 40 steps 1e-4): catches a cut iteration count."""
-    from pcalm.diagnostics import hessian_lambda_max
+    from pcalm.core.diagnostics import hessian_lambda_max
 
     net = ResidualMLP(20, 8, 64, activation="relu", seed=1, dtype=torch.float64)
     x, _ = _data(4, 20, 5)
@@ -364,7 +364,7 @@ def test_hessian_lambda_max_default_iterations_converge_on_a_deep_net():
 
 def test_hessian_lambda_max_of_a_float32_net_is_computed_in_float64():
     """A float32 net (the training dtype) gets the same λ_max as its float64 copy."""
-    from pcalm.diagnostics import hessian_lambda_max
+    from pcalm.core.diagnostics import hessian_lambda_max
 
     net32 = ResidualMLP(20, 8, 6, activation="tanh", seed=2)
     net64 = ResidualMLP(20, 8, 6, activation="tanh", seed=2, dtype=torch.float64)
@@ -379,7 +379,7 @@ def test_hessian_lambda_max_of_a_float32_net_is_computed_in_float64():
 
 def test_linear_hessian_and_iteration_matrix():
     """Identity net, one sample: H = PᵀP + ρRᵀR and SPEC §6's block M, built in the test."""
-    from pcalm.diagnostics import iteration_matrix, linear_hessian
+    from pcalm.core.diagnostics import iteration_matrix, linear_hessian
 
     net = _hessian_net("identity", width=3, depth=4)
     a = (net.a_in, net.a_hidden, net.a_out)
@@ -420,7 +420,7 @@ def test_the_paper_grid_follows_the_grid_rule(experiment, data, tmp_path, monkey
     seeds 0–2 (675 runs), full data, batch 64, one epoch, α = ρ = 1, k = 1, pre_dual; and
     §4's grid rule: T = 2L and η_h = the published 1/λ_max of the cell, the same for PC and
     PC-ALM; BP has neither."""
-    from pcalm.sweep import load_sweep
+    from pcalm.sweeps.grid import load_sweep
 
     monkeypatch.setenv("PCALM_RESULTS", str(tmp_path))
     sweep = load_sweep([f"experiment={experiment}", "scale=paper", "data.verify=true"])
@@ -455,8 +455,8 @@ def test_credit_traces_are_the_credit_against_the_bp_adjoint(algo):
     """Fig. 3's data: after each primal step t (t = 0: the forward pass), per hidden layer,
     ‖ε_l(t)‖/‖δ_l‖ and cos(ε_l(t), −δ_l), with ε = ρr + λ (the λ of that step) and δ the
     BP adjoint ∂ℓ/∂h_l — recomputed by autograd from SPEC §2 and §4."""
-    from pcalm.algorithms import make_algorithm
-    from pcalm.diagnostics import credit_traces
+    from pcalm.core.algorithms import make_algorithm
+    from pcalm.core.diagnostics import credit_traces
 
     net = ResidualMLP(9, 5, 5, activation="tanh", seed=3, dtype=torch.float64)
     x, labels = _data(4, 9, 7)
@@ -518,7 +518,7 @@ def test_credit_traces_are_the_credit_against_the_bp_adjoint(algo):
 def test_grad_alignment_whole_network_and_per_layer():
     """cos and relative error over the whole parameter vector and per layer, by hand; a
     zero reference (or gradient) gives NaN, not a number."""
-    from pcalm.diagnostics import grad_alignment
+    from pcalm.core.diagnostics import grad_alignment
 
     g = [torch.tensor([[1.0, 0.0]]), torch.tensor([3.0, 4.0])]
     ref = [torch.tensor([[1.0, 1.0]]), torch.tensor([3.0, 0.0])]
@@ -536,7 +536,7 @@ def test_grad_alignment_whole_network_and_per_layer():
 
 @pytest.mark.parametrize("kwargs", [{"activation": "relu"}, {"seed": [0, 1]}])
 def test_linear_system_needs_one_identity_net(kwargs):
-    from pcalm.diagnostics import linear_system
+    from pcalm.core.diagnostics import linear_system
 
     net = ResidualMLP(4, 3, 3, **{"activation": "identity", **kwargs})
     with pytest.raises(ValueError, match="linear_system needs a single identity-activation net"):

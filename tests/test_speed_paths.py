@@ -1,6 +1,6 @@
 """The fast paths compute what the straightforward ones do (SPEC §3–4).
 
-- the fast in-place loop of pcalm.algorithms == pcalm.naive's per-layer version (float64),
+- the fast in-place loop of pcalm.core.algorithms == pcalm.core.naive's per-layer version (float64),
   for BP, PC and PC-ALM, all activations, L = 2 and L ≥ 3, inner steps, post_dual, ρ ≠ 1;
 - a stack of M models == M single-model runs (float64, tight);
 - the torch.compile'd step == the eager loop (float32 tolerance).
@@ -9,9 +9,12 @@
 import pytest
 import torch
 
-from pcalm import algorithms, naive
-from pcalm.algorithms import make_algorithm
-from pcalm.model import ResidualMLP
+from pcalm.core import algorithms, loop, naive
+from pcalm.core import compiled as compile_cache
+from pcalm.core import graphs as graph_capture
+from pcalm.core import paths as path_choice
+from pcalm.core.algorithms import make_algorithm
+from pcalm.core.model import ResidualMLP
 from tests import fake_cuda as stubs
 from tests.conftest import load_script
 from tests.fake_cuda import FakeGraph
@@ -194,7 +197,7 @@ def test_observer_sees_copies_of_every_step():
 def test_unusual_input_shapes_take_the_reference_path():
     net = _net("relu", 4)
     x, y = _data(models=2)  # a batch of batches for a lone net: the fast loop declines
-    assert not algorithms._fast_shapes_ok(net, x, y)
+    assert not path_choice.fast_shapes_ok(net, x, y)
     got = _algo("pc", {"budget": 3}).stacked_weight_grads(net, x, y)
     _close(got, naive.stacked_eager_weight_grads("pc", net, x, y, budget=3))
 
@@ -208,25 +211,25 @@ def test_compile_mode_is_checked():
 
 def test_cpu_paths_never_pick_cuda_graphs():
     cpu = torch.device("cpu")
-    assert algorithms._resolve_path("off", cpu) == "eager"
-    assert algorithms._resolve_path("on", cpu) == "compiled"
-    assert algorithms._resolve_path("auto", cpu) in ("eager", "compiled")
+    assert path_choice.resolve_path("off", cpu) == "eager"
+    assert path_choice.resolve_path("on", cpu) == "compiled"
+    assert path_choice.resolve_path("auto", cpu) in ("eager", "compiled")
 
 
 def test_cuda_paths(monkeypatch):
     """On CUDA: auto = the eager loop in a CUDA graph, on = the compiled step in one; what is
     left for a shape whose paths have failed, while other shapes keep theirs."""
     cuda = torch.device("cuda")  # a device name: nothing here touches CUDA
-    monkeypatch.setattr(algorithms, "_disabled", set())
+    monkeypatch.setattr(path_choice, "_disabled", set())
     failing, other = ("shape", 1), ("shape", 2)
-    paths = {mode: algorithms._resolve_path(mode, cuda, failing) for mode in ("auto", "on", "off")}
+    paths = {mode: path_choice.resolve_path(mode, cuda, failing) for mode in ("auto", "on", "off")}
     assert paths == {"auto": "graph", "on": "compiled_graph", "off": "eager"}
-    algorithms._disabled.add(("graph", failing))
-    assert [algorithms._resolve_path(m, cuda, failing) for m in ("auto", "on")] == [
+    path_choice._disabled.add(("graph", failing))
+    assert [path_choice.resolve_path(m, cuda, failing) for m in ("auto", "on")] == [
         "eager", "compiled"]
-    algorithms._disabled.add(("compiled", failing))
-    assert algorithms._resolve_path("on", cuda, failing) == "eager"
-    assert [algorithms._resolve_path(m, cuda, other) for m in ("auto", "on")] == [
+    path_choice._disabled.add(("compiled", failing))
+    assert path_choice.resolve_path("on", cuda, failing) == "eager"
+    assert [path_choice.resolve_path(m, cuda, other) for m in ("auto", "on")] == [
         "graph", "compiled_graph"]
 
 
@@ -260,14 +263,15 @@ def test_functional_step_equals_eager_step():
             net = _net(act, 5)
             x, y = _data()
             want = _algo(name, options, "off").stacked_weight_grads(net, x, y)
-            saved = dict(algorithms._COMPILED)
+            saved = dict(compile_cache._COMPILED)
             try:  # swap the compiled steps for their plain Python functions
                 for has_lam in (False, True):
-                    algorithms._COMPILED[(act, has_lam)] = algorithms._functional_step(act, has_lam)
+                    step = compile_cache.functional_step(act, has_lam)
+                    compile_cache._COMPILED[(act, has_lam)] = step
                 got = _algo(name, options, "on").stacked_weight_grads(net, x, y)
             finally:
-                algorithms._COMPILED.clear()
-                algorithms._COMPILED.update(saved)
+                compile_cache._COMPILED.clear()
+                compile_cache._COMPILED.update(saved)
             _close(got, want)
 
 
@@ -287,13 +291,13 @@ def test_graph_runner_flow_on_cpu(fake_cuda, compiled):
     net = _stack_net()
     for name, opts, plan in [
         ("pcalm", GRAPH_OPTIONS, _algo("pcalm", GRAPH_OPTIONS)._plan()),
-        ("bp", {}, algorithms._Plan("bp")),
+        ("bp", {}, loop.Plan("bp")),
     ]:
         x0, y0 = _data(models=2, dtype=torch.float32)
-        key = algorithms._shape_key(net, x0, y0, plan)
-        runner = algorithms._graph_runner(net, x0, y0, plan, compiled, key)
+        key = path_choice.shape_key(net, x0, y0, plan)
+        runner = graph_capture.graph_runner(net, x0, y0, plan, compiled, key)
         assert fake_cuda[-1] is runner.graph and runner.compiled == (compiled and name != "bp")
-        assert algorithms._graph_runner(net, x0, y0, plan, compiled, key) is runner
+        assert graph_capture.graph_runner(net, x0, y0, plan, compiled, key) is runner
         for seed in (5, 6):  # new data each call, through the static input buffers
             x, y = _data(models=2, seed=seed, dtype=torch.float32)
             out = runner.run(x, y, want_state=name != "bp")
@@ -305,7 +309,7 @@ def test_graph_runner_flow_on_cpu(fake_cuda, compiled):
         first = out.grads[1].clone()
         runner.run(*_data(models=2, seed=9, dtype=torch.float32), want_state=False)
         torch.testing.assert_close(out.grads[1], first)  # returned grads are copies
-    assert not algorithms._disabled
+    assert not path_choice._disabled
 
 
 @pytest.mark.parametrize("mode, path", [("auto", "graph"), ("on", "compiled_graph")])
@@ -325,8 +329,8 @@ def test_mixed_stack_through_the_graph_path(fake_cuda, plain_compiled, mode, pat
         for i, algo in enumerate(members):
             want = algo.stacked_weight_grads(_single_of(net, i), x[i], y[i])
             _close([g[i] for g in got], want, rtol=1e-4, atol=1e-6)
-    (runner,) = algorithms._GRAPHS.values()
-    assert runner.compiled == (mode == "on") and not algorithms._disabled
+    (runner,) = graph_capture._GRAPHS.values()
+    assert runner.compiled == (mode == "on") and not path_choice._disabled
 
 
 @pytest.mark.parametrize("act", ACTS)
@@ -410,24 +414,24 @@ def test_the_compiled_step_is_one_whole_graph_per_variant_and_lifts_dynamos_limi
     uncompiled), never lowering a limit the user raised further."""
     import torch._dynamo.config as dynamo_config
 
-    monkeypatch.setattr(algorithms, "_COMPILED", {})
+    monkeypatch.setattr(compile_cache, "_COMPILED", {})
     monkeypatch.setattr(dynamo_config, "recompile_limit", 8)
     monkeypatch.setattr(dynamo_config, "accumulated_recompile_limit", 10**9)
     built, compiled = [], []
-    monkeypatch.setattr(algorithms, "_functional_step",
+    monkeypatch.setattr(compile_cache, "functional_step",
                         lambda act, has_lam: built.append((act, has_lam)) or (act, has_lam))
     monkeypatch.setattr(torch, "compile",
                         lambda fn, **kwargs: compiled.append((fn, kwargs)) or ("compiled", fn))
-    assert algorithms._compiled_step("tanh", True) == ("compiled", ("tanh", True))
-    assert algorithms._compiled_step("tanh", True) == ("compiled", ("tanh", True))
-    assert algorithms._compiled_step("relu", False) == ("compiled", ("relu", False))
+    assert compile_cache.compiled_step("tanh", True) == ("compiled", ("tanh", True))
+    assert compile_cache.compiled_step("tanh", True) == ("compiled", ("tanh", True))
+    assert compile_cache.compiled_step("relu", False) == ("compiled", ("relu", False))
     assert built == [("tanh", True), ("relu", False)]
     assert compiled == [(("tanh", True), {"dynamic": False, "fullgraph": True}),
                         (("relu", False), {"dynamic": False, "fullgraph": True})]
-    assert dynamo_config.recompile_limit == algorithms.RECOMPILE_LIMIT == 1024
+    assert dynamo_config.recompile_limit == compile_cache.RECOMPILE_LIMIT == 1024
     assert dynamo_config.accumulated_recompile_limit == 10**9
     monkeypatch.setattr(dynamo_config, "accumulated_recompile_limit", 256)
-    algorithms._raise_dynamo_limits()
+    compile_cache.raise_dynamo_limits()
     assert dynamo_config.accumulated_recompile_limit == 8 * 1024
 
 
@@ -469,9 +473,9 @@ def test_faulty_capture_falls_back_to_eager(fake_cuda, monkeypatch):
     with pytest.warns(UserWarning, match="graph inference path failed.*ReplayMismatch.*w_in"):
         got = algo.stacked_weight_grads(net, x, y)
     _close(got, _algo("pcalm", GRAPH_OPTIONS).stacked_weight_grads(net, x, y), 1e-5, 1e-7)
-    key = algorithms._shape_key(net, x, y, algo._plan())
-    assert algorithms._disabled == {("graph", key), ("compiled", key)}
-    assert algo.last_path == "eager" and not algorithms._GRAPHS  # the faulty capture is gone
+    key = path_choice.shape_key(net, x, y, algo._plan())
+    assert path_choice._disabled == {("graph", key), ("compiled", key)}
+    assert algo.last_path == "eager" and not graph_capture._GRAPHS  # the faulty capture is gone
 
 
 def test_bench_script_writes_its_table(tmp_path, monkeypatch, capsys):
@@ -517,14 +521,14 @@ def test_bench_labels_each_row_with_the_path_that_ran(tmp_path, monkeypatch, fak
     after it say eager, not the path that was asked for."""
     import csv
 
-    real_init = algorithms._GraphRunner.__init__
+    real_init = graph_capture.GraphRunner.__init__
 
     def pcalm_capture_fails(self, net, x, y, plan, *args):
         if plan.kind == "pcalm" and not plan.per_model:
             raise RuntimeError("capture failed (planted)")
         real_init(self, net, x, y, plan, *args)
 
-    monkeypatch.setattr(algorithms._GraphRunner, "__init__", pcalm_capture_fails)
+    monkeypatch.setattr(graph_capture.GraphRunner, "__init__", pcalm_capture_fails)
     monkeypatch.setenv("PCALM_RESULTS", str(tmp_path))
     bench = load_script("scripts/bench.py")
     out = tmp_path / "bench.csv"

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from pcalm import cli, sweep
-from pcalm.results import RunFolder, load
-from pcalm.sweep import (
+from pcalm import cli
+from pcalm.analysis.tables import load
+from pcalm.runs.folder import RunFolder
+from pcalm.sweeps import grid as sweep
+from pcalm.sweeps.grid import (
     AUTO_GPU_STACK,
     expand,
     experiment_scale,

@@ -37,8 +37,8 @@ def env(fake_data_root, results_dir):
     the projection is not under test here), so no sweep spends its first ~10 s calibrating."""
     import torch
 
-    from pcalm import cost
-    from pcalm.provenance import device_name
+    from pcalm.runs.provenance import device_name
+    from pcalm.sweeps import cost
 
     cpu = torch.device("cpu")
     for threads in range(1, (os.cpu_count() or 1) + 1):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from pcalm.device import PARALLEL_MIN_MACS, threads_for
-from pcalm.train import Trainer
+from pcalm.core.device import PARALLEL_MIN_MACS, threads_for
+from pcalm.runs.train import Trainer
 from tests.test_graph_path import _dataset, _stack_configs
 
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from pcalm.tracking import NullTracker, Tracker, open_tracker
+from pcalm.runs.tracking import NullTracker, Tracker, open_tracker
 
 CONFIG = {"model": {"width": 32}, "algo": {"name": "pcalm"}, "logger": {"mode": "offline"}}
 

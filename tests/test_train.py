@@ -8,11 +8,11 @@ import sys
 import pandas as pd
 import pytest
 
-from pcalm.config import ConfigError, resolve_run_config
 from pcalm.data import DataError
-from pcalm.results import RunFolder
-from pcalm.runner import execute, load_run_dataset
-from pcalm.train import Trainer
+from pcalm.runs.config import ConfigError, resolve_run_config
+from pcalm.runs.folder import RunFolder
+from pcalm.runs.runner import execute, load_run_dataset
+from pcalm.runs.train import Trainer
 from tests.conftest import PC_CONFIG, PCALM_CONFIG, REPO, base_config
 
 ALGOS = {"bp": {"name": "bp"}, "pc": PC_CONFIG, "pcalm": PCALM_CONFIG}

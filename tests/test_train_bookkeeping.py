@@ -1,4 +1,4 @@
-"""What the Trainer records around the math (pcalm/train.py): when it evaluates, which net it
+"""What the Trainer records around the math (pcalm/runs/train.py): when it evaluates, which net it
 builds from the config, how it keeps time across ticks. Expected values are written out."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pcalm import train
 from pcalm.data import Dataset
-from pcalm.train import Trainer, evaluation_steps
+from pcalm.runs import train
+from pcalm.runs.train import Trainer, evaluation_steps
 from tests import oracle
 from tests.conftest import base_config
 

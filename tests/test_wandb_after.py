@@ -1,4 +1,4 @@
-"""wandb after the fact (pcalm/wandb_log.py), read back from the offline run files (no mock,
+"""wandb after the fact (pcalm/runs/wandb_log.py), read back from the offline run files (no mock,
 no network): a run trained without a logger is logged later with its own id, each evaluation
 once; logging again adds nothing; a run opened several times (requeued, retagged) is left with
 one clean offline folder to sync, the others set aside.
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from pcalm.config import resolve_run_config
-from pcalm.results import RunFolder
-from pcalm.runner import execute
-from pcalm.tracking import open_tracker
-from pcalm.wandb_log import (
+from pcalm.runs.config import resolve_run_config
+from pcalm.runs.folder import RunFolder
+from pcalm.runs.runner import execute
+from pcalm.runs.tracking import open_tracker
+from pcalm.runs.wandb_log import (
     LOGGED_FILE,
     SUPERSEDED_DIR,
     consolidate,
@@ -113,8 +113,8 @@ def test_a_synced_folder_stays_and_only_unsynced_ones_are_replaced(wandb_env, fa
 
 def test_the_figures_summary_run_says_how_many_of_its_runs_are_in_wandb(
         wandb_env, fake_data_root, monkeypatch, capsys):  # noqa: F811
-    from pcalm.sweep import TableScope
-    from pcalm.tracking import summary_run_id
+    from pcalm.runs.tracking import summary_run_id
+    from pcalm.sweeps.grid import TableScope
     from tests.conftest import load_script
 
     results = wandb_env / "results"

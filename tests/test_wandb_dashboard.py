@@ -18,10 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from pcalm.config import resolve_run_config  # noqa: E402
-from pcalm.results import RunFolder  # noqa: E402
-from pcalm.runner import execute  # noqa: E402
-from pcalm.tracking import (  # noqa: E402
+from pcalm.runs.config import resolve_run_config  # noqa: E402
+from pcalm.runs.folder import RunFolder  # noqa: E402
+from pcalm.runs.runner import execute  # noqa: E402
+from pcalm.runs.tracking import (  # noqa: E402
     LAYER_KEY,
     TrackingError,
     open_summary_run,

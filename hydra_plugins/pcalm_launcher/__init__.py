@@ -1,6 +1,6 @@
 """pcalm's SLURM launcher for Hydra: hydra-submitit-launcher's, submitting and waiting as
-pcalm/launcher.py says. Hydra takes launcher plugins only from the `hydra_plugins` package;
-this module stays small because Hydra imports every plugin at start-up."""
+pcalm/sweeps/submitit_launcher.py says. Hydra takes launcher plugins only from the
+`hydra_plugins` package; this module stays small because Hydra imports every plugin at start-up."""
 
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 
@@ -10,6 +10,6 @@ class SweepSlurmLauncher(SlurmLauncher):
     (`__call__`, and `checkpoint`, which resubmits a preempted or timed-out job)."""
 
     def launch(self, job_overrides, initial_job_idx):
-        from pcalm.launcher import launch
+        from pcalm.sweeps.submitit_launcher import launch
 
         return launch(self, job_overrides, initial_job_idx)

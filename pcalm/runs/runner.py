@@ -5,7 +5,7 @@ trainer, so the single-run entry point, sweep jobs and tests all go through it.
 Configs equal but for the seed can train as one stack (`max_stack` > 1) — one process,
 one set of batched matmuls for all of them.
 
-A run trains only under its lock (pcalm.results.RunLock), and is checked for completeness
+A run trains only under its lock (pcalm.runs.folder.RunLock), and is checked for completeness
 again once the lock is held: two processes given the same run (two sweeps, a sweep and a
 single run) train it once; the other skips it, or waits for it (`wait=True`).
 """
@@ -18,15 +18,16 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from pcalm import provenance
-from pcalm.config import Cell
+from pcalm.atomic import atomic_save_arrays
+from pcalm.core.device import resolve_device
 from pcalm.data import IMAGE_DATASETS, DataError, Dataset, files_checksum, load_dataset
-from pcalm.device import resolve_device
 from pcalm.download import fetch
-from pcalm.results import ARRAYS_FILE, RunFolder, RunLock, atomic_save_arrays
-from pcalm.tasks import TASKS
-from pcalm.tracking import open_tracker
-from pcalm.train import Trainer, stack_key
+from pcalm.runs import provenance
+from pcalm.runs.config import Cell
+from pcalm.runs.folder import ARRAYS_FILE, RunFolder, RunLock
+from pcalm.runs.tasks.registry import TASKS
+from pcalm.runs.tracking import open_tracker
+from pcalm.runs.train import Trainer, stack_key
 
 # Subsets are drawn with a fixed seed: a smoke-scale subset is part of the dataset's
 # definition, so seeds vary only the init and the data order (as with the full data).
@@ -164,7 +165,7 @@ def _run_incomplete(unit: list[dict], run_unit, skipped: list[str]) -> list[dict
 
 
 def run_task(cfg: dict, dataset: Dataset | None, say: Callable[[str], None] = print) -> dict:
-    """Run a diagnostic task (pcalm/tasks.py): arrays.npz, then summary.json last."""
+    """Run a diagnostic task (pcalm/runs/tasks/registry.py): arrays.npz, then summary.json last."""
     folder = RunFolder(cfg["results_dir"], cfg)
     started = provenance.now()
     summary, arrays = TASKS[cfg["task"]["name"]].fn(cfg, dataset)  # before any folder exists
@@ -210,7 +211,7 @@ def _train_prepared(stack, folders, trainer, dataset, device, progress, say) -> 
                           f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
                           "starting the run from scratch", stacklevel=2)
             trainer = Trainer(stack, dataset, device)  # restore may have loaded a part
-    trackers = [open_tracker(c["logger"], f.id, _run_name(c), c["logger"].get("group") or
+    trackers = [open_tracker(c["logger"], f.id, run_name(c), c["logger"].get("group") or
                              c.get("name"), c, f.path) for c, f in zip(stack, folders)]
     exit_code = 1
     try:
@@ -250,7 +251,7 @@ def _logged(call, *args, **kwargs) -> None:
                       "in its folder", stacklevel=2)
 
 
-def _run_name(cfg: dict) -> str:
+def run_name(cfg: dict) -> str:
     c = Cell.of(cfg)
     return f"{c.algo}-N{c.width}-L{c.depth}-{c.activation}-{c.data}-s{c.seed}"
 

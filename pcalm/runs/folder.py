@@ -1,4 +1,4 @@
-"""Run identity, run folders on disk, and loading finished runs into tables.
+"""Run identity and run folders on disk (tables of finished runs: pcalm.analysis.tables).
 
 One run = one folder ``<results_dir>/runs/<run_id>/`` holding
 
@@ -30,12 +30,13 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import pandas as pd
 import yaml
+
+from pcalm.atomic import atomic_torch_save, atomic_write_json, atomic_write_text
 
 # Dotted config keys that do not change the numbers, so two configs differing only here are the
 # same run. A key names its whole subtree ("logger" drops the whole logger section).
@@ -72,7 +73,7 @@ SUMMARY_STATUSES = ("complete", "diverged")  # what a finished run's summary.jso
 # --------------------------------------------------------------------------------------------
 
 
-def _plain(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
     """Return ``obj`` as plain JSON/YAML types: dicts with str keys, lists, scalars.
 
     Tuples (and other sequences, e.g. an OmegaConf ListConfig) become lists and paths become
@@ -80,9 +81,9 @@ def _plain(obj: Any) -> Any:
     caller happened to build.
     """
     if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)):
-        return [_plain(v) for v in obj]
+        return [plain(v) for v in obj]
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     if hasattr(obj, "item") and callable(obj.item) and not isinstance(obj, (str, bytes)):
@@ -108,7 +109,7 @@ def _normalise_numbers(obj: Any) -> Any:
 
 def _drop_keys(config: Mapping, dotted_keys: Iterable[str]) -> dict:
     """Return a copy of ``config`` without the given dotted keys (each with its subtree)."""
-    out = _plain(config)
+    out = plain(config)
     for key in dotted_keys:
         *parents, leaf = key.split(".")
         node = out
@@ -136,89 +137,8 @@ def run_id(config: Mapping) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Atomic writes
+# Arrays a diagnostic task stored
 # --------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename: fsync the directory entry (best effort; not possible on Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def _atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool) -> None:
-    """Write ``path`` via ``write(fileobj)`` on a same-directory temp file, then rename.
-
-    Same directory so ``os.replace`` is a rename within one filesystem, which is atomic. On any
-    error the temp file is removed and the final name keeps its previous content (or absence).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from colleagues
-        mode = "wb" if binary else "w"
-        with os.fdopen(fd, mode, **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # also KeyboardInterrupt / SystemExit: never leave the temp behind
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    _atomic_write(path, lambda f: f.write(text), binary=False)
-
-
-def _json_default(obj: Any) -> Any:
-    """Let json write numpy/torch scalars and arrays, and paths, that summaries often hold."""
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (NaN/inf allowed, as Python does)."""
-
-    def write(f: IO) -> None:
-        json.dump(obj, f, indent=2, default=_json_default)
-        f.write("\n")
-
-    _atomic_write(path, write, binary=False)
-
-
-def atomic_save_arrays(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
-    """``numpy.savez`` the named arrays to ``path`` atomically (a task's traces, curves...)."""
-    import numpy as np
-
-    _atomic_write(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}),
-                  binary=True)
 
 
 def load_arrays(folder: str | os.PathLike) -> dict:
@@ -229,19 +149,12 @@ def load_arrays(folder: str | os.PathLike) -> dict:
         return {k: data[k] for k in data.files}
 
 
-def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
-    """``torch.save(obj)`` to ``path`` atomically (torch imported only when needed)."""
-    import torch
-
-    _atomic_write(path, lambda f: torch.save(obj, f), binary=True)
-
-
 # --------------------------------------------------------------------------------------------
 # Run folders
 # --------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> Any | None:
+def read_json(path: Path) -> Any | None:
     """Parsed JSON at ``path``, or None if it is absent or unreadable."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -395,7 +308,7 @@ class RunFolder:
     """
 
     def __init__(self, results_dir: str | os.PathLike, config: Mapping):
-        self.config = _plain(config)
+        self.config = plain(config)
         self.id = run_id(self.config)
         self.results_dir = Path(results_dir)
         self.path = self.results_dir / "runs" / self.id
@@ -440,7 +353,7 @@ class RunFolder:
     def exists_complete(self) -> bool:
         """True iff ``summary.json`` holds a valid summary (``is_summary``): the run finished
         and need not re-run. Absent, torn, ``[]`` or any other JSON: incomplete."""
-        return is_summary(_read_json(self.summary_path))
+        return is_summary(read_json(self.summary_path))
 
     def prepare(self) -> RunFolder:
         """Create the folder and write the full config (cosmetic keys included) to config.yaml.
@@ -521,63 +434,6 @@ class RunFolder:
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
-
-
-# --------------------------------------------------------------------------------------------
-# Tables
-# --------------------------------------------------------------------------------------------
-
-
-def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}, "c": [1, 2]}`` → ``{"a.b": 1, "c": [1, 2]}`` (lists stay lists)."""
-    flat: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, prefix=f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _read_config(folder: Path) -> dict:
-    """The stored config of a run folder, or {} (with a warning) if it cannot be read."""
-    try:
-        config = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        warnings.warn(f"{folder}: cannot read {CONFIG_FILE} ({err})", stacklevel=3)
-        return {}
-    return config if isinstance(config, dict) else {}
-
-
-def _scan(
-    results_dir: str | os.PathLike, run_ids: Iterable[str] | None
-) -> tuple[list[tuple[str, Path, dict, dict]], list[str], dict[str, str]]:
-    """Complete runs as ``(id, folder, config, summary)`` and the ids left out.
-
-    With ``run_ids``: the requested ids, and as "left out" those absent or incomplete. Without:
-    every folder under ``runs/``, and as "left out" the incomplete ones found there.
-    Folders that look complete but fail ``audit_run`` are left out too, and returned third
-    as ``{run id: reason}``.
-    """
-    runs_dir = Path(results_dir) / "runs"
-    if run_ids is None:
-        ids = sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
-    else:
-        ids = list(dict.fromkeys(str(i) for i in run_ids))  # dedupe, keep order
-    complete, missing, excluded = [], [], {}
-    for rid in ids:
-        folder = runs_dir / rid
-        summary = _read_json(folder / SUMMARY_FILE) if folder.is_dir() else None
-        if not is_summary(summary):
-            missing.append(rid)
-            continue
-        reason = audit_run(folder, summary)
-        if reason is not None:
-            excluded[rid] = reason
-            continue
-        complete.append((rid, folder, _read_config(folder), summary))
-    return complete, sorted(missing), excluded
 
 
 # --------------------------------------------------------------------------------------------
@@ -670,107 +526,6 @@ def _audit_metrics(path: Path, summary: Mapping) -> str | None:
     return None
 
 
-def _frame(rows: list[dict], first: str = "run_id") -> pd.DataFrame:
-    """DataFrame with columns in first-seen order (pandas' own order is not guaranteed)."""
-    columns = list(dict.fromkeys([first, *(key for row in rows for key in row)]))
-    return pd.DataFrame(rows, columns=columns)
-
-
-def load(results_dir: str | os.PathLike = "results", run_ids: Iterable[str] | None = None):
-    """One row per complete run: ``run_id``, flattened config, then flattened summary.
-
-    Incomplete folders are skipped, so a half-finished sweep still loads. ``.attrs["missing"]``
-    lists (sorted) the requested ids that are absent or incomplete — or, when ``run_ids`` is
-    None, the incomplete folders found — so the caller can say which cells are missing.
-    On a name clash between a config key and a summary key the summary value wins.
-    """
-    complete, missing, excluded = _scan(results_dir, run_ids)
-    rows = [
-        {"run_id": rid, **flatten(config), **flatten(summary), "valid": is_valid(summary)}
-        for rid, _, config, summary in complete
-    ]
-    df = _frame(rows)
-    df.attrs["missing"] = missing
-    df.attrs["excluded"] = excluded
-    return df
-
-
-def _read_metrics(path: Path) -> pd.DataFrame | None:
-    """A run's metrics.csv as a frame, or None if it is absent, empty or unreadable."""
-    try:
-        return pd.read_csv(path)
-    except FileNotFoundError:
-        return None
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError) as err:
-        warnings.warn(f"{path}: cannot read metrics ({err})", stacklevel=3)
-        return None
-
-
-def load_metrics(results_dir: str | os.PathLike = "results", run_ids: Iterable[str] | None = None):
-    """All metrics rows of complete runs, with ``run_id`` and flattened config columns joined on.
-
-    For training curves: one row per evaluation per run. ``.attrs["missing"]`` as in ``load``.
-    """
-    complete, missing, excluded = _scan(results_dir, run_ids)
-    frames = []
-    for rid, folder, config, _ in complete:
-        metrics = _read_metrics(folder / METRICS_FILE)
-        if metrics is None or metrics.empty:
-            continue
-        head = {"run_id": rid, **flatten(config)}
-        # Build the constant columns row by row so list-valued config entries stay whole.
-        const = pd.DataFrame([head] * len(metrics), columns=list(head))
-        frames.append(pd.concat([const, metrics.drop(columns=list(head), errors="ignore")], axis=1))
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id"])
-    df.attrs["missing"] = missing
-    df.attrs["excluded"] = excluded
-    return df
-
-
-def collect(
-    results_dir: str | os.PathLike, run_ids: Iterable[str] | None, out_path: str | os.PathLike
-) -> pd.DataFrame:
-    """``load`` the runs, write the table atomically as CSV to ``out_path``, return it.
-
-    Prints nothing: the caller reports (e.g. ``df.attrs["missing"]``).
-    """
-    df = load(results_dir, run_ids)
-    atomic_write_text(out_path, df.to_csv(index=False))
-    return df
-
-
-def problems(results_dir: str | os.PathLike, run_ids: Iterable[str] | None = None) -> list[str]:
-    """One line per defect of a complete run that a table would hide: no (or an unreadable)
-    metrics.csv, a config.yaml that is absent, not YAML, or not a mapping."""
-    complete, _, _ = _scan_quietly(results_dir, run_ids)
-    lines = []
-    for _, folder, _, _ in complete:
-        config_path = folder / CONFIG_FILE
-        try:
-            config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-            if not isinstance(config, dict):
-                lines.append(f"{config_path}: not a config (a YAML mapping), found "
-                             f"{type(config).__name__}: its run has no config columns")
-        except (OSError, yaml.YAMLError) as err:
-            what = "missing" if isinstance(err, FileNotFoundError) else "unreadable"
-            lines.append(f"{config_path}: {what}: its run has no config columns")
-        metrics_path = folder / METRICS_FILE
-        if not metrics_path.is_file():
-            lines.append(f"{metrics_path}: missing: its run has no metrics rows")
-        else:
-            try:
-                pd.read_csv(metrics_path)
-            except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError, ValueError):
-                lines.append(f"{metrics_path}: unreadable CSV: its run has no metrics rows")
-    return lines
-
-
-def _scan_quietly(results_dir, run_ids):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return _scan(results_dir, run_ids)
-
-
 def iter_run_folders(results_dir: str | os.PathLike = "results") -> Iterator[RunFolder]:
     """Every run folder (complete or not) under ``<results_dir>/runs``, as RunFolder objects."""
     runs_dir = Path(results_dir) / "runs"
@@ -779,76 +534,3 @@ def iter_run_folders(results_dir: str | os.PathLike = "results") -> Iterator[Run
     for path in sorted(runs_dir.iterdir()):
         if (path / CONFIG_FILE).is_file():
             yield RunFolder.from_path(path)
-
-
-# --------------------------------------------------------------------------------------------
-# Portable tables: what a collected table may carry off this machine
-# --------------------------------------------------------------------------------------------
-
-REPO = Path(__file__).resolve().parent.parent
-# Path columns of a table and the variable a user sets to say where that folder is.
-PATH_COLUMNS = {"data.root": "$PCALM_DATA", "results_dir": "$PCALM_RESULTS"}
-TEXT_COLUMNS_WITH_PATHS = ("provenance.command",)
-
-
-def portable_path(text: str, placeholder: str, repo: Path = REPO) -> str:
-    """An absolute path as a table may keep it: relative to the repository when inside it,
-    else ``placeholder`` (``$PCALM_DATA``); a relative path stays as it is."""
-    path = Path(text)
-    if not path.is_absolute():
-        return text
-    try:
-        return path.relative_to(repo).as_posix() or "."
-    except ValueError:
-        return placeholder
-
-
-def _json_cell(value: Any) -> Any:
-    """A list cell (``data.mirrors``, ``grad_cosine_per_layer``) as JSON text, also when an
-    older table holds it as a Python repr (``['https://…']``)."""
-    if isinstance(value, (list, tuple)):
-        return json.dumps(_plain(value))
-    if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
-        try:
-            json.loads(value)
-            return value
-        except ValueError:
-            import ast
-
-            try:
-                parsed = ast.literal_eval(value)  # literals only: never executes code
-            except (ValueError, SyntaxError):
-                return value
-            return json.dumps(_plain(parsed)) if isinstance(parsed, (list, tuple)) else value
-    return value
-
-
-def portable_table(df: pd.DataFrame, repo: Path = REPO) -> pd.DataFrame:
-    """The table without this machine's absolute paths (``data.root``, ``results_dir`` and
-    the same paths inside ``provenance.command``), list cells as JSON. Run ids are untouched:
-    none of these columns is part of a run's identity."""
-    df = df.copy()
-    replaced: dict[str, str] = {}
-    for column, placeholder in PATH_COLUMNS.items():
-        if column not in df:
-            continue
-        for value in df[column].dropna().unique():
-            if isinstance(value, str):
-                replaced[value] = portable_path(value, placeholder, repo)
-        df[column] = df[column].map(lambda v: replaced.get(v, v) if isinstance(v, str) else v)
-    longest_first = sorted(replaced.items(), key=lambda kv: -len(kv[0]))
-
-    def scrub(text: Any) -> Any:
-        if not isinstance(text, str):
-            return text
-        for old, new in longest_first:
-            text = text.replace(old, new)
-        return text
-
-    for column in TEXT_COLUMNS_WITH_PATHS:
-        if column in df:
-            df[column] = df[column].map(scrub)
-    for column in df.columns:
-        if df[column].dtype == object or pd.api.types.is_string_dtype(df[column]):
-            df[column] = df[column].map(_json_cell)
-    return df

@@ -4,12 +4,12 @@ Two reference implementations, both slow on purpose and written to be read again
 
 - ``layerwise_*``: the naive version. Python lists of per-layer weights, a loop over layers
   inside every inference step, SPEC §3's local gradients written out one layer at a time,
-  BP by autograd. It imports nothing from ``pcalm.energy`` or ``pcalm.algorithms``, so it is
-  an independent oracle for the fast stacked loop in ``pcalm.algorithms``.
+  BP by autograd. It imports nothing from ``pcalm.core.energy`` or ``pcalm.core.algorithms``,
+  so it is an independent oracle for the fast stacked loop in ``pcalm.core.algorithms``.
 - ``stacked_eager_*``: the previous hot path: stacked ``[L-2, N, N]`` hidden weights and a
-  few batched matmuls per step (``pcalm.energy``), but plain eager ops that allocate new
+  few batched matmuls per step (``pcalm.core.energy``), but plain eager ops that allocate new
   tensors (and a ``torch.cat``) every step. The bench reports it as "previous eager";
-  ``pcalm.algorithms`` falls back to it for input shapes its fast loop does not handle.
+  ``pcalm.core.algorithms`` falls back to it for input shapes its fast loop does not handle.
 
 Options follow ``make_algorithm``: ``budget``, ``state_lr``, and for PC-ALM ``rho``, ``alpha``,
 ``inner_steps``, ``weight_credit`` (``pre_dual`` | ``post_dual``).
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from pcalm.model import ResidualMLP
+from pcalm.core.model import ResidualMLP
 
 NAMES = ("bp", "pc", "pcalm")
 
@@ -151,11 +151,11 @@ def layerwise_weight_grads(name: str, net: ResidualMLP, x, y, model: int | None 
 def stacked_eager_inference(net: ResidualMLP, x, y, *, budget: int, state_lr: float,
                             rho: float = 1.0, alpha: float | None = None, inner_steps: int = 1,
                             post_dual: bool = False, observer=None) -> tuple:
-    """The stacked eager loop as it was before the fast path (pcalm.energy's functions).
+    """The stacked eager loop as it was before the fast path (pcalm.core.energy's functions).
 
     Returns (z, lam, eps, e, forward_loss); ``observer(step, (z, lam, eps, e, loss))``.
     """
-    from pcalm import energy
+    from pcalm.core import energy
 
     with torch.no_grad():
         bottom = net.bottom_prediction(x)
@@ -186,7 +186,7 @@ def stacked_eager_inference(net: ResidualMLP, x, y, *, budget: int, state_lr: fl
 
 def stacked_eager_weight_grads(name: str, net: ResidualMLP, x, y, **options) -> tuple:
     """(g_in, g_hidden, g_out, forward_loss) by the previous stacked eager path."""
-    from pcalm import energy
+    from pcalm.core import energy
 
     opts = _options(name, options)
     with torch.no_grad():

@@ -31,7 +31,7 @@ import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from pcalm.tracking import LOGGED_FILE, in_wandb, mark_logged  # noqa: F401  (re-exported)
+from pcalm.runs.tracking import LOGGED_FILE, in_wandb, mark_logged  # noqa: F401  (re-exported)
 
 SUPERSEDED_DIR = "superseded"  # under <run_dir>/wandb/: folders a clean one replaced
 
@@ -99,16 +99,17 @@ def _metric_rows(metrics_csv: Path) -> list[dict]:
 
 
 def log_finished_run(folder, *, logger_cfg: Mapping | None = None, force: bool = False) -> str:
-    """Log one finished run folder (a ``pcalm.results.RunFolder``) to wandb; returns
+    """Log one finished run folder (a ``pcalm.runs.folder.RunFolder``) to wandb; returns
     ``logged``, ``already`` or ``incomplete``.
 
     ``logger_cfg`` defaults to the run's own logger section, in offline mode if it says
     ``none`` (``WANDB_MODE`` still wins, as everywhere). ``force`` logs it again even if it
     is marked as logged (``consolidate`` does, to replace several offline folders by one).
     """
-    from pcalm.results import _read_json, is_summary
-    from pcalm.runner import _run_name
-    from pcalm.tracking import effective_mode, open_tracker
+    from pcalm.runs.folder import is_summary
+    from pcalm.runs.folder import read_json as _read_json
+    from pcalm.runs.runner import run_name
+    from pcalm.runs.tracking import effective_mode, open_tracker
 
     config = folder.config
     summary = _read_json(folder.summary_path)
@@ -120,7 +121,7 @@ def log_finished_run(folder, *, logger_cfg: Mapping | None = None, force: bool =
     logger = dict(logger_cfg or config.get("logger") or {})
     if logger.get("mode", "none") == "none":
         logger["mode"] = "offline"
-    tracker = open_tracker(logger, folder.id, _run_name(config),
+    tracker = open_tracker(logger, folder.id, run_name(config),
                            logger.get("group") or config.get("name"), config, folder.path)
     with tracker:
         for row in _metric_rows(folder.metrics_path):
@@ -152,7 +153,7 @@ def consolidate(results_dir: str | os.PathLike) -> tuple[int, int]:
     A finished run with several unsynced offline folders (requeued, retagged) is logged again
     whole from its folder; of a figure's summary runs only the newest is kept.
     """
-    from pcalm.results import RunFolder
+    from pcalm.runs.folder import RunFolder
 
     relogged = 0
     runs = Path(results_dir) / "runs"

@@ -11,13 +11,13 @@ sequential layer loops (forward pass, backprop); b0 is the fixed cost of one inf
 (a handful of kernel launches: what dominates narrow nets). An evaluation costs
 ceil(n_test / chunk) forward passes, e0 + eL·L + eW·W at the chunk's batch size.
 
-`calibrate` fits the coefficients by timing the real hot path (pcalm.algorithms) at a few
+`calibrate` fits the coefficients by timing the real hot path (pcalm.core.algorithms) at a few
 cells, in about ten seconds; `make bench` and the first sweep plan on a device do it and store
 the result (results/cost/<device>.json), so later plans on that device are instant. PC is
 costed as PC-ALM (the same loop with α = 0). A run's projection = steps × step + evaluations
 + a start-up term per run (s0: resolve the config, build the net, write the folder).
 
-Diagnostic tasks (Figures 1, 3, 4, 5, 8, 9; pcalm.figure_tasks) are priced by their work on
+Diagnostic tasks (Figures 1, 3, 4, 5, 8, 9; pcalm.runs.tasks.figures) are priced by their work on
 the same coefficients: the inference steps they run on one batch, at the task's shape, plus
 one weight-gradient per observed point (a PC step without inference), plus the equilibrium
 solve of a credit_routes PC run (`EQUILIBRIUM_STEPS` inference-step equivalents for the
@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 INPUT_DIM, OUTPUT_DIM = 784, 10
-EVAL_CHUNK = 2000  # pcalm.train.EVAL_CHUNK
+EVAL_CHUNK = 2000  # pcalm.runs.train.EVAL_CHUNK
 FULL_SIZES = {"mnist": (60000, 10000), "fashion_mnist": (60000, 10000),
               "synthetic": (6000, 1000)}
 # (N, L) cells timed for the fit: narrow and wide, shallow and deep.
@@ -46,8 +46,9 @@ CALIBRATION_BUDGETS = (4, 36)  # two T per cell: the slope is the per-inference-
 # pcalm; load a dataset) and a run's own (config, net, folder writes), measured on the 2-core
 # development CPU.
 DEFAULT_STARTUP = (6.0, 0.5)
-# The Newton equilibrium solve of a ReLU PC run at L = 64 (pcalm.equilibrium): measured 63 Newton
-# steps, 1,562 CG iterations of 4 layer sweeps in float64 ≈ 6,000 inference steps of work.
+# The Newton equilibrium solve of a ReLU PC run at L = 64 (pcalm.core.equilibrium): measured
+# 63 Newton steps, 1,562 CG iterations of 4 layer sweeps in float64 ≈ 6,000 inference steps of
+# work.
 EQUILIBRIUM_STEPS = 6000
 
 
@@ -59,7 +60,7 @@ def forward_macs(batch: int, width: int, depth: int) -> float:
 class CostModel:
     """Seconds per training step and per evaluation chunk on one device (see module doc)."""
 
-    device: str  # the CPU model or GPU name (pcalm.provenance.device_name)
+    device: str  # the CPU model or GPU name (pcalm.runs.provenance.device_name)
     kind: str  # cpu | cuda
     threads: int
     bp: tuple[float, float, float]  # c0, cL, cW
@@ -127,7 +128,7 @@ class CostModel:
 
     # -- storage ------------------------------------------------------------------------
     def save(self, path: Path) -> None:
-        from pcalm.results import atomic_write_json
+        from pcalm.atomic import atomic_write_json
 
         atomic_write_json(path, asdict(self))
 
@@ -147,9 +148,9 @@ class CostModel:
 
 
 def task_work(cfg: dict) -> tuple[float, float, int, int, int]:
-    """(inference steps, observed points, N, L, B) of a diagnostic task (pcalm.figure_tasks);
+    """(inference steps, observed points, N, L, B) of a diagnostic task (pcalm.runs.tasks.figures);
     its defaults are the registered ones when the config leaves a key out."""
-    from pcalm.tasks import TASKS
+    from pcalm.runs.tasks.registry import TASKS
 
     task = {**TASKS[cfg["task"]["name"]].params, **cfg["task"]}
     m, a = cfg["model"], cfg["algo"]
@@ -186,7 +187,7 @@ def device_key(device_name: str, threads: int) -> str:
 
 
 def model_path(results_dir: Path, device, threads: int) -> Path:
-    from pcalm.provenance import device_name
+    from pcalm.runs.provenance import device_name
 
     return Path(results_dir) / "cost" / f"{device_key(device_name(device), threads)}.json"
 
@@ -200,7 +201,7 @@ def stored_models(results_dir: Path, kind: str) -> list[CostModel]:
 
 def cached_or_calibrated(results_dir: Path, device, threads: int, say=print) -> CostModel:
     """The device's stored cost model, calibrated (and stored) first if there is none."""
-    from pcalm.provenance import device_name
+    from pcalm.runs.provenance import device_name
 
     path = model_path(results_dir, device, threads)
     model = CostModel.load(path)
@@ -258,8 +259,8 @@ def _time_cell(n: int, depth: int, x, y, x_eval, sync) -> dict[str, tuple[list, 
     """One calibration cell's timings, each with its row of the fit (see the module doc)."""
     import torch
 
-    from pcalm.algorithms import make_algorithm
-    from pcalm.model import ResidualMLP
+    from pcalm.core.algorithms import make_algorithm
+    from pcalm.core.model import ResidualMLP
 
     net = ResidualMLP(INPUT_DIM, n, depth, seed=[0], device=x.device)
     batch, w = x.shape[-2], forward_macs(x.shape[-2], n, depth)
@@ -284,7 +285,7 @@ def calibrate(device, threads: int) -> CostModel:
     """Time BP, PC-ALM at two budgets, and an evaluation at CALIBRATION_CELLS; fit."""
     import torch
 
-    from pcalm.provenance import device_name
+    from pcalm.runs.provenance import device_name
 
     device = torch.device(device)
     before = torch.get_num_threads()
@@ -312,7 +313,7 @@ def _process_startup() -> float:
     import sys
 
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch, pcalm.runner"], check=False,
+    subprocess.run([sys.executable, "-c", "import torch, pcalm.runs.runner"], check=False,
                    capture_output=True, timeout=300)
     return time.perf_counter() - start + 1.0
 

@@ -52,8 +52,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pcalm import energy
-from pcalm.model import ResidualMLP
+from pcalm.core import energy
+from pcalm.core.model import ResidualMLP
 
 DEFAULT_TOL = 1e-8
 DEFAULT_MAX_NEWTON = 50

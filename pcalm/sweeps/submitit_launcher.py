@@ -6,7 +6,7 @@ through submitit's public API (AutoExecutor.map_array: one job array per sweep),
 upstream launcher, and differs only after submission:
 
 - it records each job's id *and name* (``slurm_jobs.json`` beside the manifest), so that a
-  later sweep can ask squeue which runs are still in flight (pcalm/slurm.py);
+  later sweep can ask squeue which runs are still in flight (pcalm/sweeps/slurm.py);
 - with PCALM_SUBMIT_ONLY set (experiments/sweep.py --no-wait) it returns once SLURM has
   accepted the jobs;
 - a refused submission is one line (sbatch's own message) and exit status 3, and nothing
@@ -74,7 +74,7 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     indices = [_job_index(overrides) for overrides in job_overrides]
     name = launcher.params.get("name") or "submitit"  # submitit's default job name
     if os.environ.get(RECORD_JOBS):
-        from pcalm.slurm import record_jobs
+        from pcalm.sweeps.slurm import record_jobs
 
         record_jobs(Path(os.environ[RECORD_JOBS]),
                     {job.job_id: k for job, k in zip(jobs, indices)}, str(name))
@@ -163,7 +163,7 @@ def _job_index(overrides: Sequence[str]) -> int:
 
 def wait_for(jobs: list, name: str) -> list[str]:
     """Wait until every job has a result or has left the queue; one line per failed job."""
-    from pcalm import slurm
+    from pcalm.sweeps import slurm
 
     waiting = {job.job_id: job for job in jobs}
     failures: list[str] = []

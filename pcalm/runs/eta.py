@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from pcalm.model import ACTIVATION_ALIASES, ACTIVATIONS, ResidualMLP
+from pcalm.core.model import ACTIVATION_ALIASES, ACTIVATIONS, ResidualMLP
 
 TABLE_COLUMNS = ("data", "activation", "width", "depth", "lambda_max", "state_lr", "seeds")
 WRITTEN_COLUMNS = (*TABLE_COLUMNS, "recipe")  # recipe: how λ_max was computed (power16 ...)
@@ -78,8 +78,8 @@ def cell_lambda_max(
     iters: int | None = None,
 ) -> float:
     """Median over seeds of λ_max of the inference Hessian at initialisation, on each seed's
-    first training batch (pcalm.diagnostics.hessian_lambda_max with `method`, `iters`)."""
-    from pcalm.diagnostics import hessian_lambda_max  # diagnostics imports algorithms
+    first training batch (pcalm.core.diagnostics.hessian_lambda_max with `method`, `iters`)."""
+    from pcalm.core.diagnostics import hessian_lambda_max  # diagnostics imports algorithms
 
     iters = iters or (POWER_ITERS if method == "power" else LANCZOS_ITERS)
     values = []
@@ -95,7 +95,7 @@ def cell_power_traces(x_train: torch.Tensor, activation: str, width: int, depth:
                       iters: int, seeds: Iterable[int] = DEFAULT_SEEDS) -> list[float]:
     """The power-iteration recipe's λ_max after k = 1 … iters steps (one run per seed):
     median over seeds of the batch max, for choosing the step count."""
-    from pcalm.diagnostics import hessian_power_trace
+    from pcalm.core.diagnostics import hessian_power_trace
 
     per_seed = []
     for seed in seeds:
@@ -227,7 +227,7 @@ def lookup_state_lr(table_path: Path | str | None, data: str, activation: str,
 
 def write_table(path: Path | str, rows: list[dict]) -> None:
     """Merge `rows` into the table at `path` (same cell → replaced), written atomically."""
-    from pcalm.results import atomic_write_text
+    from pcalm.atomic import atomic_write_text
 
     path = Path(path)
     existing = {}

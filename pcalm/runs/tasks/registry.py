@@ -4,16 +4,16 @@ dynamics, ...) and store them in the run folder like any run, so sweeps, skip-if
 collection treat them alike.
 
 A task is a function `(cfg, dataset | None) -> (summary: dict, arrays: dict[str, ndarray])`
-carrying its spec (pcalm/taskdef.py: name, whether it needs data, its parameters' defaults).
+carrying its spec (pcalm/runs/tasks/spec.py: name, whether it needs data, its parameters' defaults).
 `arrays` land in the run folder's `arrays.npz`; `summary` in `summary.json`. Task parameters
 live in the config's `task` section beside `name`; each task validates its own (ConfigError,
-one line). A new task is written in pcalm/figure_tasks.py and listed in FIGURE_TASKS here.
+one line). A new task is written in pcalm/runs/tasks/figures.py and listed in FIGURE_TASKS here.
 """
 
 from __future__ import annotations
 
-from pcalm import figure_tasks
-from pcalm.taskdef import Task
+from pcalm.runs.tasks import figures as figure_tasks
+from pcalm.runs.tasks.spec import Task
 
 FIGURE_TASKS = (
     figure_tasks.scalar_dynamics,  # figure 1

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from pcalm.model import ResidualMLP
+from pcalm.core.model import ResidualMLP
 
 
 def mse_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from pcalm.results import atomic_write_json, run_id
+from pcalm.atomic import atomic_write_json
+from pcalm.runs.folder import run_id
 
 JOBS_FILE = "slurm_jobs.json"
 SQUEUE_TIMEOUT_S = 60

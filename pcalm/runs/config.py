@@ -13,14 +13,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pcalm.algorithms import ALGORITHMS, COMPILE_MODES, algorithm_options, make_algorithm
+from pcalm.core.algorithms import ALGORITHMS, COMPILE_MODES, algorithm_options, make_algorithm
+from pcalm.core.device import DEVICES, DTYPES
+from pcalm.core.model import ACTIVATIONS, PARAMETERISATIONS, get_activation
 from pcalm.data import DATASETS, IMAGE_DATASETS, DataError, files_checksum
-from pcalm.device import DEVICES, DTYPES
 from pcalm.download import check_mirrors
 from pcalm.errors import ConfigError
-from pcalm.eta import SOURCE_CONFIG, lookup_state_lr
-from pcalm.model import ACTIVATIONS, PARAMETERISATIONS, get_activation
-from pcalm.tasks import TASKS
+from pcalm.runs.eta import SOURCE_CONFIG, lookup_state_lr
+from pcalm.runs.tasks.registry import TASKS
 
 LOGGER_MODES = ("none", "offline", "online")
 PROGRESS = ("auto", "on", "off")
@@ -94,7 +94,7 @@ def _resolve_data_identity(cfg: dict) -> None:
     """What data a run sees is part of its identity. `verify: true` (the default) admits only
     the official MNIST / Fashion-MNIST files (MD5-checked when loaded), so their root is not;
     `verify: false` admits any real-format files and records their checksum, read now. Files
-    that cannot be read now leave it out: such a run stops at loading (pcalm.runner)."""
+    that cannot be read now leave it out: such a run stops at loading (pcalm.runs.runner)."""
     data = cfg["data"]
     if data["name"] not in IMAGE_DATASETS or data["verify"]:
         return
@@ -222,13 +222,13 @@ def resolve_run_config(raw: dict, eta_table: Path | str | None = None,
     """Validate `raw` (a plain nested dict) and return the resolved copy; ConfigError if bad.
 
     `algo.state_lr: table` reads η_h from `authors_table` where it has the cell, else from
-    `eta_table` (pcalm.eta); the resolved config says which in `state_lr_source`.
+    `eta_table` (pcalm.runs.eta); the resolved config says which in `state_lr_source`.
     """
     cfg = copy.deepcopy(raw)
     if isinstance(cfg.get("data"), dict):  # derived, recomputed below: resolving is idempotent
         cfg["data"].pop("checksum", None)
         # Optional: configs saved before data.mirrors existed, and hand-built ones, name no
-        # mirrors (nothing is downloaded for them). Not part of the run id (pcalm.results).
+        # mirrors (nothing is downloaded for them). Not part of the run id (pcalm.runs.folder).
         cfg["data"].setdefault("mirrors", [])
     _resolve_task(cfg)
     _check_sections(cfg)
@@ -274,7 +274,7 @@ def resolve_run_config(raw: dict, eta_table: Path | str | None = None,
 
 def _check_batch_size(cfg: dict) -> None:
     """A set training-set size must hold at least one batch (the full split is checked when
-    its files are read: pcalm.train.Trainer)."""
+    its files are read: pcalm.runs.train.Trainer)."""
     size, batch = cfg["data"]["train_size"], cfg["train"]["batch_size"]
     if size is None:
         return

@@ -1,6 +1,6 @@
 """Experiment tracking (Weights & Biases) behind one small interface.
 
-Results on disk (``pcalm.results``) are the source of truth and are always written; a tracker
+Results on disk (``pcalm.runs.folder``) are the source of truth and are always written; a tracker
 only mirrors them for live dashboards. So wandb is off by default, imported only when asked
 for, and never needed for anything to work.
 
@@ -47,7 +47,7 @@ from typing import Any
 MODES = ("none", "offline", "online")
 DEFAULT_PROJECT = "pcalm"
 TAGS_FILE = "pcalm-tags.json"  # under <run_dir>/wandb/: every tag the run was ever opened with
-# under <run_dir>/wandb/: the run's whole history and summary are in wandb (pcalm/wandb_log.py)
+# under <run_dir>/wandb/: the run's whole history and summary are in wandb (pcalm/runs/wandb_log.py)
 LOGGED_FILE = "pcalm-logged.json"
 INIT_TIMEOUT_ENV = "PCALM_WANDB_INIT_TIMEOUT"
 DEFAULT_INIT_TIMEOUT_S = 20.0
@@ -110,7 +110,7 @@ class WandbTracker(Tracker):
 
     def __init__(self, run: Any, run_dir: Path | None = None):
         self.run = run
-        self.run_dir = run_dir  # where pcalm.wandb_log marks a run wholly logged
+        self.run_dir = run_dir  # where pcalm.runs.wandb_log marks a run wholly logged
         self.summarised = False
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:

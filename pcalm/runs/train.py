@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pcalm.algorithms import (
+from pcalm.core.algorithms import (
     BP,
     Algorithm,
     float32_matmul_precision,
@@ -29,12 +29,12 @@ from pcalm.algorithms import (
     release_graphs,
     stack_algorithms,
 )
+from pcalm.core.device import DTYPES, resolve_device
+from pcalm.core.diagnostics import grad_alignment
+from pcalm.core.model import ResidualMLP
+from pcalm.core.optim import make_adam
 from pcalm.data import ALIGNMENT_RULE, Dataset, alignment_batches
-from pcalm.device import DTYPES, resolve_device
-from pcalm.diagnostics import grad_alignment
-from pcalm.model import ResidualMLP
-from pcalm.optim import make_adam
-from pcalm.provenance import now
+from pcalm.runs.provenance import now
 
 EVAL_CHUNK = 2000
 
@@ -45,8 +45,8 @@ def learning_rate(cfg: dict) -> float:
     return cfg["train"]["eta0"] * m["gamma0"] ** 2 * math.sqrt(m["width"] / m["depth"])
 
 
-# What the models of one stack may differ in: the seed; Adam's η0 (pcalm.optim.StackedAdam);
-# η_h, ρ, α and PC vs PC-ALM (pcalm.algorithms.Stacked: per-model tensors in the loop).
+# What the models of one stack may differ in: the seed; Adam's η0 (pcalm.core.optim.StackedAdam);
+# η_h, ρ, α and PC vs PC-ALM (pcalm.core.algorithms.Stacked: per-model tensors in the loop).
 PER_MODEL_TRAIN_KEYS = ("seed", "eta0")
 PER_MODEL_ALGO_KEYS = ("state_lr", "rho", "alpha")
 

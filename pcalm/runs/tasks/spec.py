@@ -1,7 +1,8 @@
 """What a task is: a function `(cfg, dataset | None) -> (summary, arrays)` with its spec.
 
 `@task_spec(name, needs_data=..., **defaults)` only attaches a `Task` to the function (as
-`fn.task`); it registers nothing. The registry is pcalm/tasks.py, which lists the tasks.
+`fn.task`); it registers nothing. The registry is pcalm/runs/tasks/registry.py, which lists
+the tasks.
 """
 
 from __future__ import annotations

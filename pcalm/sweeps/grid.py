@@ -27,9 +27,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from pcalm import cli
-from pcalm.config import ConfigError, check_name
-from pcalm.results import NON_NUMERIC_KEYS, RunFolder
-from pcalm.train import stack_key
+from pcalm.runs.config import ConfigError, check_name
+from pcalm.runs.folder import NON_NUMERIC_KEYS, RunFolder
+from pcalm.runs.train import stack_key
 
 LAUNCHERS = ("local", "slurm", "basic")
 GRID_PREFIX = "sweep.grid."
@@ -144,7 +144,7 @@ def _grid(base: DictConfig, edits: _GridEdits) -> dict[str, list]:
         try:
             grid = OmegaConf.to_container(base.sweep.grid, resolve=True)
         except Exception as err:
-            raise ConfigError(f"cannot resolve sweep.grid: {cli._one_line(err)}") from None
+            raise ConfigError(f"cannot resolve sweep.grid: {cli.one_line(err)}") from None
         grid = {str(k): _as_list(v) for k, v in grid.items()}
     grid.update(edits.axes)
     grid = {k: v for k, v in grid.items() if k not in edits.drop}
@@ -264,7 +264,7 @@ def _cell_configs(cfg: DictConfig, cells: list[dict], value_keys: list[str]):
             else:
                 run = cli.run_config(_with_values(template, cell, value_keys))
         except ValueError as err:  # ConfigError, EtaTableError, OmegaConf's key errors
-            raise ConfigError(f"{cli._one_line(err)} (cell: {describe(cell)})") from None
+            raise ConfigError(f"{cli.one_line(err)} (cell: {describe(cell)})") from None
         # Jobs may run from another directory (a compute node): make paths absolute.
         run["results_dir"] = str(Path(run["results_dir"]).expanduser().resolve())
         run["data"]["root"] = str(Path(run["data"]["root"]).expanduser().resolve())
@@ -280,9 +280,9 @@ def _plain_template(cfg: DictConfig, value_keys: list[str]) -> dict | None:
         if top not in cli.RUN_SECTIONS or any(top in t for t in texts):  # conservative
             return None
     try:
-        return {k: cli._resolved(cfg[k]) for k in cli.RUN_SECTIONS if k in cfg}
+        return {k: cli.resolved(cfg[k]) for k in cli.RUN_SECTIONS if k in cfg}
     except Exception as err:
-        raise ConfigError(cli._one_line(err)) from None
+        raise ConfigError(cli.one_line(err)) from None
 
 
 def _leaves(node):
@@ -354,7 +354,7 @@ def stack_size(max_stack: int | str, device_type: str | None) -> int:
 
 def stack_units(configs: list[dict], max_stack: int | str = 1,
                 device_type: str | None = None) -> list[list[dict]]:
-    """Runs that train together (equal `stack_key`: pcalm.train), in chunks of `max_stack`."""
+    """Runs that train together (equal `stack_key`: pcalm.runs.train), in chunks of `max_stack`."""
     groups: dict[str, list[dict]] = {}
     for cfg in configs:
         groups.setdefault(stack_key(cfg), []).append(cfg)
@@ -426,7 +426,7 @@ class TableScope:
 
 def table_scope(overrides: list[str]) -> TableScope:
     """The table an experiment's overrides collect into (see `TableScope`)."""
-    from pcalm.results import NON_NUMERIC_KEYS
+    from pcalm.runs.folder import NON_NUMERIC_KEYS
 
     requested = load_sweep(overrides)
     parsed = cli.parse_overrides(overrides)

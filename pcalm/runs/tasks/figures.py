@@ -1,7 +1,7 @@
 """The diagnostic tasks behind the theory figures 1, 3, 4, 5, 8 and 9 (SPEC §5–7).
 
-Each task is `(cfg, dataset | None) -> (summary, arrays)` (pcalm/taskdef.py; listed by
-pcalm/tasks.py, the registry): the run folder
+Each task is `(cfg, dataset | None) -> (summary, arrays)` (pcalm/runs/tasks/spec.py; listed by
+pcalm/runs/tasks/registry.py, the registry): the run folder
 gets `summary.json` (scalars, one table row) and `arrays.npz` (the curves a figure draws).
 The net is built from `model.*` with `train.seed`, on `train.device`; `algo.*` gives T, η_h,
 ρ and α. Parameters live in the config's `task` section (defaults below, in `register`).
@@ -28,12 +28,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pcalm import diagnostics, energy, equilibrium
-from pcalm.algorithms import InferenceState, make_algorithm
-from pcalm.device import DTYPES, resolve_device
+from pcalm.core import diagnostics, energy, equilibrium
+from pcalm.core.algorithms import InferenceState, make_algorithm
+from pcalm.core.device import DTYPES, resolve_device
+from pcalm.core.model import ResidualMLP
 from pcalm.errors import ConfigError
-from pcalm.model import ResidualMLP
-from pcalm.taskdef import register
+from pcalm.runs.tasks.spec import register
 
 STATE_LR_RULES = ("inverse_lambda_max", "algo")
 
@@ -473,7 +473,7 @@ def pc_equilibrium(net, x, y, state_lr: float, tol: float, max_steps: int) -> di
     """PC's inference dynamics z ← z − η_h ∂F/∂z from the forward pass, run until the relative
     change of z in one step, ‖Δz‖/‖z‖ (over the batch), falls below `tol`, or `max_steps`.
 
-    A plain loop over SPEC §3's state gradient (pcalm.energy), not the hot path: it runs once
+    A plain loop over SPEC §3's state gradient (pcalm.core.energy), not the hot path: it runs once
     per figure cell. Returns the state there (z, credit ε = r, output error e), the steps
     taken, the last relative change and whether it fell below `tol`. (With ReLU, z can keep
     chattering at the kinks, so a stated large `max_steps` is the working definition.)
@@ -518,7 +518,7 @@ def credit_routes(cfg: dict, dataset):
 
     A PC run also solves PC's equilibrium and stores the same three alignments there
     (`*_equilibrium`): route 1 at equilibrium, not a snapshot at T = 2L. With
-    `task.equilibrium_solver=newton` (default) by pcalm.equilibrium's Newton–CG solver, until
+    `task.equilibrium_solver=newton` (default) by pcalm.core.equilibrium's Newton–CG solver, until
     the relative stationarity residual is ≤ `task.equilibrium_residual_tol` or after
     `task.equilibrium_max_newton` Newton steps (summary: `equilibrium_residual`,
     `_iterations`, `_cg_iterations`, `_pinned`, `_converged`); with `plain`, by PC's own

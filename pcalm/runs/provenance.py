@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # pcalm/runs/provenance.py → the checkout
 PACKAGES = ("torch", "numpy", "hydra-core", "submitit", "wandb")
 # experiments/sweep.py passes the user's command to its jobs, which otherwise would only see
 # their own `run_job.py -m ...` line, and the sweep's name (its folders: results/sweeps/<name>/,

@@ -8,9 +8,9 @@ import copy
 
 import torch
 
-from pcalm import energy
-from pcalm.algorithms import BP, PC, Algorithm, InferenceState
-from pcalm.model import ResidualMLP
+from pcalm.core import energy
+from pcalm.core.algorithms import BP, PC, Algorithm, InferenceState
+from pcalm.core.model import ResidualMLP
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
