@@ -411,7 +411,7 @@ def test_sizes_that_cannot_run_fail_in_one_line_before_any_folder(change, expect
 def test_more_evaluations_than_steps_mean_every_step_without_building_a_huge_plan():
     """train.evals_per_epoch=1e9 once hung building 1e9 evaluation points per epoch; it is
     every step of the epoch (what any count ≥ the steps gives), planned at once."""
-    from pcalm.train import evaluation_steps
+    from pcalm.runs.train import evaluation_steps
 
     assert evaluation_steps(4, 2, 10**9) == {0, 1, 2, 3, 4, 5, 6, 7, 8}
     assert evaluation_steps(4, 2, 10**9) == evaluation_steps(4, 2, 4) == \
