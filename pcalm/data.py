@@ -377,6 +377,17 @@ def balanced_indices(labels: torch.Tensor, size: int | None, seed: int, label: s
     return chosen[torch.randperm(len(chosen), generator=g)]
 
 
+def epoch_order(n_train: int, seed: int, epoch: int = 0) -> torch.Tensor:
+    """THE training order of a run: the permutation of its `n_train` training samples in
+    `epoch`, drawn by `torch.randperm` from a CPU generator seeded `seed + epoch`.
+
+    The one definition of it: the training loop (`pcalm.runs.train.Trainer.batch_at`), the
+    figure tasks' first batch and the η recipe's Hessian batch all read their samples from
+    here, so the figure-task and η-table numbers stay those of the training runs' batches.
+    """
+    return torch.randperm(n_train, generator=torch.Generator().manual_seed(seed + epoch))
+
+
 # The post-training gradient alignment is measured as the authors measure it (SPEC §7): on
 # the first 64 samples of their per-seed order of the training split, plus the next 8
 # batches of that order so a reader sees the metric's own batch-to-batch noise.

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pcalm.data import Dataset
-from pcalm.runs import train
+from pcalm.runs import build, train
 from pcalm.runs.train import Trainer, evaluation_steps
 from tests import oracle
 from tests.conftest import base_config
@@ -135,7 +135,7 @@ def test_runs_stack_when_they_differ_only_in_what_a_stack_holds_per_model(tmp_pa
             other[section] = {**other[section], **values}
         else:
             other[section] = values
-    assert (train.stack_key(base) == train.stack_key(other)) is stacks
+    assert (build.stack_key(base) == build.stack_key(other)) is stacks
 
 
 def _through_disk(payload: dict) -> dict:
@@ -255,6 +255,6 @@ def test_a_stack_key_ignores_key_order_and_takes_paths(tmp_path):
     reordered = {k: (dict(reversed(list(v.items()))) if isinstance(v, dict) else v)
                  for k, v in reversed(list(base.items()))}
     assert list(reordered["model"]) != list(base["model"])
-    assert train.stack_key(reordered) == train.stack_key(base)
+    assert build.stack_key(reordered) == build.stack_key(base)
     with_path = dict(base, data={**base["data"], "root": tmp_path})
-    assert train.stack_key(with_path) == train.stack_key(base)
+    assert build.stack_key(with_path) == build.stack_key(base)

@@ -30,9 +30,9 @@ from pcalm.analysis.stats import (
     prediction_interval,
     shortfall,
 )
+from pcalm.names import ACTIVATION_LABELS, ALGORITHM_LABELS, NO_VALID_RUNS, canonical_activation
 
 REPO = Path(__file__).resolve().parents[2]
-NO_VALID_RUNS = "no valid runs"
 MARK = {HOLDS: "✓ holds", FAILS: "✗ fails", UNDECIDED: "? undecided",
         NO_VALID_RUNS: "✗ no valid runs"}
 MISSING = "missing"
@@ -47,7 +47,7 @@ EXACT_COSINE = 0.999  # linear exactness: cosine to BP's weight gradient
 EXACT_REL_ERROR = 1e-3  # … and relative error, at convergence of inference
 COLLAPSE_MARGIN = 0.05  # η sweep: "collapse" = diverged or within 5 pp of chance
 FRONT_EXPONENT_SPLIT = 1.5  # arrival t ∝ d^p: p < 1.5 ballistic, p > 1.5 diffusive
-LABEL = {"bp": "BP", "pc": "PC", "pcalm": "PC-ALM"}
+LABEL = ALGORITHM_LABELS
 
 # What a missing table costs at paper scale on a 2-core CPU (job time, measured or projected
 # by `--dry-run`; README "Every figure at paper scale: what is on record")
@@ -473,7 +473,7 @@ def authors_lambda_max(data: str, activation: str, width: int, depth: int,
     table = Path(table or REPO / "configs" / "authors_eta_best_by_cell.csv")
     if not table.is_file():
         return None
-    name = {"identity": "linear"}.get(activation, activation)
+    name = ACTIVATION_LABELS.get(canonical_activation(activation), activation)
     with open(table, newline="") as f:
         for row in csv.DictReader(f):
             if (row["dataset"], row["activation"], int(row["N"]), int(row["L"])) == \

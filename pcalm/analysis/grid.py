@@ -33,15 +33,22 @@ from pcalm.analysis.stats import (
     superiority,
     trend,
 )
+from pcalm.names import (
+    ACTIVATION_ALIASES,
+    ACTIVATION_LABELS,
+    ACTIVATION_NAMES,
+    ALGORITHM_LABELS,
+    CELL_KEY,
+)
 
 DELTA = 0.01  # the margin δ = 1 pp: the paper calls its anchor gap of 0.91 pp a match
 DEEP_NARROW_RATIO = 4  # deep and narrow: L ≥ 4N
-KEY = ["model.activation", "model.width", "model.depth"]
+KEY = CELL_KEY
 GRID_SIZES = (8, 16, 32, 64, 128)  # SPEC §7: N, L ∈ {8 … 128}
 CPU_LIMIT = 2048  # cells with N·L ≥ 4096 need a GPU (configs/scale/paper_cpu.yaml)
 PRACTICAL_SEEDS = 10  # more seeds than this per cell do not fit ~2 h per dataset on a CPU
-ACT_LABEL = {"identity": "linear", "tanh": "tanh", "relu": "ReLU"}
-ACTIVATIONS = ("identity", "tanh", "relu")
+ACT_LABEL = ACTIVATION_LABELS
+ACTIVATIONS = ACTIVATION_NAMES
 
 
 def _bool(series: pd.Series) -> pd.Series:
@@ -54,7 +61,7 @@ def runs(df: pd.DataFrame) -> pd.DataFrame:
     """Canonical names, boolean `diverged`, `acc` (NaN for a diverged run)."""
     df = df.copy()
     if "model.activation" in df:
-        df["model.activation"] = df["model.activation"].replace({"linear": "identity"})
+        df["model.activation"] = df["model.activation"].replace(ACTIVATION_ALIASES)
     df["diverged"] = _bool(df["diverged"]) if "diverged" in df else False
     acc = pd.to_numeric(df.get("test_acc", pd.Series(np.nan, index=df.index)),
                         errors="coerce")
@@ -177,7 +184,7 @@ def decide(df: pd.DataFrame, a: str, b: str, test: str, delta: float = DELTA,
 
 
 def _label(algo: str) -> str:
-    return {"bp": "BP", "pc": "PC", "pcalm": "PC-ALM"}.get(algo, algo)
+    return ALGORITHM_LABELS.get(algo, algo)
 
 
 def _diverged_by_cell(df: pd.DataFrame, algos: tuple[str, ...]) -> dict[tuple, list[str]]:

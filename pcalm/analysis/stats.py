@@ -31,7 +31,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-HOLDS, FAILS, UNDECIDED = "holds", "fails", "undecided"
+from pcalm.names import FAILS as FAILS  # the verdict words, re-exported
+from pcalm.names import HOLDS as HOLDS
+from pcalm.names import UNDECIDED as UNDECIDED
+
 ALPHA = 0.05  # one-sided level of every test (95 % one-sided bounds)
 SEED = "train.seed"
 ALGO = "algo.name"

@@ -19,7 +19,6 @@ over layers, no allocation per step (ARCHITECTURE.md "Performance"):
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
@@ -35,6 +34,8 @@ from pcalm.core.loop import Output, Plan
 from pcalm.core.model import ResidualMLP
 from pcalm.core.paths import COMPILE_MODES as COMPILE_MODES
 from pcalm.core.paths import execute
+from pcalm.errors import is_finite_number, is_int_at_least
+from pcalm.names import INFERENCE_ALGORITHMS
 
 WEIGHT_CREDITS = ("pre_dual", "post_dual")
 
@@ -173,7 +174,7 @@ class PCALM(PC):
     def __post_init__(self):
         super().__post_init__()
         _check_positive_float("rho", self.rho)
-        if not _is_number(self.alpha) or self.alpha < 0:
+        if not is_finite_number(self.alpha) or self.alpha < 0:
             raise ValueError(f"alpha must be a number >= 0, got {self.alpha!r}")
         _check_positive_int("inner_steps", self.inner_steps)
         if self.weight_credit not in WEIGHT_CREDITS:
@@ -207,6 +208,23 @@ class Stacked(Algorithm):
     stacked_weight_grads = PC.stacked_weight_grads
 
 
+# The stack rule, written once. The models of one `Stacked` algorithm may differ in
+# PER_MODEL_OPTIONS (per-model tensors in the loop) and must agree in SHARED_BY_A_STACK;
+# PC takes part as the PC-ALM with ρ = 1, α = 0, which computes exactly what PC does.
+PER_MODEL_OPTIONS = ("state_lr", "rho", "alpha")
+SHARED_BY_A_STACK = ("budget", "inner_steps", "weight_credit")
+
+
+def stack_form(name: str, options: dict) -> dict:
+    """What algorithm `name` with `options` must share with the other members of a stack:
+    for PC / PC-ALM the SHARED_BY_A_STACK values of its PC-ALM form (defaults filled in);
+    for any other algorithm its name and every option (it stacks only with its equals)."""
+    if name not in INFERENCE_ALGORITHMS:
+        return {"name": name, **options}
+    form = {f.name: f.default for f in fields(PCALM)} | dict(options)
+    return {"name": "|".join(INFERENCE_ALGORITHMS), **{k: form[k] for k in SHARED_BY_A_STACK}}
+
+
 def _as_pcalm(algo: Algorithm) -> PCALM:
     """PC as the PC-ALM that computes exactly what it does; PC-ALM as it is."""
     if isinstance(algo, PCALM):
@@ -226,7 +244,7 @@ def stack_algorithms(algos: list[Algorithm]) -> Algorithm:
     if all(a == algos[0] for a in algos):
         return algos[0]
     forms = [_as_pcalm(a) for a in algos]
-    for key in ("budget", "inner_steps", "weight_credit"):
+    for key in SHARED_BY_A_STACK:
         values = sorted({str(getattr(f, key)) for f in forms})
         if len(values) > 1:
             raise ValueError(f"a stack's algorithms must share {key}, got {', '.join(values)}")
@@ -297,15 +315,11 @@ def _lookup(name: str) -> type[Algorithm]:
     return ALGORITHMS[name]
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int_at_least(value, 1):
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _check_positive_float(name: str, value) -> None:
-    if not _is_number(value) or value <= 0:
+    if not is_finite_number(value) or value <= 0:
         raise ValueError(f"{name} must be a number > 0, got {value!r}")

@@ -13,9 +13,29 @@ from pcalm.core.algorithms import BP, PC, Algorithm, InferenceState
 from pcalm.core.model import ResidualMLP
 
 
-def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+# A cosine with a zero vector has two conventions here, each named and pinned by a test
+# (tests/test_diagnostics_conventions.py): an alignment with nothing to align is undefined
+# (NaN: a table shows it, a mean skips it); credit that has not yet reached a layer has
+# cosine 0 (what Figure 3 draws ahead of the credit front).
+def gradient_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """cos(a, b) over all entries; NaN when either is zero."""
     denom = a.norm() * b.norm()
     return float((a * b).sum() / denom) if denom > 0 else float("nan")
+
+
+def credit_cosine(eps: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """cos(ε_l, target_l) per layer, over the last two dims (batch, units); 0 where ε_l or
+    the target is zero (no credit yet)."""
+    dot = (eps * target).sum(dim=(-2, -1))
+    norms = eps.norm(dim=(-2, -1)) * target.norm(dim=(-2, -1))
+    tiny = torch.finfo(norms.dtype).tiny
+    return torch.where(norms > 0, dot / norms.clamp_min(tiny), torch.zeros_like(dot))
+
+
+def credit_cosine_whole(eps: torch.Tensor, target: torch.Tensor) -> float:
+    """cos(ε, target) over every layer at once; 0 where either is zero (no credit yet)."""
+    denom = float(eps.norm() * target.norm())
+    return float((eps * target).sum()) / denom if denom > 0 else 0.0
 
 
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -31,9 +51,9 @@ def grad_alignment(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> 
     flat = torch.cat([g.reshape(-1) for g in grads])
     flat_ref = torch.cat([g.reshape(-1) for g in reference])
     return {
-        "cosine": _cos(flat, flat_ref),
+        "cosine": gradient_cosine(flat, flat_ref),
         "rel_error": _rel_err(flat, flat_ref),
-        "cosine_per_layer": [_cos(g, r) for g, r in zip(grads, reference)],
+        "cosine_per_layer": [gradient_cosine(g, r) for g, r in zip(grads, reference)],
         "rel_error_per_layer": [_rel_err(g, r) for g, r in zip(grads, reference)],
     }
 
@@ -57,8 +77,7 @@ def credit_traces(algo: PC, net: ResidualMLP, x, y) -> dict:
     def observe(step: int, state: InferenceState) -> None:
         eps = state.eps
         norms.append(eps.norm(dim=(-2, -1)) / target.norm(dim=(-2, -1)))
-        dot = (eps * target).sum(dim=(-2, -1))
-        cosines.append(dot / (eps.norm(dim=(-2, -1)) * target.norm(dim=(-2, -1))).clamp_min(1e-30))
+        cosines.append(credit_cosine(eps, target))
 
     algo.infer(net, x, y, observer=observe)
     return {"norm_ratio": torch.stack(norms), "cosine": torch.stack(cosines)}

@@ -24,6 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pcalm.errors import is_int_at_least
+from pcalm.names import ACTIVATION_ALIASES, canonical_activation
+
 PARAMETERISATIONS = ("mupc", "sp")
 
 
@@ -49,20 +52,19 @@ _ACTIVATIONS = {
     "tanh": Activation("tanh", torch.tanh, _tanh_deriv),
     "relu": Activation("relu", torch.relu, _relu_deriv),
 }
-ACTIVATION_ALIASES = {"linear": "identity"}
 ACTIVATIONS = tuple(_ACTIVATIONS) + tuple(ACTIVATION_ALIASES)
 
 
 def get_activation(name: str) -> Activation:
     """Look an activation up by name (``identity``/``linear``, ``tanh``, ``relu``)."""
-    key = ACTIVATION_ALIASES.get(name, name)
+    key = canonical_activation(name)
     if key not in _ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}: allowed: {', '.join(ACTIVATIONS)}")
     return _ACTIVATIONS[key]
 
 
 def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_int_at_least(value, minimum):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
 

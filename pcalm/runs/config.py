@@ -18,7 +18,7 @@ from pcalm.core.device import DEVICES, DTYPES
 from pcalm.core.model import ACTIVATIONS, PARAMETERISATIONS, get_activation
 from pcalm.data import DATASETS, IMAGE_DATASETS, DataError, files_checksum
 from pcalm.download import check_mirrors
-from pcalm.errors import ConfigError
+from pcalm.errors import ConfigError, is_finite_number, is_int_at_least
 from pcalm.runs.eta import SOURCE_CONFIG, lookup_state_lr
 from pcalm.runs.tasks.registry import TASKS
 
@@ -44,15 +44,14 @@ def _int(cfg: dict, section: str, key: str, minimum: int, optional: bool = False
     value = cfg[section][key]
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_int_at_least(value, minimum):
         none = " or null" if optional else ""
         raise _fail(f"{section}.{key}", value, f"allowed: an integer >= {minimum}{none}")
 
 
 def _number(cfg: dict, section: str, key: str, minimum: float = 0.0, strict: bool = True):
     value = cfg[section][key]
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < minimum or (strict and value == minimum):
+    if not is_finite_number(value) or value < minimum or (strict and value == minimum):
         sign = ">" if strict else ">="
         raise _fail(f"{section}.{key}", value, f"allowed: a finite number {sign} {minimum}")
     cfg[section][key] = float(value)

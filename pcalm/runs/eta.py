@@ -29,7 +29,9 @@ from pathlib import Path
 
 import torch
 
-from pcalm.core.model import ACTIVATION_ALIASES, ACTIVATIONS, ResidualMLP
+from pcalm.core.model import ACTIVATIONS, ResidualMLP
+from pcalm.data import epoch_order
+from pcalm.names import canonical_activation
 
 TABLE_COLUMNS = ("data", "activation", "width", "depth", "lambda_max", "state_lr", "seeds")
 WRITTEN_COLUMNS = (*TABLE_COLUMNS, "recipe")  # recipe: how λ_max was computed (power16 ...)
@@ -57,14 +59,9 @@ class EtaTableError(ValueError):
     """A missing, corrupt or incomplete table; one line saying how to fix it."""
 
 
-def _canonical_activation(name: str) -> str:
-    return ACTIVATION_ALIASES.get(name, name)
-
-
 def first_batch(x_train: torch.Tensor, seed: int, batch: int = HESSIAN_BATCH) -> torch.Tensor:
     """The seed's first training batch, in the training loop's epoch-0 order."""
-    order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))
-    return x_train[order[:batch]]
+    return x_train[epoch_order(len(x_train), seed)[:batch]]
 
 
 def recipe_name(method: str = LAMBDA_METHOD, iters: int | None = None) -> str:
@@ -157,7 +154,7 @@ def _activation(path: Path, line: int, row: dict, fix: str) -> str:
     if name not in ACTIVATIONS:
         raise EtaTableError(f"{path}, line {line}: bad activation {name!r} (allowed: "
                             f"{', '.join(ACTIVATIONS)}): {fix}")
-    return _canonical_activation(name)
+    return canonical_activation(name)
 
 
 def _cell_entry(path: Path, line: int, key: tuple, lam: float, eta: float, fix: str) -> tuple:
@@ -209,7 +206,7 @@ def lookup_state_lr(table_path: Path | str | None, data: str, activation: str,
                     authors_path: Path | str | None = None) -> tuple[float, str]:
     """(η_h, source) for a grid cell: the authors' value where their table has the cell,
     else ours; a cell neither has is an error, never a silent default."""
-    key = (data, _canonical_activation(activation), width, depth)
+    key = (data, canonical_activation(activation), width, depth)
     if authors_path is not None:
         authors = load_authors_table(authors_path)
         if key in authors:

@@ -22,10 +22,8 @@ import torch.nn.functional as F
 
 from pcalm.core.algorithms import (
     BP,
-    Algorithm,
     float32_matmul_precision,
     ieee_float32,
-    make_algorithm,
     release_graphs,
     stack_algorithms,
 )
@@ -33,7 +31,9 @@ from pcalm.core.device import DTYPES, resolve_device
 from pcalm.core.diagnostics import grad_alignment
 from pcalm.core.model import ResidualMLP
 from pcalm.core.optim import make_adam
-from pcalm.data import ALIGNMENT_RULE, Dataset, alignment_batches
+from pcalm.data import ALIGNMENT_RULE, Dataset, alignment_batches, epoch_order
+from pcalm.runs import build
+from pcalm.runs.build import stack_key
 from pcalm.runs.provenance import now
 
 EVAL_CHUNK = 2000
@@ -43,40 +43,6 @@ def learning_rate(cfg: dict) -> float:
     """Adam lr = η0 · γ0² · sqrt(N/L) (SPEC §4), the same for BP, PC and PC-ALM."""
     m = cfg["model"]
     return cfg["train"]["eta0"] * m["gamma0"] ** 2 * math.sqrt(m["width"] / m["depth"])
-
-
-# What the models of one stack may differ in: the seed; Adam's η0 (pcalm.core.optim.StackedAdam);
-# η_h, ρ, α and PC vs PC-ALM (pcalm.core.algorithms.Stacked: per-model tensors in the loop).
-PER_MODEL_TRAIN_KEYS = ("seed", "eta0")
-PER_MODEL_ALGO_KEYS = ("state_lr", "rho", "alpha")
-
-
-def stack_key(cfg: dict) -> str:
-    """Configs with equal keys can train as one stack: all agree but for what a stack's
-    models may differ in (above)."""
-    import json
-
-    rest = {k: v for k, v in cfg.items()
-            if k not in ("train", "algo", "name", "logger", "results_dir")}
-    train = {k: v for k, v in cfg["train"].items() if k not in PER_MODEL_TRAIN_KEYS}
-    algo = {k: v for k, v in cfg["algo"].items() if k not in PER_MODEL_ALGO_KEYS}
-    if algo["name"] in ("pc", "pcalm"):  # PC stacks as PC-ALM with α = 0 and ρ = 1
-        algo = {"inner_steps": 1, "weight_credit": "pre_dual", **algo, "name": "pc|pcalm"}
-    return json.dumps({"rest": rest, "train": train, "algo": algo}, sort_keys=True, default=str)
-
-
-def build_algorithm(cfg: dict) -> Algorithm:
-    options = {k: v for k, v in cfg["algo"].items() if k != "name"}
-    return make_algorithm(cfg["algo"]["name"], **options)
-
-
-def build_net(cfg: dict, input_dim: int, seeds: list[int], device, num_classes=10):
-    m = cfg["model"]
-    return ResidualMLP(
-        input_dim, m["width"], m["depth"], output_dim=num_classes, activation=m["activation"],
-        param=m["param"], gamma0=m["gamma0"], seed=seeds, dtype=DTYPES[cfg["train"]["dtype"]],
-        device=device,
-    )
 
 
 def evaluation_steps(steps_per_epoch: int, epochs: int, evals_per_epoch: int) -> set[int]:
@@ -208,9 +174,9 @@ class Trainer:
         dtype = DTYPES[self.cfg["train"]["dtype"]]
         check_memory(self.cfg, dataset.input_dim, dataset.num_classes, len(configs), self.device)
         check_schedule(self.cfg["train"], len(dataset.x_train))
-        self.net = build_net(self.cfg, dataset.input_dim, self.seeds, self.device,
-                             dataset.num_classes)
-        self.algo = stack_algorithms([build_algorithm(c) for c in configs])
+        self.net = build.net(self.cfg, dataset.input_dim, dataset.num_classes, self.seeds,
+                             self.device)
+        self.algo = stack_algorithms([build.algorithm(c) for c in configs])
         self.algo.compile_mode = self.cfg["train"].get("compile", "auto")  # same numbers
         self.optimizer = make_adam(self.net.parameters(), [learning_rate(c) for c in configs])
         self.x_train = dataset.x_train.to(self.device, dtype)
@@ -270,11 +236,10 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------
     def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model m's batch at `step`: epochs shuffle with a generator seeded seed + epoch."""
+        """Model m's batch at `step`: its seed's order of that epoch (`data.epoch_order`)."""
         epoch, index = divmod(step, self.steps_per_epoch)
         if epoch != self._order_epoch:
-            orders = [torch.randperm(len(self.x_train), generator=torch.Generator()
-                                     .manual_seed(s + epoch)) for s in self.seeds]
+            orders = [epoch_order(len(self.x_train), s, epoch) for s in self.seeds]
             self._order, self._order_epoch = torch.stack(orders).to(self.device), epoch
         idx = self._order[:, index * self.batch : (index + 1) * self.batch]  # [M, B]
         x = self.x_train[idx]

@@ -27,9 +27,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from pcalm import cli
+from pcalm.errors import is_int_at_least
+from pcalm.runs.build import AUTO_GPU_STACK as AUTO_GPU_STACK  # re-exported: the sweep's knob
+from pcalm.runs.build import stack_size as stack_size
+from pcalm.runs.build import stack_units
 from pcalm.runs.config import ConfigError, check_name
 from pcalm.runs.folder import NON_NUMERIC_KEYS, RunFolder
-from pcalm.runs.train import stack_key
 
 LAUNCHERS = ("local", "slurm", "basic")
 GRID_PREFIX = "sweep.grid."
@@ -207,8 +210,7 @@ def _settings(base: DictConfig) -> dict:
         v = s.get(key)
         if key == "max_stack" and v == "auto":
             continue
-        if (v is None and not optional) or (v is not None and (
-                isinstance(v, bool) or not isinstance(v, int) or v < 1)):
+        if (v is None and not optional) or (v is not None and not is_int_at_least(v, 1)):
             none = " or null" if optional else " or auto" if key == "max_stack" else ""
             raise ConfigError(f"bad value sweep.{key}={v!r}: allowed: an integer >= 1{none}")
     return {k: s.get(k) for k in ("launcher", "runs_per_job", "local_jobs", "max_stack",
@@ -329,37 +331,6 @@ def run_cost(cfg: dict) -> float:
     size = d.get("train_size") or FULL_TRAIN_SIZE.get(d["name"], 60000)
     steps = max(size // t["batch_size"], 1) * t["epochs"]
     return float(weights * passes * steps)
-
-
-# sweep.max_stack=auto on a GPU: at most this many models per stack (a paper-grid cell's
-# PC and PC-ALM runs of 3 seeds are 6). At N = L = 128, B = 64, float32 one model takes
-# ~0.1 GB (inference buffers ~30 MB, scaled weight copies ~17 MB, parameters, gradients
-# and Adam moments ~35 MB), so 64 of them need ~6 GB.
-AUTO_GPU_STACK = 64
-
-
-def stack_size(max_stack: int | str, device_type: str | None) -> int:
-    """`sweep.max_stack` as a number of models, for runs on `device_type`.
-
-    auto: every stackable run of a cell (up to AUTO_GPU_STACK) in one stack on a GPU, where
-    small nets are bound by kernel launches and M models cost about what one does; 1 on a
-    CPU, where stacking measured at most 1.2x (`make bench`) and the local launcher already
-    gives every core its own job. None as `device_type` (planning jobs before knowing their
-    device): as on a GPU, so that stack-mates land in one job.
-    """
-    if max_stack != "auto":
-        return max(1, int(max_stack))
-    return 1 if device_type == "cpu" else AUTO_GPU_STACK
-
-
-def stack_units(configs: list[dict], max_stack: int | str = 1,
-                device_type: str | None = None) -> list[list[dict]]:
-    """Runs that train together (equal `stack_key`: pcalm.runs.train), in chunks of `max_stack`."""
-    groups: dict[str, list[dict]] = {}
-    for cfg in configs:
-        groups.setdefault(stack_key(cfg), []).append(cfg)
-    step = stack_size(max_stack, device_type)
-    return [g[i : i + step] for g in groups.values() for i in range(0, len(g), step)]
 
 
 def plan_jobs(configs: list[dict], n_jobs: int, max_stack: int | str = 1) -> list[list[dict]]:

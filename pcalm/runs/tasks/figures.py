@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from pcalm.core import diagnostics, energy, equilibrium
 from pcalm.core.algorithms import InferenceState, make_algorithm
 from pcalm.core.device import DTYPES, resolve_device
-from pcalm.core.model import ResidualMLP
-from pcalm.errors import ConfigError
+from pcalm.errors import ConfigError, is_finite_number
+from pcalm.names import canonical_activation
+from pcalm.runs import build
 from pcalm.runs.tasks.spec import register
 
 STATE_LR_RULES = ("inverse_lambda_max", "algo")
@@ -54,8 +55,8 @@ def _param(cfg: dict, key: str, kind: str, minimum: float | None = None):
         if not isinstance(value, bool):
             raise ConfigError(f"bad value {where}={value!r}: allowed: true, false")
         return value
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    is_num = is_int or (isinstance(value, float) and math.isfinite(value))
+    is_int = is_finite_number(value) and isinstance(value, int)
+    is_num = is_finite_number(value)
     if (kind == "int" and not is_int) or not is_num or (minimum is not None and value < minimum):
         what = "an integer" if kind == "int" else "a number"
         bound = f" >= {minimum}" if minimum is not None else ""
@@ -65,13 +66,6 @@ def _param(cfg: dict, key: str, kind: str, minimum: float | None = None):
 
 def _device(cfg: dict) -> torch.device:
     return resolve_device(cfg["train"]["device"])
-
-
-def _net(cfg: dict, input_dim: int, output_dim: int, dtype, device) -> ResidualMLP:
-    m = cfg["model"]
-    return ResidualMLP(input_dim, m["width"], m["depth"], output_dim=output_dim,
-                       activation=m["activation"], param=m["param"], gamma0=m["gamma0"],
-                       seed=cfg["train"]["seed"], dtype=dtype, device=device)
 
 
 def _require_inference(cfg: dict) -> None:
@@ -84,9 +78,7 @@ def _require_inference(cfg: dict) -> None:
 def _algorithm(cfg: dict, **changes):
     """The run's PC or PC-ALM (from `algo.*`), with `changes` applied (budget, state_lr)."""
     _require_inference(cfg)
-    options = {k: v for k, v in cfg["algo"].items() if k != "name"}
-    options.update(changes)
-    return make_algorithm(cfg["algo"]["name"], **options)
+    return build.algorithm(cfg, **changes)
 
 
 def _pc_reference(cfg: dict, budget: int):
@@ -94,33 +86,10 @@ def _pc_reference(cfg: dict, budget: int):
     return make_algorithm("pc", budget=budget, state_lr=cfg["algo"]["state_lr"])
 
 
-def first_batch(cfg: dict, dataset, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The seed's first training batch (the training loop's epoch-0 order), one-hot targets."""
-    n = cfg["train"]["batch_size"]
-    order = torch.randperm(len(dataset.x_train),
-                           generator=torch.Generator().manual_seed(cfg["train"]["seed"]))[:n]
-    x = dataset.x_train[order].to(device=device, dtype=dtype)
-    y = F.one_hot(dataset.y_train[order], dataset.num_classes).to(device=device, dtype=dtype)
-    return x, y
-
-
 def log_steps(t_max: int, points: int, include: tuple[int, ...] = ()) -> list[int]:
     """About `points` log-spaced steps in [1, t_max] (distinct ints), plus `include`."""
     grid = np.unique(np.round(np.logspace(0, math.log10(max(t_max, 1)), points)).astype(int))
     return sorted({int(s) for s in grid} | {int(s) for s in include if 1 <= s <= t_max})
-
-
-def _flat_cos(a: torch.Tensor, b: torch.Tensor) -> float:
-    denom = float(a.norm() * b.norm())
-    return float((a * b).sum()) / denom if denom > 0 else 0.0
-
-
-def _layer_cos(eps: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """cos(ε_l, −δ_l) per hidden layer, over batch and units; 0 where ε_l = 0."""
-    dot = (eps * target).sum(dim=(-2, -1))
-    norms = eps.norm(dim=(-2, -1)) * target.norm(dim=(-2, -1))
-    tiny = torch.finfo(norms.dtype).tiny
-    return torch.where(norms > 0, dot / norms.clamp_min(tiny), torch.zeros_like(dot))
 
 
 def _grad_list(g) -> list[torch.Tensor]:
@@ -175,14 +144,14 @@ def scalar_dynamics(cfg: dict, dataset=None):
     """
     _require_inference(cfg)
     m = cfg["model"]
-    if (m["width"], m["depth"]) != (1, 2) or m["activation"] not in ("identity", "linear"):
+    if (m["width"], m["depth"]) != (1, 2) or canonical_activation(m["activation"]) != "identity":
         raise ConfigError("task scalar_dynamics needs model.width=1 model.depth=2 "
                           "model.activation=identity (the scalar two-layer linear net)")
     w1, w2 = _param(cfg, "w1", "number"), _param(cfg, "w2", "number")
     x0, y0 = _param(cfg, "x", "number"), _param(cfg, "y", "number")
     rule = _param(cfg, "state_lr", "choice:" + "|".join(STATE_LR_RULES))
     dtype = torch.float64
-    net = _net(cfg, 1, 1, dtype, "cpu")
+    net = build.net(cfg, 1, 1, cfg["train"]["seed"], "cpu", dtype)
     with torch.no_grad():
         net.w_in.fill_(w1)
         net.w_out.fill_(w2)
@@ -248,8 +217,9 @@ def credit_traces(cfg: dict, dataset):
     depth = cfg["model"]["depth"]
     t_max = spl * depth
     dtype, device = DTYPES[cfg["train"]["dtype"]], _device(cfg)
-    net = _net(cfg, dataset.input_dim, dataset.num_classes, dtype, device)
-    x, y = first_batch(cfg, dataset, dtype, device)
+    net = build.net(cfg, dataset.input_dim, dataset.num_classes, cfg["train"]["seed"], device,
+                    dtype)
+    x, y = build.first_batch(cfg, dataset, dtype, device)
     algo = _algorithm(cfg, budget=t_max)
     traces = diagnostics.credit_traces(algo, net, x, y)
     norm = traces["norm_ratio"].double().cpu().numpy()
@@ -316,13 +286,13 @@ def linear_dynamics(cfg: dict, dataset=None):
     `forward_z` = h and `neg_delta` = −δ [L−1, N].
     """
     _require_inference(cfg)
-    if cfg["model"]["activation"] not in ("identity", "linear"):
+    if canonical_activation(cfg["model"]["activation"]) != "identity":
         raise ConfigError("task linear_dynamics needs model.activation=identity")
     d = _param(cfg, "input_dim", "int", 1)
     points = _param(cfg, "trace_points", "int", 2)
     rule = _param(cfg, "state_lr", "choice:" + "|".join(STATE_LR_RULES))
     dtype = torch.float64
-    net = _net(cfg, d, 10, dtype, "cpu")
+    net = build.net(cfg, d, 10, cfg["train"]["seed"], "cpu", dtype)
     gen = torch.Generator().manual_seed(cfg["train"]["seed"])
     x = torch.randn(1, d, generator=gen, dtype=dtype)
     label = int(torch.randint(0, 10, (1,), generator=gen))
@@ -394,8 +364,8 @@ def _gradient_curve(algo, net, x, y, steps: list[int], g_bp: list[torch.Tensor],
         per_layer.append(a["cosine_per_layer"])
         rel_layer.append(a["rel_error_per_layer"])
         if neg_delta is not None:
-            credit.append(_layer_cos(s.eps, neg_delta).double().cpu().numpy())
-            stacked.append(_flat_cos(s.eps, neg_delta))
+            credit.append(diagnostics.credit_cosine(s.eps, neg_delta).double().cpu().numpy())
+            stacked.append(diagnostics.credit_cosine_whole(s.eps, neg_delta))
 
     algo.infer(net, x, y, observer=observe)
     out = {"cosine": np.array(cos), "rel_error": np.array(rel),
@@ -410,8 +380,9 @@ def _gradient_curve(algo, net, x, y, steps: list[int], g_bp: list[torch.Tensor],
 def _bp_reference(cfg: dict, dataset):
     """The initialised net, its first batch, and BP's adjoints δ and weight gradients there."""
     dtype, device = DTYPES[cfg["train"]["dtype"]], _device(cfg)
-    net = _net(cfg, dataset.input_dim, dataset.num_classes, dtype, device)
-    x, y = first_batch(cfg, dataset, dtype, device)
+    net = build.net(cfg, dataset.input_dim, dataset.num_classes, cfg["train"]["seed"], device,
+                    dtype)
+    x, y = build.first_batch(cfg, dataset, dtype, device)
     h, delta, e = energy.backprop(net, x, y)
     return net, x, y, delta, _grad_list(energy.weight_grads(net, x, h, -delta, e))
 
@@ -582,7 +553,7 @@ def _equilibrium_alignment(cfg, net, x, y, delta, g_bp, per_step: float) -> dict
     return {
         **record, "equilibrium_solver": solver,
         "flops_at_equilibrium": per_step * record["equilibrium_steps"],
-        "hidden_alignment_equilibrium": float(_layer_cos(eq["eps"], -delta).mean()),
-        "stacked_credit_cosine_equilibrium": _flat_cos(eq["eps"], -delta),
+        "hidden_alignment_equilibrium": float(diagnostics.credit_cosine(eq["eps"], -delta).mean()),
+        "stacked_credit_cosine_equilibrium": diagnostics.credit_cosine_whole(eq["eps"], -delta),
         "cosine_equilibrium": diagnostics.grad_alignment(grads, g_bp)["cosine"],
     }
