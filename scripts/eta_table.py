@@ -8,9 +8,9 @@ with the authors' published table (`make eta-table`).
     python scripts/eta_table.py --choose-iters 30      # which power-iteration length fits best
 
 λ_max: top eigenvalue of the Gauss–Newton inference Hessian at initialisation, on the seed's
-first batch of 64, max over the batch, median over seeds 0–2 (pcalm/runs/eta.py). The default
+first batch of 64, max over the batch, median over seeds 0–2 (pcalm/core/eta_recipe.py). The default
 recipe is the one that reproduces the authors' 150 published values best: plain power
-iteration, pcalm.runs.eta.POWER_ITERS steps per sample (`--choose-iters` shows the evidence);
+iteration, pcalm.core.eta_recipe.POWER_ITERS steps per sample (`--choose-iters` shows the evidence);
 `--method lanczos` gives the exact value (2.5–4 % above theirs at L ≥ 32). Linear cells do
 not depend on the data, so they are computed once and written for both datasets. The grid
 rule uses the authors' value wherever they have the cell: this table serves the other cells
@@ -28,19 +28,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pcalm.cli import AUTHORS_ETA_TABLE, ETA_TABLE  # noqa: E402
-from pcalm.data import DATASETS, DataError, load_dataset  # noqa: E402
-from pcalm.runs.eta import (  # noqa: E402
+from pcalm.core.eta_recipe import (  # noqa: E402
     DEFAULT_SEEDS,
     LAMBDA_METHOD,
     POWER_ITERS,
-    EtaTableError,
     cell_lambda_max,
     cell_power_traces,
-    load_authors_table,
-    load_table,
     recipe_name,
-    write_table,
 )
+from pcalm.data import DATASETS, DataError, load_dataset  # noqa: E402
+from pcalm.runs.eta import EtaTableError, load_authors_table, load_table, write_table  # noqa: E402
 
 GRID = [4, 8, 16, 32, 64, 128]
 ACTIVATIONS = ["identity", "tanh", "relu"]

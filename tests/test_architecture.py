@@ -231,6 +231,16 @@ def test_the_torch_check_sees_torch():
 def test_importing_the_analysis_does_not_import_torch():
     assert (PACKAGE / "analysis").is_dir(), "pcalm/analysis/ does not exist yet"
     assert not imports_torch("pcalm.analysis.tables")
+    for module in ("pcalm.analysis.stats", "pcalm.analysis.grid", "pcalm.analysis.claims",
+                   "pcalm.analysis.scorecard"):
+        assert not imports_torch(module), module
+
+
+def test_the_eta_tables_and_the_shared_words_do_not_import_torch():
+    """A plot reading λ_max through the validated η-table reader stays torch-free; the
+    recipe that computes λ_max (core/eta_recipe.py) is torch's side."""
+    assert not imports_torch("pcalm.runs.eta")
+    assert not imports_torch("pcalm.names")
 
 
 @pytest.mark.xfail(strict=True, reason=NOT_YET)

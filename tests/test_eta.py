@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from pcalm.cli import ETA_TABLE
+from pcalm.core.eta_recipe import cell_lambda_max
 from pcalm.runs.config import resolve_run_config
-from pcalm.runs.eta import EtaTableError, cell_lambda_max, load_table, lookup_state_lr
+from pcalm.runs.eta import EtaTableError, load_table, lookup_state_lr
 from tests.conftest import REAL_DATA, base_config
 
 # SPEC §4: η_h = 1/λ_max from the authors' table (their random init; ours differs, so λ_max

@@ -15,8 +15,8 @@ import statistics
 import pytest
 import torch
 
+from pcalm.core import eta_recipe as eta
 from pcalm.data import load_dataset, make_fake_idx_root
-from pcalm.runs import eta
 from tests import oracle
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 
+from pcalm.core.eta_recipe import recipe_name
 from pcalm.runs.eta import (
     EtaTableError,
     load_authors_table,
     load_table,
     lookup_state_lr,
-    recipe_name,
     write_table,
 )
 

@@ -241,7 +241,7 @@ def test_figure_tasks_and_the_eta_recipe_see_the_training_runs_first_batch(tmp_p
     batch are the first samples of the seed's epoch-0 order, the batch a training run
     starts from. Computed here with torch.randperm; catches a task or the recipe drawing
     its own order (another seed, file order, numpy's generator)."""
-    from pcalm.runs import eta
+    from pcalm.core import eta_recipe
     from pcalm.runs.tasks import figures
 
     data = _dataset(n_train=70)
@@ -251,7 +251,7 @@ def test_figure_tasks_and_the_eta_recipe_see_the_training_runs_first_batch(tmp_p
     x, y = figures.first_batch(cfg, data, torch.float64, torch.device("cpu"))
     torch.testing.assert_close(x, data.x_train[order].double(), rtol=0, atol=0)
     assert torch.equal(y, F.one_hot(data.y_train[order], 10).double())
-    torch.testing.assert_close(eta.first_batch(data.x_train, seed, batch).double(),
+    torch.testing.assert_close(eta_recipe.first_batch(data.x_train, seed, batch).double(),
                                data.x_train[order].double(), rtol=0, atol=0)
 
 

@@ -12,7 +12,8 @@ Every resolved run records which one it used (`state_lr_source`: authors | pcalm
 
 Our λ_max is the top eigenvalue of the Gauss–Newton inference Hessian in z of the freshly
 initialised net, on the seed's first training batch of 64, maximised over the batch's
-samples and taken as the median over seeds 0–2 (`cell_lambda_max`).
+samples and taken as the median over seeds 0–2 (`pcalm.core.eta_recipe.cell_lambda_max`;
+this module only reads and writes the tables, and never imports torch).
 
 Both tables are validated when read (header, every value finite and in range, η_h = 1/λ_max
 to the written precision): a corrupt table is a one-line EtaTableError naming the file, the
@@ -23,85 +24,29 @@ from __future__ import annotations
 
 import csv
 import math
-import statistics
-from collections.abc import Iterable
 from pathlib import Path
 
-import torch
-
-from pcalm.core.model import ACTIVATIONS, ResidualMLP
-from pcalm.data import epoch_order
-from pcalm.names import canonical_activation
+from pcalm.names import ACTIVATION_ALIASES, ACTIVATION_NAMES, canonical_activation
 
 TABLE_COLUMNS = ("data", "activation", "width", "depth", "lambda_max", "state_lr", "seeds")
 WRITTEN_COLUMNS = (*TABLE_COLUMNS, "recipe")  # recipe: how λ_max was computed (power16 ...)
 AUTHORS_COLUMNS = ("dataset", "activation", "N", "L", "lambda_max_total_gn_median",
                    "eta_best_1_over_lambda_median")
 AUTHORS_TABLE_NAME = "authors_eta_best_by_cell.csv"
-DEFAULT_SEEDS = (0, 1, 2)
-HESSIAN_BATCH = 64
-# The recipe that reproduces the authors' table best (`make eta-table` reports how well):
-# plain power iteration, POWER_ITERS steps per sample from a random start, max over the
-# batch, median over seeds. The exact λ_max (Lanczos, method="lanczos") runs 2.5–4 % above
-# their values at L ≥ 32, so they evidently stopped a power iteration early.
-LAMBDA_METHOD = "power"
-POWER_ITERS = 17
-LANCZOS_ITERS = 60
 # η_h·λ_max must be 1 to the precision the tables are written with (6 decimals in ours, full
 # doubles in the authors'): a value cut short ("0.22" for 0.2259) fails this check.
 CONSISTENCY = 2e-5
 STATE_LR_RANGE = (1e-3, 2.0)  # η_h well outside this is no table value but a corruption
+ACTIVATIONS = (*ACTIVATION_NAMES, *ACTIVATION_ALIASES)
+# Rows of our table written before it had a `recipe` column were computed by Lanczos with
+# 60 steps (pcalm.core.eta_recipe.recipe_name("lanczos")).
+LEGACY_RECIPE = "lanczos60"
 
 SOURCE_AUTHORS, SOURCE_OURS, SOURCE_CONFIG = "authors", "pcalm", "config"
 
 
 class EtaTableError(ValueError):
     """A missing, corrupt or incomplete table; one line saying how to fix it."""
-
-
-def first_batch(x_train: torch.Tensor, seed: int, batch: int = HESSIAN_BATCH) -> torch.Tensor:
-    """The seed's first training batch, in the training loop's epoch-0 order."""
-    return x_train[epoch_order(len(x_train), seed)[:batch]]
-
-
-def recipe_name(method: str = LAMBDA_METHOD, iters: int | None = None) -> str:
-    """`power16`, `lanczos60`: how a table's λ_max was computed."""
-    return f"{method}{iters or (POWER_ITERS if method == 'power' else LANCZOS_ITERS)}"
-
-
-def cell_lambda_max(
-    x_train: torch.Tensor, activation: str, width: int, depth: int,
-    seeds: Iterable[int] = DEFAULT_SEEDS, rho: float = 1.0, method: str = LAMBDA_METHOD,
-    iters: int | None = None,
-) -> float:
-    """Median over seeds of λ_max of the inference Hessian at initialisation, on each seed's
-    first training batch (pcalm.core.diagnostics.hessian_lambda_max with `method`, `iters`)."""
-    from pcalm.core.diagnostics import hessian_lambda_max  # diagnostics imports algorithms
-
-    iters = iters or (POWER_ITERS if method == "power" else LANCZOS_ITERS)
-    values = []
-    for seed in seeds:
-        net = ResidualMLP(x_train.shape[1], width, depth, activation=activation, seed=seed,
-                          dtype=torch.float64)
-        values.append(hessian_lambda_max(net, first_batch(x_train, seed).double(), rho=rho,
-                                         method=method, iters=iters, seed=seed))
-    return statistics.median(values)
-
-
-def cell_power_traces(x_train: torch.Tensor, activation: str, width: int, depth: int,
-                      iters: int, seeds: Iterable[int] = DEFAULT_SEEDS) -> list[float]:
-    """The power-iteration recipe's λ_max after k = 1 … iters steps (one run per seed):
-    median over seeds of the batch max, for choosing the step count."""
-    from pcalm.core.diagnostics import hessian_power_trace
-
-    per_seed = []
-    for seed in seeds:
-        net = ResidualMLP(x_train.shape[1], width, depth, activation=activation, seed=seed,
-                          dtype=torch.float64)
-        trace = hessian_power_trace(net, first_batch(x_train, seed).double(), iters=iters,
-                                    seed=seed)
-        per_seed.append(trace.max(dim=1).values.tolist())
-    return [statistics.median(column) for column in zip(*per_seed)]
 
 
 # ------------------------------------------------------------------ reading the tables
@@ -238,6 +183,6 @@ def write_table(path: Path | str, rows: list[dict]) -> None:
     lines = [",".join(WRITTEN_COLUMNS)]
     for key in sorted(existing):
         # rows written before recipes were recorded were computed with the exact λ_max
-        row = {**existing[key], "recipe": existing[key].get("recipe") or recipe_name("lanczos")}
+        row = {**existing[key], "recipe": existing[key].get("recipe") or LEGACY_RECIPE}
         lines.append(",".join(str(row[c]) for c in WRITTEN_COLUMNS))
     atomic_write_text(path, "\n".join(lines) + "\n")
