@@ -237,18 +237,18 @@ def test_epochs_reshuffle_with_seed_plus_epoch_and_drop_the_last_batch(tmp_path)
 
 
 def test_figure_tasks_and_the_eta_recipe_see_the_training_runs_first_batch(tmp_path):
-    """The figure tasks' first batch (inputs and one-hot targets) and the η recipe's Hessian
-    batch are the first samples of the seed's epoch-0 order, the batch a training run
-    starts from. Computed here with torch.randperm; catches a task or the recipe drawing
+    """The figure tasks' first batch (`build.first_batch`: inputs, one-hot targets) and the
+    η recipe's Hessian batch are the first samples of the seed's epoch-0 order, the batch a
+    training run starts from. Computed here with torch.randperm; catches a task or the recipe drawing
     its own order (another seed, file order, numpy's generator)."""
     from pcalm.core import eta_recipe
-    from pcalm.runs.tasks import figures
+    from pcalm.runs import build
 
     data = _dataset(n_train=70)
     seed, batch = 5, 16
     cfg = _cfg(tmp_path, seed=seed, batch_size=batch)
     order = torch.randperm(70, generator=torch.Generator().manual_seed(seed))[:batch]
-    x, y = figures.first_batch(cfg, data, torch.float64, torch.device("cpu"))
+    x, y = build.first_batch(cfg, data, torch.float64, torch.device("cpu"))
     torch.testing.assert_close(x, data.x_train[order].double(), rtol=0, atol=0)
     assert torch.equal(y, F.one_hot(data.y_train[order], 10).double())
     torch.testing.assert_close(eta_recipe.first_batch(data.x_train, seed, batch).double(),
