@@ -239,8 +239,8 @@ def test_epochs_reshuffle_with_seed_plus_epoch_and_drop_the_last_batch(tmp_path)
 def test_figure_tasks_and_the_eta_recipe_see_the_training_runs_first_batch(tmp_path):
     """The figure tasks' first batch (`build.first_batch`: inputs, one-hot targets) and the
     η recipe's Hessian batch are the first samples of the seed's epoch-0 order, the batch a
-    training run starts from. Computed here with torch.randperm; catches a task or the recipe drawing
-    its own order (another seed, file order, numpy's generator)."""
+    training run starts from. Computed here with torch.randperm; catches a task or the
+    recipe drawing its own order (another seed, file order, numpy's generator)."""
     from pcalm.core import eta_recipe
     from pcalm.runs import build
 
