@@ -68,14 +68,38 @@ def _check_group_paths(overrides: list[str]) -> None:
                               f"(a file name of configs/{key}/, without .yaml)")
 
 
+# OmegaConf's names of a typed field's type ("could not be converted to Integer"), in words.
+_TYPE_WORDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false",
+               "String": "a string"}
+
+
+def _shown_path(name: str) -> str:
+    """A config file's path as users see it: relative to the checkout when inside it."""
+    path = Path(name)
+    try:
+        return str(path.resolve().relative_to(CONFIG_DIR.parent))
+    except ValueError:
+        return name
+
+
 def _composition_error(err: BaseException) -> ConfigError:
     """One line naming the bad key or group choice and what is allowed there."""
     options, missing = getattr(err, "options", None), getattr(err, "missing_cfg_file", None)
     if options is not None and missing and "/" in missing:  # an unknown group option
         group, name = missing.rsplit("/", 1)
         return ConfigError(f"bad value {group}={name!r}: allowed: {', '.join(options)}")
+    mark = getattr(err, "problem_mark", None)
+    if mark is not None:  # YAML that does not parse, or a `!!` tag: name the file and line
+        hint = ": configs are plain YAML (no !! tags)" if "tag" in str(err.problem) else ""
+        return ConfigError(f"{_shown_path(mark.name)} line {mark.line + 1}: {err.problem}{hint}")
     cause = err.__cause__
     full_key, parent = getattr(cause, "full_key", None), getattr(cause, "parent_node", None)
+    key = getattr(cause, "key", None)
+    if full_key and isinstance(parent, DictConfig) and key in parent:  # a value of wrong type
+        wanted = str(getattr(cause, "msg", "")).splitlines()[0].rsplit(" to ", 1)[-1]
+        allowed = _TYPE_WORDS.get(wanted, f"a value of type {wanted}")
+        return ConfigError(f"bad value {full_key}={getattr(cause, 'value', None)!r}: "
+                           f"allowed: {allowed}")
     if full_key and isinstance(parent, DictConfig):  # a typo'd key: list its siblings
         head = full_key.rsplit(".", 1)[0] if "." in full_key else ""
         keys = [str(k) for k in parent.keys() if k != "hydra"]
