@@ -27,7 +27,7 @@ from pcalm.runs.config import Cell
 from pcalm.runs.folder import ARRAYS_FILE, RunFolder, RunLock
 from pcalm.runs.tasks.registry import TASKS
 from pcalm.runs.tracking import open_tracker
-from pcalm.runs.train import Trainer, stack_key
+from pcalm.runs.train import Trainer, stack_units
 
 # Subsets are drawn with a fixed seed: a smoke-scale subset is part of the dataset's
 # definition, so seeds vary only the init and the data order (as with the full data).
@@ -70,13 +70,6 @@ def load_run_dataset(cfg: dict) -> Dataset:
                         test_size=d["test_size"], seed=SUBSET_SEED, verify=d["verify"])
 
 
-def _stacks(configs: list[dict], max_stack: int) -> list[list[dict]]:
-    groups: dict[str, list[dict]] = {}
-    for cfg in configs:
-        groups.setdefault(stack_key(cfg), []).append(cfg)
-    return [g[i : i + max_stack] for g in groups.values() for i in range(0, len(g), max_stack)]
-
-
 def execute(
     configs: list[dict],
     *,
@@ -116,7 +109,7 @@ def execute(
         return train_stack(unit, dataset_for(unit[0]), progress=progress, say=say)
 
     units = [[c] for c in pending if c["task"]["name"] != "train"]
-    units += _stacks([c for c in pending if c["task"]["name"] == "train"], max(1, max_stack))
+    units += stack_units([c for c in pending if c["task"]["name"] == "train"], max_stack)
     trained, deferred, busy = [], [], []
     for unit in units:
         with _locked(unit, blocking=False) as held:

@@ -65,6 +65,37 @@ def stack_key(cfg: dict) -> str:
     return json.dumps({"rest": rest, "train": train, "algo": algo}, sort_keys=True, default=str)
 
 
+# sweep.max_stack=auto on a GPU: at most this many models per stack (a paper-grid cell's
+# PC and PC-ALM runs of 3 seeds are 6). At N = L = 128, B = 64, float32 one model takes
+# ~0.1 GB (inference buffers ~30 MB, scaled weight copies ~17 MB, parameters, gradients
+# and Adam moments ~35 MB), so 64 of them need ~6 GB.
+AUTO_GPU_STACK = 64
+
+
+def stack_size(max_stack: int | str, device_type: str | None) -> int:
+    """`sweep.max_stack` as a number of models, for runs on `device_type`.
+
+    auto: every stackable run of a cell (up to AUTO_GPU_STACK) in one stack on a GPU, where
+    small nets are bound by kernel launches and M models cost about what one does; 1 on a
+    CPU, where stacking measured at most 1.2x (`make bench`) and the local launcher already
+    gives every core its own job. None as `device_type` (planning jobs before knowing their
+    device): as on a GPU, so that stack-mates land in one job.
+    """
+    if max_stack != "auto":
+        return max(1, int(max_stack))
+    return 1 if device_type == "cpu" else AUTO_GPU_STACK
+
+
+def stack_units(configs: list[dict], max_stack: int | str = 1,
+                device_type: str | None = None) -> list[list[dict]]:
+    """Runs that train together (equal `stack_key`), in chunks of `stack_size` models."""
+    groups: dict[str, list[dict]] = {}
+    for cfg in configs:
+        groups.setdefault(stack_key(cfg), []).append(cfg)
+    step = stack_size(max_stack, device_type)
+    return [g[i : i + step] for g in groups.values() for i in range(0, len(g), step)]
+
+
 def build_algorithm(cfg: dict) -> Algorithm:
     options = {k: v for k, v in cfg["algo"].items() if k != "name"}
     return make_algorithm(cfg["algo"]["name"], **options)
