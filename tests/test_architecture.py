@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,22 @@ def test_sweeps_never_import_analysis_or_plots():
     assert offending("sweeps", forbidden={"analysis", "plots"}) == []
 
 
+def test_a_sweep_job_never_imports_the_planner():
+    # a SLURM job imports only what trains its runs: not the grid expander, Hydra glue or the
+    # launchers (pcalm/sweeps/job.py groups its runs by the runs' own stack rule)
+    graph = import_graph()
+    assert graph["sweeps.job"] & {"sweeps.grid", "sweeps.plan", "sweeps.launchers", "cli"} \
+        == set()
+    assert graph["sweeps.processes"] == set()  # the submitting process imports it: stdlib only
+
+
+def test_the_sweep_corridor_runs_one_way():
+    # grid → launchers → plan; experiments/sweep.py calls them in that order
+    graph = import_graph()
+    assert "sweeps.plan" not in graph["sweeps.launchers"] | graph["sweeps.grid"]
+    assert "sweeps.launchers" not in graph["sweeps.grid"]
+
+
 def test_analysis_stands_below_plots_and_sweeps():
     assert offending("analysis", forbidden={"plots", "sweeps", "core"}) == []
 
@@ -207,6 +224,15 @@ def test_no_test_loads_an_entry_point_by_its_path():
     tests = Path(__file__).resolve().parent
     bad = [p.name for p in tests.glob("test_*.py")
            if 'load_script("' in p.read_text("utf-8") or "run_path(" in p.read_text("utf-8")]
+    assert bad == []
+
+
+def test_no_test_loads_a_sweep_entry_point_by_its_path():
+    # experiments/sweep.py and run_job.py hold no library code: tests import pcalm.sweeps.*,
+    # or run the entry point as a subprocess where the whole command is what they test
+    tests = Path(__file__).resolve().parent
+    loads = re.compile(r"(load_script|run_path)\([^\n]*experiments")
+    bad = [p.name for p in tests.glob("test_*.py") if loads.search(p.read_text("utf-8"))]
     assert bad == []
 
 

@@ -9,7 +9,6 @@ import pytest
 from pcalm.runs.provenance import device_name
 from pcalm.sweeps import cost
 from pcalm.sweeps.cost import CostModel, _fit, forward_macs
-from tests.conftest import load_script
 
 MODEL = CostModel("test-cpu", "cpu", 1, bp=(1e-4, 2e-5, 1e-10), step=(5e-5, 1e-6, 2e-10),
                   inference=(2e-5, 3e-9, 4e-11), evaluation=(1e-4, 5e-5, 3e-11))
@@ -88,19 +87,24 @@ def test_calibration_on_this_cpu_predicts_its_own_timings(one_thread):
 
 def test_dry_run_prints_the_projected_time_per_job_and_in_total(fake_data_root, results_dir,
                                                                 monkeypatch, capsys):
+    from pcalm.sweeps import launchers
+    from pcalm.sweeps.grid import load_sweep
+    from pcalm.sweeps.plan import job_lines, plan, plan_jobs, projection
+
     monkeypatch.setenv("PCALM_DATA", str(fake_data_root))
-    sweep = load_script("experiments/sweep.py")
-    monkeypatch.setattr(sweep, "cores", lambda: 2)
+    monkeypatch.setattr(launchers, "cores", lambda: 2)
     stored = CostModel(device_name("cpu"), "cpu", 1, MODEL.bp, MODEL.step, MODEL.inference,
                        MODEL.evaluation)
     stored.save(cost.model_path(results_dir, "cpu", 1))  # no calibration: these numbers
     args = ["experiment=figure2", "scale=smoke", "inference.state_lr=0.25", "model.width=8",
             "model.depth=8,32", "model.activation=relu", "sweep.launcher=local",
-            "data.train_size=200", "data.test_size=100", "--dry-run"]
-    assert sweep.main(args) == 0
-    out = capsys.readouterr().out
-    configs = sweep.load_sweep(args[:-1]).configs
-    jobs = sweep.plan_jobs(configs, 2, 1)
+            "data.train_size=200", "data.test_size=100"]
+    sweep = load_sweep(args)  # what experiments/sweep.py --dry-run does, step by step
+    launcher = launchers.make_launcher(sweep)
+    work = plan(sweep, launcher)
+    work.projected = projection(work, launcher)
+    out = capsys.readouterr().out + "\n".join(job_lines(work))
+    jobs = plan_jobs(sweep.configs, 2, 1)
     per_job = [stored.startup[0] + sum(stored.run_seconds(c) for c in job) for job in jobs]
     assert f"projected wall time: {cost.describe_seconds(max(per_job))} (2 jobs in parallel, " \
            f"{cost.describe_seconds(sum(per_job))} of job time in all" in out

@@ -302,12 +302,16 @@ SWEEP = ["experiment=figure2", "scale=smoke", "inference.state_lr=0.25",
 
 @pytest.mark.parametrize("sizes", [["data.train_size=100", "train.batch_size=200"],
                                    ["data.train_size=null", "train.batch_size=5000"]])
-def test_a_sweep_with_batches_larger_than_its_data_fails_when_planned(sizes, data_env, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        load_script("experiments/sweep.py").main(SWEEP + sizes)
-    err = capsys.readouterr().err.strip()
-    assert exit_.value.code == 2 and len(err.splitlines()) == 1, err
-    assert "train.batch_size=" in err and "training samples" in err
+def test_a_sweep_with_batches_larger_than_its_data_fails_when_planned(sizes, data_env):
+    from pcalm.sweeps.grid import load_sweep
+    from pcalm.sweeps.launchers import make_launcher
+    from pcalm.sweeps.plan import plan
+
+    with pytest.raises(ValueError) as err:  # sweep.py: `error: <it>`, exit status 2
+        sweep = load_sweep(SWEEP[:-1] + sizes)  # the cell's validation, or its planning
+        plan(sweep, make_launcher(sweep))
+    assert "\n" not in str(err.value), err.value
+    assert "train.batch_size=" in str(err.value) and "training samples" in str(err.value)
     assert not list(data_env.glob("runs/*")) and not list(data_env.glob("sweeps/*"))
 
 
@@ -389,9 +393,9 @@ def test_collect_excludes_a_missing_metrics_file_and_a_junk_config_in_one_line(d
 
 
 def test_two_sweeps_in_one_second_get_two_folders(data_env, monkeypatch):
+    from pcalm.sweeps import plan
     from pcalm.sweeps.grid import load_sweep
 
-    sweep_script = load_script("experiments/sweep.py")
     sweep = load_sweep(SWEEP[:-1])
 
     class Frozen:  # the same second for both
@@ -401,9 +405,9 @@ def test_two_sweeps_in_one_second_get_two_folders(data_env, monkeypatch):
 
             return datetime.datetime(2026, 1, 2, 3, 4, 5)
 
-    monkeypatch.setattr(sweep_script, "datetime", Frozen)
-    a = sweep_script.sweep_name(sweep, data_env)
-    b = sweep_script.sweep_name(sweep, data_env)
+    monkeypatch.setattr(plan, "datetime", Frozen)
+    a = plan.sweep_name(sweep, data_env)
+    b = plan.sweep_name(sweep, data_env)
     assert a != b
     assert (data_env / "sweeps" / a).is_dir() and (data_env / "sweeps" / b).is_dir()
 

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -22,8 +23,10 @@ from pathlib import Path
 import pytest
 
 from pcalm.runs.folder import RunFolder
-from pcalm.sweeps.grid import expand
-from tests.conftest import load_script
+from pcalm.sweeps.grid import expand, load_sweep
+from pcalm.sweeps.launchers import make_launcher
+from pcalm.sweeps.plan import headline, plan
+from tests.conftest import REPO
 
 FIRST_JOB_ID = 4242
 SMALL = ["data.train_size=200", "data.test_size=100", "train.batch_size=50",
@@ -90,14 +93,22 @@ LAUNCHER = ["hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=1",
             "hydra.launcher.account=lab", "hydra.launcher.qos=normal"]
 
 
+def planned(overrides: list[str], wait: bool = True):
+    """What experiments/sweep.py plans for these overrides (its steps, in-process)."""
+    sweep = load_sweep(overrides)
+    launcher = make_launcher(sweep, wait)
+    return launcher, plan(sweep, launcher)
+
+
 def sbatch_flags(script: str) -> dict[str, str]:
     return dict(re.findall(r"^#SBATCH --([\w-]+)(?:=(.*))?$", script, flags=re.M))
 
 
-def test_slurm_submission_groups_runs_into_an_array(fake_slurm, data_env, capsys):
-    sweep_py = load_script("experiments/sweep.py")
-    assert sweep_py.main([*GRID, *LAUNCHER, "--no-wait"]) == 0
-    out = capsys.readouterr().out
+def test_slurm_submission_groups_runs_into_an_array(fake_slurm, data_env):
+    done = subprocess.run([sys.executable, "experiments/sweep.py", *GRID, *LAUNCHER,
+                           "--no-wait"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
     runs = len(expand(GRID))
     tasks = math.ceil(runs / 3)
     assert (runs, tasks) == (12, 4)
@@ -135,41 +146,36 @@ def test_slurm_submission_groups_runs_into_an_array(fake_slurm, data_env, capsys
 
 @pytest.mark.parametrize("hidden, named", [(("sbatch", "srun"), "sbatch and srun"),
                                            (("srun",), "srun")])
-def test_a_slurm_sweep_where_slurm_is_missing_is_one_line(fake_slurm, data_env, capsys,
+def test_a_slurm_sweep_where_slurm_is_missing_is_one_line(fake_slurm, data_env,
                                                           hidden, named):
     bin_dir = fake_slurm.parent / "fake_slurm_bin"
     for name in hidden:
         (bin_dir / name).unlink()
     os.environ["PATH"] = str(bin_dir)  # restored by the fixture's monkeypatch
-    sweep_py = load_script("experiments/sweep.py")
-    with pytest.raises(SystemExit) as stop:
-        sweep_py.main([*CELL, "algo=pc", "model.width=8", "--no-wait"])
-    assert stop.value.code == 2
-    err = capsys.readouterr().err
-    assert err == (f"error: bad value sweep.launcher=slurm: {named} not found on PATH: run the "
-                   "sweep on a SLURM login node, or use sweep.launcher=local\n")
+    with pytest.raises(ValueError) as err:  # sweep.py: `error: <it>`, exit status 2
+        planned([*CELL, "algo=pc", "model.width=8"], wait=False)
+    assert str(err.value) == (f"bad value sweep.launcher=slurm: {named} not found on PATH: run "
+                              "the sweep on a SLURM login node, or use sweep.launcher=local")
     assert not list(fake_slurm.glob("sbatch-*"))
     assert not (data_env / "sweeps").exists() or not any((data_env / "sweeps").iterdir())
 
 
 def test_an_squeue_that_does_not_answer_is_one_warning(fake_slurm, data_env, capsys):
-    sweep_py = load_script("experiments/sweep.py")
     (fake_slurm / "squeue.fail").write_text("")  # no answer: warn, and plan as if none queued
-    assert sweep_py.main([*GRID, "--dry-run"]) == 0
+    _, work = planned(GRID)
+    assert "12 to run in 4 jobs on slurm" in headline(work)
     captured = capsys.readouterr()
-    assert "12 to run in 4 jobs on slurm" in captured.out
     assert captured.err.strip() == ("warning: squeue failed (exit status 1): squeue: error: "
                                     "slurm_load_jobs error: Socket timed out; runs of queued "
                                     "SLURM jobs may be submitted again")
 
 
-def test_a_local_sweep_asks_slurm_nothing(fake_slurm, data_env, capsys):
+def test_a_local_sweep_asks_slurm_nothing(fake_slurm, data_env):
     """A local sweep must not depend on SLURM: no squeue (a SLURM client without a controller
     made a local --dry-run wait 12 s), no sinfo."""
-    sweep_py = load_script("experiments/sweep.py")
     local = [a.replace("sweep.launcher=slurm", "sweep.launcher=local") for a in GRID]
-    assert sweep_py.main([*local, "--dry-run"]) == 0
-    assert "12 to run" in capsys.readouterr().out
+    _, work = planned(local)
+    assert "12 to run" in headline(work)
     assert not list(fake_slurm.glob("*.calls"))
 
 
@@ -179,19 +185,17 @@ def test_a_local_sweep_asks_slurm_nothing(fake_slurm, data_env, capsys):
     ("cpu", "null", "auto", False),  # no GPUs on the partition: CPU planning
     ("gpu", "null", "cpu", False),
 ])
-def test_seeds_of_a_cell_share_a_job_when_jobs_have_gpus(fake_slurm, data_env, capsys,
+def test_seeds_of_a_cell_share_a_job_when_jobs_have_gpus(fake_slurm, data_env,
                                                          partition, gpus, device, even):
     """sweep.max_stack=auto: seed-mates are planned into one job (to train as one stack) when
     the SLURM jobs get a GPU and may use it, and spread like any runs otherwise."""
-    sweep_py = load_script("experiments/sweep.py")
     grid = [a.replace("train.device=cpu", f"train.device={device}") for a in GRID]
-    assert sweep_py.main([*grid, f"hydra.launcher.partition={partition}",
-                          f"hydra.launcher.gpus_per_node={gpus}", "--dry-run"]) == 0
-    out = capsys.readouterr().out
-    sizes = [int(n) for n in re.findall(r"job \d+: (\d+) runs?", out)]
+    launcher, work = planned([*grid, f"hydra.launcher.partition={partition}",
+                              f"hydra.launcher.gpus_per_node={gpus}"])
+    sizes = [len(job) for job in work.jobs]
     assert sum(sizes) == 12
     assert all(n % 2 == 0 for n in sizes) == even  # the grid has seeds 0 and 1 of each cell
-    assert (", 1 GPU," in out) == (gpus == "1" or even)
+    assert (", 1 GPU," in launcher.request) == (gpus == "1" or even)
 
 
 def test_a_recorded_job_is_in_flight_only_under_its_recorded_name(tmp_path):

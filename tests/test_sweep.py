@@ -2,7 +2,7 @@
 
 The local sweep goes through experiments/sweep.py → Hydra multirun → hydra-submitit-launcher
 (submitit_local) → experiments/run_job.py, on tiny cells of fake data. Quick checks call the
-scripts' `main` in-process (same code, no interpreter start-up).
+library's steps in-process (pcalm.sweeps.grid → launchers → plan: what sweep.py calls).
 """
 
 from __future__ import annotations
@@ -17,18 +17,12 @@ import pytest
 
 from pcalm import cli
 from pcalm.analysis.tables import load
+from pcalm.runs.build import AUTO_GPU_STACK, stack_size, stack_units
 from pcalm.runs.folder import RunFolder
 from pcalm.sweeps import grid as sweep
-from pcalm.sweeps.grid import (
-    AUTO_GPU_STACK,
-    expand,
-    experiment_scale,
-    job_count,
-    plan_jobs,
-    run_cost,
-    stack_size,
-    stack_units,
-)
+from pcalm.sweeps.grid import Sweep, expand, experiment_scale, load_sweep
+from pcalm.sweeps.launchers import Basic, Local, Slurm, make_launcher
+from pcalm.sweeps.plan import headline, plan, plan_jobs, run_cost
 from tests.conftest import REPO, load_script
 
 # Tiny cells: 200 training samples, 4 steps, one evaluation; η_h fixed (no eta table needed).
@@ -139,13 +133,33 @@ def test_max_stack_auto_stacks_a_cell_on_a_gpu_only(data_env):
         assert {len(u) for u in stack_units(job, "auto", "cuda")} <= {2, 4}
 
 
-def test_job_counts():
-    assert job_count("slurm", 10, 3, None, 2) == 4
-    assert job_count("local", 10, 3, None, 2) == 2
-    assert job_count("local", 10, 3, 4, 2) == 4
-    assert job_count("local", 1, 3, None, 8) == 1
-    assert job_count("basic", 10, 3, None, 8) == 1
-    assert job_count("slurm", 0, 3, None, 8) == 0
+def test_job_counts(monkeypatch):
+    from pcalm.sweeps import launchers
+
+    def count(kind, pending: int, local_jobs: int | None, cores: int) -> int:
+        monkeypatch.setattr(launchers, "cores", lambda: cores)
+        settings = {"launcher": kind.kind, "runs_per_job": 3, "local_jobs": local_jobs}
+        return kind(Sweep("x", "smoke", [], settings)).job_count(pending, "cpu")
+
+    assert count(Slurm, 10, None, 2) == 4  # ceil(10 / runs_per_job)
+    assert count(Local, 10, None, 2) == 2  # one per core
+    assert count(Local, 10, 4, 2) == 4  # sweep.local_jobs
+    assert count(Local, 1, None, 8) == 1
+    assert count(Basic, 10, None, 8) == 1
+
+
+def test_every_launcher_word_is_a_class():
+    from pcalm.sweeps.grid import LAUNCHERS
+    from pcalm.sweeps.launchers import KINDS
+
+    assert set(KINDS) == set(LAUNCHERS)
+    assert all(cls.kind == word for word, cls in KINDS.items())
+
+
+def planned(overrides: list[str], wait: bool = True):
+    """What experiments/sweep.py plans for these overrides (its steps, in-process)."""
+    sweep = load_sweep(overrides)
+    return plan(sweep, make_launcher(sweep, wait))
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -167,14 +181,12 @@ BAD_INPUT = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUT))
-def test_bad_input_fails_in_one_line_before_launching(case, data_env, capsys):
+def test_bad_input_fails_in_one_line_before_launching(case, data_env):
     overrides, expected = BAD_INPUT[case]
-    with pytest.raises(SystemExit) as exit_:
-        load_script("experiments/sweep.py").main(overrides)
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: ")
-    assert all(text in err for text in expected), err
+    with pytest.raises(ValueError) as err:  # sweep.py: `error: <it>`, exit status 2
+        planned(overrides)
+    assert "\n" not in str(err.value)
+    assert all(text in str(err.value) for text in expected), err.value
     assert not data_env.exists()  # no run folder, no manifest, no submitit folder
 
 
@@ -210,10 +222,9 @@ def test_local_sweep_runs_then_skips_then_collects(data_env, capsys):
     assert list(data_env.glob("submitit/figure2-smoke-*/*_log.out"))  # the jobs' logs
 
     # Again: everything is complete, nothing is launched.
-    assert load_script("experiments/sweep.py").main(grid) == 0
-    out = capsys.readouterr().out
-    assert "4 runs, 4 already complete (skipped), 0 to run in 0 jobs" in out
-    assert len(list(data_env.glob("sweeps/*"))) == 1
+    again = planned(grid)
+    assert "4 runs, 4 already complete (skipped), 0 to run in 0 jobs" in headline(again)
+    assert again.jobs == [] and len(list(data_env.glob("sweeps/*"))) == 1
 
     # Collect the grid plus a cell that never ran: a table of 4, the missing one named.
     assert load_script("scripts/collect.py").main(grid[:-1] + ["model.depth=4,8"]) == 0

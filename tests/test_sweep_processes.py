@@ -82,6 +82,25 @@ def trained_ids(results_dir: Path) -> list[str]:
     return re.findall(r"test accuracy .*\| \S*/runs/([0-9a-f]{12})", text)
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_a_process_identity_is_its_pid_and_start_time_and_a_zombie_is_dead():
+    from pcalm.sweeps.processes import alive, process_identity
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    fields = Path(f"/proc/{child.pid}/stat").read_text().split()  # comm "(python...)": no space
+    identity = process_identity(child.pid)
+    assert identity == f"{child.pid}:{fields[21]}"  # proc(5): field 22 is the start time
+    assert alive(identity)
+    assert not alive(f"{child.pid}:{int(fields[21]) + 1}")  # the pid, reused by a later process
+    child.stdin.close()  # the child exits; until reaped it is a zombie, and counts as dead
+    wait_until(lambda: Path(f"/proc/{child.pid}/stat").read_text().split()[2] == "Z", 30,
+               "the child to exit")
+    assert not alive(identity)
+    child.wait()
+    assert not alive(identity)
+
+
 def test_two_sweeps_on_one_results_folder_train_each_run_once(env, results_dir):
     a, b = sweep(QUICK, env), sweep(QUICK, env)
     outs = [p.communicate(timeout=600) for p in (a, b)]

@@ -1,4 +1,4 @@
-"""Sweeps: an experiment's grid → one resolved run config per grid point → balanced jobs.
+"""Sweeps: an experiment's grid → one resolved run config per grid point (jobs: plan.py).
 
 The grid is `sweep.grid` (a dotted key or a config group → a list of values; the sweep is
 their cartesian product), filled by `experiment=figureN` from `scale=smoke|paper`. The
@@ -18,9 +18,7 @@ are then set on that composed config in struct mode, so a typo'd key still fails
 from __future__ import annotations
 
 import copy
-import heapq
 import itertools
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,18 +26,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from pcalm import cli
 from pcalm.errors import is_int_at_least
-from pcalm.runs.build import AUTO_GPU_STACK as AUTO_GPU_STACK  # re-exported: the sweep's knob
-from pcalm.runs.build import stack_size as stack_size
-from pcalm.runs.build import stack_units
 from pcalm.runs.config import ConfigError, check_name
 from pcalm.runs.folder import NON_NUMERIC_KEYS, RunFolder
 
-LAUNCHERS = ("local", "slurm", "basic")
+LAUNCHERS = ("local", "slurm", "basic")  # sweep.launcher: each a class of launchers.py
 GRID_PREFIX = "sweep.grid."
 NOT_SWEEPABLE = ("experiment", "scale")  # they define the grid itself
-# Training-set sizes of the full splits, for the cost estimate only.
-FULL_TRAIN_SIZE = {"mnist": 60000, "fashion_mnist": 60000, "synthetic": 6000}
-INPUT_DIM, OUTPUT_DIM = 784, 10
 
 
 @dataclass
@@ -312,54 +304,6 @@ def _with_values(template: dict, cell: dict, value_keys: list[str]) -> dict:
 def describe(cell: dict) -> str:
     """`algo=pc model.width=8 ...`: a grid point as the overrides that select it."""
     return " ".join(f"{k}={v}" for k, v in cell.items()) or "(the base config)"
-
-
-# --------------------------------------------------------------------------- jobs
-
-
-def run_cost(cfg: dict) -> float:
-    """Relative cost of a run: weights touched per pass × passes per step × steps.
-
-    ~ (D·N + N²·(L−2) + N·C) · (T·k + 1) · steps, with T = 0 for BP (one forward/backward).
-    """
-    m, a, t, d = cfg["model"], cfg["algo"], cfg["train"], cfg["data"]
-    n, depth = m["width"], m["depth"]
-    weights = INPUT_DIM * n + n * n * max(depth - 2, 0) + n * OUTPUT_DIM
-    if cfg.get("task", {}).get("name", "train") != "train":
-        return float(weights)
-    passes = a.get("budget", 0) * a.get("inner_steps", 1) + 1
-    size = d.get("train_size") or FULL_TRAIN_SIZE.get(d["name"], 60000)
-    steps = max(size // t["batch_size"], 1) * t["epochs"]
-    return float(weights * passes * steps)
-
-
-def plan_jobs(configs: list[dict], n_jobs: int, max_stack: int | str = 1) -> list[list[dict]]:
-    """Split runs into at most `n_jobs` jobs of balanced cost (longest processing time first).
-
-    Stack-mates stay in one job. Every run lands in exactly one job; empty jobs are dropped.
-    """
-    units = stack_units(configs, max_stack)
-    units.sort(key=lambda u: -sum(run_cost(c) for c in u))
-    heap = [(0.0, j) for j in range(max(1, n_jobs))]
-    jobs: list[list[dict]] = [[] for _ in heap]
-    for unit in units:  # give the next-largest unit to the least-loaded job
-        load, j = heapq.heappop(heap)
-        jobs[j].extend(unit)
-        heapq.heappush(heap, (load + sum(run_cost(c) for c in unit), j))
-    return [job for job in jobs if job]
-
-
-def job_count(launcher: str, pending: int, runs_per_job: int, local_jobs: int | None,
-              cores: int) -> int:
-    """How many jobs: SLURM groups `runs_per_job` runs; local runs one job per core (or
-    `local_jobs`); basic runs everything in one job."""
-    if pending == 0:
-        return 0
-    if launcher == "slurm":
-        return math.ceil(pending / runs_per_job)
-    if launcher == "local":
-        return min(pending, local_jobs or cores)
-    return 1
 
 
 # ------------------------------------------------------------------ what a table holds

@@ -37,8 +37,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-RECORD_JOBS = "PCALM_SLURM_JOBS"  # set by experiments/sweep.py: where to record the job ids
-SUBMIT_ONLY = "PCALM_SUBMIT_ONLY"  # set by experiments/sweep.py --no-wait
+RECORD_JOBS = "PCALM_SLURM_JOBS"  # set by pcalm/sweeps/launchers.py Slurm: where to record job ids
+SUBMIT_ONLY = "PCALM_SUBMIT_ONLY"  # set by launchers.py Slurm for experiments/sweep.py --no-wait
 REFUSED = 3  # exit status: sbatch refused the jobs, nothing was submitted
 POLL_S = float(os.environ.get("PCALM_SLURM_POLL_S", "10"))
 PENDING_WARN_S = float(os.environ.get("PCALM_SLURM_PENDING_WARN_S", "60"))
