@@ -115,6 +115,43 @@ def test_dry_run_prints_the_projected_time_per_job_and_in_total(fake_data_root, 
     assert math.isfinite(sum(per_job)) and sum(per_job) > 0
 
 
+@pytest.mark.parametrize("threads_override, priced_at", [
+    (None, 1),  # small nets train on one thread (pcalm.core.device.threads_for)
+    ("train.threads=2", 2),  # a run's own setting wins
+])
+def test_each_run_is_priced_at_the_threads_it_will_train_with(
+        fake_data_root, results_dir, monkeypatch, capsys, threads_override, priced_at):
+    """One local job on two cores: the job's share is 2 threads, but a small net trains on
+    one unless `train.threads` says otherwise, and the projection prices it so. (A sweep
+    once priced every run at the job's share with a 2-thread model: 25.5 h projected for a
+    47-minute sweep.) Catches pricing at the job's share instead of the run's threads."""
+    from pcalm.sweeps import launchers
+    from pcalm.sweeps.grid import load_sweep
+    from pcalm.sweeps.plan import plan, projection
+
+    monkeypatch.setenv("PCALM_DATA", str(fake_data_root))
+    monkeypatch.setattr(launchers, "cores", lambda: 2)
+    stored = {}
+    for threads, scale in ((1, 1.0), (2, 10.0)):  # the 2-thread model 10× dearer, to tell apart
+        stored[threads] = CostModel(device_name("cpu"), "cpu", threads,
+                                    *[tuple(scale * c for c in term) for term in
+                                      (MODEL.bp, MODEL.step, MODEL.inference, MODEL.evaluation)])
+        stored[threads].save(cost.model_path(results_dir, "cpu", threads))
+    args = ["experiment=figure2", "scale=smoke", "inference.state_lr=0.25", "model.width=8",
+            "model.depth=8", "model.activation=relu", "sweep.launcher=local",
+            "sweep.local_jobs=1", "data.train_size=200", "data.test_size=100",
+            *([threads_override] if threads_override else [])]
+    sweep = load_sweep(args)
+    launcher = launchers.make_launcher(sweep)
+    work = plan(sweep, launcher)
+    assert len(work.jobs) == 1 and work.threads == 2
+    (seconds,) = projection(work, launcher)
+    model = stored[priced_at]
+    want = model.startup[0] + sum(model.run_seconds(c) for c in sweep.configs)
+    assert seconds == pytest.approx(want, rel=1e-12)
+    assert f"{priced_at} thread" in capsys.readouterr().out
+
+
 def _task_cfg(task: dict, algo: dict, n=32, depth=16, batch=64):
     return {"task": task, "algo": algo, "model": {"width": n, "depth": depth},
             "train": {"batch_size": batch, "epochs": 1, "evals_per_epoch": 20},

@@ -31,3 +31,10 @@ def threads_for(cfg: dict, available: int) -> int:
     m, t = cfg["model"], cfg["train"]
     macs = t["batch_size"] * m["width"] ** 2
     return max(1, available) if macs >= PARALLEL_MIN_MACS else 1
+
+
+def run_threads(cfg: dict, job_threads: int | None) -> int | None:
+    """The torch threads a run of a sweep job trains with: its own `train.threads`, else
+    `threads_for` the job's share of the cores; None: torch's default (a job whose share
+    is unknown, e.g. SLURM without cpus_per_task). The job and its projection both ask here."""
+    return cfg["train"].get("threads") or (job_threads and threads_for(cfg, job_threads))

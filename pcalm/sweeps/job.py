@@ -48,7 +48,7 @@ def use_one_gpu(gpu: int | None) -> None:
 
 def run_job(manifest_path: str, index: int) -> None:
     """Train every run of job `index`; a failing run does not stop the others."""
-    from pcalm.core.device import resolve_device, threads_for
+    from pcalm.core.device import resolve_device, run_threads
     from pcalm.runs.build import stack_size, stack_units
     from pcalm.runs.config import Cell
     from pcalm.runs.runner import execute
@@ -71,8 +71,7 @@ def run_job(manifest_path: str, index: int) -> None:
     for wait, batch in ((False, units), (True, None)):
         for unit in batch if batch is not None else busy:
             # A run's own setting wins; else small nets run one thread (pcalm.core.device)
-            set_threads(unit[0]["train"]["threads"]
-                        or (threads and threads_for(unit[0], threads)))
+            set_threads(run_threads(unit[0], threads))
             try:
                 outcome = execute(unit, max_stack=stack, progress=False, say=log.info,
                                   wait=wait)

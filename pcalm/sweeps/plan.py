@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pcalm.atomic import atomic_write_json
+from pcalm.core.device import run_threads
 from pcalm.runs.build import stack_size, stack_units
 from pcalm.runs.folder import RunFolder, check_results_dir, inside
 from pcalm.runs.runner import load_run_dataset
@@ -154,12 +155,25 @@ def projection(work: Plan, launcher: Launcher) -> list[float] | None:
 
     Each job: its start-up, then its stacks one after another, on the launcher's cost model
     (pcalm.sweeps.cost); the line says whose model it is."""
-    model = launcher.cost_model(work.device, work.threads)
-    if model is None:
-        return None
+    models: dict = {}  # thread count → cost model, each calibrated (or loaded) once
+
+    def model_for(cfg: dict):
+        threads = run_threads(cfg, work.threads)  # what the job will give this run
+        if threads not in models:
+            models[threads] = launcher.cost_model(work.device, threads)
+        return models[threads]
+
     stack = stack_size(work.sweep.settings["max_stack"], work.device)
-    seconds = [model.job_seconds(stack_units(job, stack)) for job in work.jobs]
-    where = f"{model.device}, {model.threads} thread{'s' * (model.threads > 1)} per job"
+    seconds = []
+    for job in work.jobs:
+        units = stack_units(job, stack)
+        priced = [(model_for(unit[0]), unit) for unit in units]
+        if any(model is None for model, _ in priced):
+            return None
+        seconds.append(priced[0][0].startup[0] + sum(m.stack_seconds(u) for m, u in priced))
+    used = sorted({m.threads for m in models.values()})
+    device = next(iter(models.values())).device
+    where = f"{device}, {'/'.join(map(str, used))} thread{'s' * (used != [1])} per run"
     print(f"projected wall time: {launcher.wall_time(seconds)} ({len(work.jobs)} jobs "
           f"{launcher.order}, {describe_seconds(sum(seconds))} of job time in all; "
           f"{where}{launcher.cost_note})", flush=True)
