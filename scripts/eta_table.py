@@ -25,11 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pcalm.cli import AUTHORS_ETA_TABLE, ETA_TABLE  # noqa: E402
-from pcalm.data import DATASETS, DataError, load_dataset  # noqa: E402
-from pcalm.runs.eta import (  # noqa: E402
+from pcalm.cli import AUTHORS_ETA_TABLE, ETA_TABLE
+from pcalm.data import DATASETS, DataError, load_dataset
+from pcalm.runs.eta import (
     DEFAULT_SEEDS,
     LAMBDA_METHOD,
     POWER_ITERS,

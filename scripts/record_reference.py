@@ -23,12 +23,11 @@ from pathlib import Path
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from pcalm.analysis.tables import portable_table
+from pcalm.atomic import atomic_write_text
+from pcalm.runs.folder import ARRAYS_FILE
 
-from pcalm.analysis.tables import portable_table  # noqa: E402
-from pcalm.atomic import atomic_write_text  # noqa: E402
-from pcalm.runs.folder import ARRAYS_FILE  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 REFERENCE = REPO / "results" / "reference" / "tables"
 CONFIG_PREFIXES = ("name", "task.", "model.", "algo.", "data.", "train.", "logger.",

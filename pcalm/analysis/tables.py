@@ -193,6 +193,14 @@ def _scan_quietly(results_dir, run_ids):
 # --------------------------------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def default_tables_dir() -> Path:
+    """Where collected tables are read unless told: <PCALM_RESULTS, else <repo>/results>/tables
+    (as configs/config.yaml's results_dir)."""
+    return Path(os.environ.get("PCALM_RESULTS", REPO / "results")) / "tables"
+
+
 # Path columns of a table and the variable a user sets to say where that folder is.
 PATH_COLUMNS = {"data.root": "$PCALM_DATA", "results_dir": "$PCALM_RESULTS"}
 TEXT_COLUMNS_WITH_PATHS = ("provenance.command",)
