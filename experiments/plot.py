@@ -20,7 +20,8 @@ from pcalm.plots import FIGURES, draw
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("figure", choices=list(FIGURES), metavar="FIGURE",
                         help=f"{' | '.join(FIGURES)}")
     parser.add_argument("--scale", default="smoke",

@@ -22,7 +22,8 @@ SCALES = ("smoke", "paper", "paper_cpu")
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", default="smoke", choices=SCALES)
     parser.add_argument("--tables", type=Path, default=default_tables_dir(),
                         help="collected tables folder (default: <PCALM_RESULTS or results>/tables)")

@@ -107,4 +107,4 @@ def test_figure8_9_credit_routes_plot(fake_data_root, tmp_path, results_dir, mon
     configs = [make_config(fake_data_root, results_dir, task, {**c, "algo.budget": 8},
                            model={"depth": 4}, data={"name": data}) for c in grid]
     tables = run_and_collect(results_dir, experiment, configs)
-    plot(f"plot_{experiment}.py", tables, tmp_path / "fig" / experiment, monkeypatch)
+    plot(experiment, tables, tmp_path / "fig" / experiment, monkeypatch)

@@ -277,7 +277,7 @@ class TableError(ValueError):
 
 
 # Columns a width × depth grid table (figure2, figure2_mnist) must have to be decided cell by
-# cell (scripts/collect.py writes them); every other table needs `algo.name`. Diagnostic
+# cell (experiments/collect.py writes them); every other table needs `algo.name`. Diagnostic
 # tables (figures 1, 3, 4, 5, 8, 9) hold no accuracy.
 GRID_TABLES = ("figure2", "figure2_mnist")
 GRID_COLUMNS = ("algo.name", "data.name", "model.width", "model.depth", "model.activation",
@@ -288,7 +288,6 @@ TABLE_COLUMNS = {
     "figure6": ("algo.name", "train.seed"), "figure7": ("algo.name", "train.seed"),
     "figure10": ("algo.name", *KEY, "train.seed"),
     "figure_eta": ("algo.name", "data.name", *KEY, "algo.state_lr", "train.seed"),
-    "narrow_linear": ("algo.name", *KEY, "train.seed"),
 }
 NUMERIC_COLUMNS = ("model.width", "model.depth", "train.seed", "test_acc", "model.gamma0",
                    "algo.budget", "algo.state_lr", "algo.alpha", "grad_cosine",
