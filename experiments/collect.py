@@ -22,6 +22,7 @@ import sys
 
 from pcalm.analysis.collect import TablesNotWritten, write_tables
 from pcalm.cli import exit_with
+from pcalm.runs.config import Cell
 from pcalm.runs.eta import EtaTableError
 from pcalm.sweeps.grid import table_scope
 
@@ -37,7 +38,7 @@ def main(argv: list[str]) -> int:
         if "--print-scale" in argv:
             print(table_scope(overrides).scale_label)
             return 0
-        collected = write_tables(table_scope(overrides))
+        collected = write_tables(table_scope(overrides), lambda cfg: str(Cell.of(cfg)))
     except (ValueError, EtaTableError, TablesNotWritten) as err:
         exit_with(err)
     except KeyboardInterrupt:

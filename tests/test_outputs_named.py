@@ -127,7 +127,7 @@ def test_plots_take_a_scale_with_a_variant_and_refuse_others():
     assert check_scale("paper") == "paper"
     assert check_scale("smoke-data.train_size=600") == "smoke-data.train_size=600"
     for bad in ("huge", "smoke-", "smoke-../x/y"):
-        with pytest.raises(ValueError, match=f"bad value {bad!r}: allowed: smoke, paper"):
+        with pytest.raises(ValueError, match=f"bad value --scale={bad!r}: allowed: smoke, paper"):
             check_scale(bad)
 
 

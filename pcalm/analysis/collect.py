@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ class TablesNotWritten(OSError):
 @dataclass
 class Collected:
     """What `write_tables` wrote: the table, how many runs the grid expects, the missing
-    cells (as `pcalm.runs.config.Cell` prints them, grid order), the table's path."""
+    cells (described by `write_tables`' `describe`, in grid order), the table's path."""
 
     table: pd.DataFrame
     expected: int
@@ -51,8 +52,10 @@ class Collected:
         return f"{line} → {self.path}: {counts}"
 
 
-def write_tables(scope) -> Collected:
-    """Write the experiment's tables (module docstring); returns what was written.
+def write_tables(scope, describe: Callable[[dict], str] | None = None) -> Collected:
+    """Write the experiment's tables (module docstring); returns what was written. A missing
+    run is named by `describe(config)` (experiments/collect.py: pcalm.runs.config.Cell), else
+    by its run id.
 
     Complete runs with a missing or unreadable metrics.csv are named on stderr (one line
     each): they are in the tables, but without those rows. Folders that fail the checks of
@@ -60,8 +63,6 @@ def write_tables(scope) -> Collected:
     out of both tables, named in one warning line and listed in ``<table>-excluded.csv``.
     TablesNotWritten (one line) when a table cannot be written.
     """
-    from pcalm.runs.config import Cell  # a resolved grid has imported it already
-
     cells = {RunFolder(c["results_dir"], c).id: c for c in scope.configs}
     results_dir = check_results_dir(scope.configs[0]["results_dir"])
     table = inside(results_dir, "tables", f"{scope.label}.csv")
@@ -79,7 +80,8 @@ def write_tables(scope) -> Collected:
         raise TablesNotWritten(f"cannot write the tables: {err.strerror or err} "
                                f"({err.filename}); the previous tables are unchanged") from None
     absent = set(df.attrs["missing"])
-    missing = [str(Cell.of(cfg)) for rid, cfg in cells.items() if rid in absent]  # grid order
+    missing = [describe(cfg) if describe else rid  # grid order
+               for rid, cfg in cells.items() if rid in absent]
     return Collected(df, len(cells), missing, table)
 
 

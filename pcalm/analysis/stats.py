@@ -302,23 +302,10 @@ def paired_difference(df: pd.DataFrame, keys: list[str], a: str, b: str,
 NETWORK = ["data.name", "model.activation", "model.width", "model.depth"]
 
 
-def table_step(data: str, activation: str, width: int, depth: int) -> float | None:
-    """The cell's grid-rule step η_h = 1/λ_max (the authors' table, else ours, read through
-    the validated reader of pcalm.runs.eta), or None where neither has the cell."""
-    # imported here: pcalm.runs.eta still imports torch for its λ_max recipe (the review's
-    # η split makes the reader torch-free); the figures that never ask pay nothing
-    from pcalm.cli import AUTHORS_ETA_TABLE, ETA_TABLE
-    from pcalm.runs.eta import EtaTableError, lookup_state_lr
-
-    try:
-        return lookup_state_lr(ETA_TABLE, data, activation, width, depth, AUTHORS_ETA_TABLE)[0]
-    except EtaTableError:
-        return None
-
-
-def eta_multiples(df: pd.DataFrame) -> pd.Series:
-    """k = η_h / η_table of each row's cell, i.e. η_h in multiples of 1/λ_max (NaN where
-    neither table has the cell)."""
+def eta_multiples(df: pd.DataFrame, table_step) -> pd.Series:
+    """k = η_h / η_table of each row's cell, i.e. η_h in multiples of 1/λ_max, where
+    `table_step(data, activation, width, depth)` is the cell's grid-rule step η_table = 1/λ_max
+    or None (then NaN)."""
     steps = {}
     for cell in df[NETWORK].drop_duplicates().itertuples(index=False):
         step = table_step(str(cell[0]), str(cell[1]), int(cell[2]), int(cell[3]))

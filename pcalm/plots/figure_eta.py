@@ -17,14 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pcalm.analysis.stats import (
-    CHANCE,
-    NETWORK,
-    eta_multiples,
-    normalise,
-    seed_stats,
-    table_step,
-)
+from pcalm.analysis.stats import CHANCE, NETWORK, eta_multiples, normalise, seed_stats
 from pcalm.plots.grid import ALGO_ORDER, DATA_LABELS
 from pcalm.plots.style import (
     ACTIVATION_LABELS,
@@ -40,9 +33,23 @@ COLUMNS = ("algo.name", *NETWORK, "algo.state_lr", "algo.budget", "train.seed")
 NUMBERS = COLUMNS[3:]
 
 
+def table_step(data: str, activation: str, width: int, depth: int) -> float | None:
+    """The cell's grid-rule step η_h = 1/λ_max (the authors' table, else ours, read through
+    the validated reader of pcalm.runs.eta), or None where neither has the cell."""
+    # imported here: pcalm.runs.eta still imports torch for its λ_max recipe (the review's
+    # η split makes the reader torch-free); importing the figures stays torch-free
+    from pcalm.cli import AUTHORS_ETA_TABLE, ETA_TABLE
+    from pcalm.runs.eta import EtaTableError, lookup_state_lr
+
+    try:
+        return lookup_state_lr(ETA_TABLE, data, activation, width, depth, AUTHORS_ETA_TABLE)[0]
+    except EtaTableError:
+        return None
+
+
 def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
     df = normalise(read_table(tables, experiment, scale, needs=COLUMNS, numbers=NUMBERS))
-    df["x"] = eta_multiples(df).round(3)
+    df["x"] = eta_multiples(df, table_step).round(3)
     networks = df[NETWORK].drop_duplicates().sort_values(NETWORK).itertuples(index=False)
     networks = list(networks)
     fig, axes = plt.subplots(1, len(networks), figsize=(1.0 + 3.6 * len(networks), 3.9),

@@ -42,7 +42,7 @@ def check_scale(text: str) -> str:
     scale, dash, variant = text.partition("-")
     if scale not in SCALES or (dash and not variant) or "/" in variant:
         raise ValueError(
-            f"bad value {text!r}: allowed: {', '.join(SCALES)}, optionally followed by "
+            f"bad value --scale={text!r}: allowed: {', '.join(SCALES)}, optionally followed by "
             "-<variant> as `experiments/collect.py --print-scale` prints it")
     return text
 
