@@ -5,6 +5,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3
+# Entry points (experiments/, scripts/) import `pcalm` and nothing by path: make them import this
+# checkout's, also where the venv's editable install points at another clone of it
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Plain torch==2.13.0: PyPI's CUDA build on Linux x86-64, the CPU build on macOS/Windows (README:
@@ -88,7 +91,7 @@ sweep:  ## run an experiment's sweep, skipping finished runs (EXP=, SCALE=, LAUN
 	$(PY) experiments/sweep.py experiment=$(EXP) scale=$(SCALE) sweep.launcher=$(LAUNCHER) $(ARGS)
 
 collect:  ## gather an experiment's runs into results/tables/EXP-SCALE.csv
-	$(PY) scripts/collect.py experiment=$(EXP) scale=$(SCALE) $(ARGS)
+	$(PY) experiments/collect.py experiment=$(EXP) scale=$(SCALE) $(ARGS)
 
 # Diagnostic figures take seconds per run: in-process beats starting parallel jobs.
 figure1 figure3 figure4 figure5 figure8 figure9: LAUNCHER = basic
@@ -106,12 +109,12 @@ from_reference = $(and $(filter paper,$(SCALE)),$(if $(TRAIN)$(call own_paper_ta
 
 $(FIGURES):  ## figureN: run what is missing, collect, plot → figures/figureN-SCALE.{pdf,png}
 	$(if $(call from_reference,$@),@echo "drawing $@ from the committed paper-scale tables in $(REFERENCE) (TRAIN=1: run the grid here)")
-	$(if $(call from_reference,$@),$(PY) scripts/plot_$@.py --scale paper --tables $(REFERENCE))
+	$(if $(call from_reference,$@),$(PY) experiments/plot.py $@ --scale paper --tables $(REFERENCE))
 	$(if $(call from_reference,$@),,$(MAKE) sweep EXP=$@ LAUNCHER=$(LAUNCHER))
 	$(if $(call from_reference,$@),,$(MAKE) collect EXP=$@)
-	$(if $(call from_reference,$@),,scale=$$($(PY) scripts/collect.py --print-scale experiment=$@ scale=$(SCALE) $(ARGS)) && \
-	  $(PY) scripts/plot_$@.py --scale "$$scale" --tables $(RESULTS)/tables)
-	$(if $(call from_reference,$@),,$(PY) scripts/dashboard.py experiment=$@ scale=$(SCALE) $(ARGS))
+	$(if $(call from_reference,$@),,scale=$$($(PY) experiments/collect.py --print-scale experiment=$@ scale=$(SCALE) $(ARGS)) && \
+	  $(PY) experiments/plot.py $@ --scale "$$scale" --tables $(RESULTS)/tables)
+	$(if $(call from_reference,$@),,$(PY) experiments/dashboard.py experiment=$@ scale=$(SCALE) $(ARGS))
 
 figures: $(FIGURES)  ## every figure (figure1 … figure10, figure2_mnist, figure_eta)
 
@@ -119,7 +122,7 @@ figures: $(FIGURES)  ## every figure (figure1 … figure10, figure2_mnist, figur
 # paper-scale tables (the same rule as the figures)
 report_from_reference = $(and $(filter paper,$(SCALE)),$(if $(TRAIN)$(call own_paper_tables,*),,$(wildcard $(REFERENCE)/*-paper.csv)))
 report:  ## reproduction scorecard → results/report-SCALE.md (SCALE=paper: the reference tables)
-	$(PY) scripts/report.py --scale $(SCALE) $(if $(report_from_reference),--tables $(REFERENCE) --out results/report-paper.md,--tables $(RESULTS)/tables --out $(RESULTS)/report-$(SCALE).md)
+	$(PY) experiments/report.py --scale $(SCALE) $(if $(report_from_reference),--tables $(REFERENCE) --out results/report-paper.md,--tables $(RESULTS)/tables --out $(RESULTS)/report-$(SCALE).md)
 
 reference:  ## put EXP's collected tables on record in results/reference/tables (SCALE=paper)
 	$(PY) scripts/record_reference.py $(EXP) --scale $(SCALE)

@@ -40,17 +40,16 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from pcalm.atomic import atomic_write_text
+from pcalm.core import algorithms, naive
+from pcalm.core.algorithms import make_algorithm, stack_algorithms
+from pcalm.core.device import resolve_device
+from pcalm.core.model import ResidualMLP
+from pcalm.sweeps import cost
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-
-from pcalm.atomic import atomic_write_text  # noqa: E402
-from pcalm.core import algorithms, naive  # noqa: E402
-from pcalm.core.algorithms import make_algorithm, stack_algorithms  # noqa: E402
-from pcalm.core.device import resolve_device  # noqa: E402
-from pcalm.core.model import ResidualMLP  # noqa: E402
-from pcalm.sweeps import cost  # noqa: E402
 
 INPUT_DIM, CLASSES = 784, 10
 GRID = [8, 16, 32, 64, 128]

@@ -25,10 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from pcalm.cli import AUTHORS_ETA_TABLE, ETA_TABLE  # noqa: E402
-from pcalm.core.eta_recipe import (  # noqa: E402
+from pcalm.cli import AUTHORS_ETA_TABLE, ETA_TABLE
+from pcalm.core.eta_recipe import (
     DEFAULT_SEEDS,
     LAMBDA_METHOD,
     POWER_ITERS,
@@ -36,11 +34,12 @@ from pcalm.core.eta_recipe import (  # noqa: E402
     cell_power_traces,
     recipe_name,
 )
-from pcalm.data import DATASETS, DataError, load_dataset  # noqa: E402
-from pcalm.runs.eta import EtaTableError, load_authors_table, load_table, write_table  # noqa: E402
+from pcalm.data import DATASETS, DataError, load_dataset
+from pcalm.names import ACTIVATION_NAMES
+from pcalm.runs.eta import EtaTableError, load_authors_table, load_table, write_table
 
 GRID = [4, 8, 16, 32, 64, 128]
-ACTIVATIONS = ["identity", "tanh", "relu"]
+ACTIVATIONS = list(ACTIVATION_NAMES)
 # Figs. 8/9 at paper scale widen ReLU nets at L = 64 beyond the grid.
 WIDE_CELLS = [("relu", n, 64) for n in (256, 512, 1024)]
 

@@ -17,13 +17,10 @@ from pathlib import Path
 
 import yaml
 
+from pcalm.data import DataError, clear_cache, load_dataset, resolve_data_root
+from pcalm.download import fetch
+
 REPO = Path(__file__).resolve().parents[1]
-try:
-    from pcalm.data import DataError, clear_cache, load_dataset, resolve_data_root
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(REPO))
-    from pcalm.data import DataError, clear_cache, load_dataset, resolve_data_root
-from pcalm.download import fetch  # noqa: E402
 
 DATASETS = ("mnist", "fashion_mnist")
 

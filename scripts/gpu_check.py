@@ -25,18 +25,17 @@ import traceback
 import warnings
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
+from pcalm.core import algorithms
+from pcalm.core import graphs as graph_capture
+from pcalm.core.algorithms import make_algorithm, stack_algorithms
+from pcalm.core.model import ResidualMLP
+from pcalm.data import Dataset
+from pcalm.runs.train import Trainer
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from pcalm.core import algorithms  # noqa: E402
-from pcalm.core import graphs as graph_capture  # noqa: E402
-from pcalm.core.algorithms import make_algorithm, stack_algorithms  # noqa: E402
-from pcalm.core.model import ResidualMLP  # noqa: E402
-from pcalm.data import Dataset  # noqa: E402
-from pcalm.runs.train import Trainer  # noqa: E402
 
 FALLBACK = "pcalm: the .* inference path failed"  # pcalm.core.paths.disable's warning
 

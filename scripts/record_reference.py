@@ -17,59 +17,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 
-import pandas as pd
+from pcalm.analysis.tables import record
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from pcalm.analysis.tables import portable_table  # noqa: E402
-from pcalm.atomic import atomic_write_text  # noqa: E402
-from pcalm.runs.folder import ARRAYS_FILE  # noqa: E402
 
 REFERENCE = REPO / "results" / "reference" / "tables"
-CONFIG_PREFIXES = ("name", "task.", "model.", "algo.", "data.", "train.", "logger.",
-                   "results_dir", "state_lr_source")
-
-
-def slim_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
-    keep = [c for c in metrics.columns if c == "run_id" or not c.startswith(CONFIG_PREFIXES)]
-    return metrics[keep]
-
-
-def record(experiment: str, scale: str, tables: Path, out: Path = REFERENCE) -> list[Path]:
-    runs = tables / f"{experiment}-{scale}.csv"
-    metrics = tables / f"{experiment}-{scale}-metrics.csv"
-    for path in (runs, metrics):
-        if not path.is_file():
-            raise SystemExit(f"error: no table {path}: run `make collect EXP={experiment} "
-                             f"SCALE={scale}` first")
-    written = [out / runs.name, out / metrics.name]
-    as_text = pd.read_csv(runs, dtype=str, keep_default_na=False)  # every other cell verbatim
-    atomic_write_text(written[0], portable_table(as_text).to_csv(index=False))
-    atomic_write_text(written[1], slim_metrics(pd.read_csv(metrics)).to_csv(index=False))
-    return written + copy_arrays(pd.read_csv(runs)["run_id"], tables.parent / "runs",
-                                 out.parent / "runs")
-
-
-def copy_arrays(run_ids, runs_dir: Path, out_runs: Path) -> list[Path]:
-    """Each run's arrays.npz (diagnostic runs have one) → out_runs/<run_id>/arrays.npz,
-    through a temporary name and a rename (a crash never leaves a torn array file)."""
-    written = []
-    for rid in run_ids:
-        source = runs_dir / str(rid) / ARRAYS_FILE
-        if not source.is_file():
-            continue
-        target = out_runs / str(rid) / ARRAYS_FILE
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".tmp")
-        shutil.copyfile(source, partial)
-        os.replace(partial, target)
-        written.append(target)
-    return written
 
 
 def main(argv=None) -> int:
@@ -80,7 +35,10 @@ def main(argv=None) -> int:
                    default=Path(os.environ.get("PCALM_RESULTS", REPO / "results")) / "tables")
     args = p.parse_args(argv)
     for experiment in args.experiments:
-        paths = record(experiment, args.scale, args.tables)
+        try:
+            paths = record(experiment, args.scale, args.tables, REFERENCE)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
         for path in paths[:2]:
             print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
         if paths[2:]:

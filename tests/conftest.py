@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
-import runpy
-import sys
 from pathlib import Path
 
 import pytest
@@ -53,16 +51,18 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def run_plot_script(script: str, tables: Path, out: Path, monkeypatch, scale="smoke") -> None:
-    """Run `python scripts/<script> --scale S --tables T --out O` in this process (a fresh
-    interpreter per script would cost more than the plotting) and check both files exist."""
-    monkeypatch.setattr(sys, "argv", [script, "--scale", scale, "--tables", str(tables),
-                                      "--out", str(out)])
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    runpy.run_path(str(REPO / "scripts" / script), run_name="__main__")
+def draw_figure(name: str, tables: Path, out: Path, scale="smoke") -> Path:
+    """Draw figure `name` as `python experiments/plot.py NAME --scale S --tables T --out O`
+    does (pcalm.plots.draw, in this process: a fresh interpreter per figure would cost more
+    than the plotting) and check both files exist; returns the PNG."""
+    from pcalm.plots import draw
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png = draw(name, scale, tables, out)
     for suffix in (".png", ".pdf"):
         path = out.with_suffix(suffix)
         assert path.is_file() and path.stat().st_size > 1000, f"{path} missing or empty"
+    return png
 
 
 @pytest.fixture(scope="session")

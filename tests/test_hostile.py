@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -117,7 +118,8 @@ def test_tampered_run_folders_are_left_out_of_every_table_and_named(eight_runs, 
 
 def test_collect_names_excluded_folders_in_one_line_and_counts_reach_the_report(
         eight_runs, tmp_path, monkeypatch, capsys):
-    """The grid of eight runs through scripts/collect.py: two tampered, one diverged-looking;
+    """The grid of eight runs through experiments/collect.py's library (pcalm.analysis.collect):
+    two tampered, one diverged-looking;
     the warning is one line, the table holds the rest, and the report counts both."""
     pristine, ids = eight_runs
     results = tmp_path / "results"
@@ -125,9 +127,8 @@ def test_collect_names_excluded_folders_in_one_line_and_counts_reach_the_report(
     runs = results / "runs"
     tamper(runs / ids[0], "edited config", runs / ids[1])
     tamper(runs / ids[1], "foreign metrics", runs / ids[2])
-    from tests.conftest import load_script
+    from pcalm.analysis import collect
 
-    collect = load_script("scripts/collect.py")
     df = load(results)
     table = results / "tables" / "figure2-smoke.csv"
     table.parent.mkdir()
@@ -161,18 +162,46 @@ def _fig2_table(path: Path, test_acc: list | None, diverged: bool) -> None:
 
 
 def run_report(tables: Path, out: Path, monkeypatch, capsys) -> tuple[int, str, str]:
-    import runpy
+    """The report as `make report` writes it (experiments/report.py's library call)."""
+    from pcalm.analysis.scorecard import write_report
 
-    monkeypatch.setattr(sys, "argv", ["report.py", "--scale", "smoke", "--tables", str(tables),
-                                      "--out", str(out)])
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    try:
-        runpy.run_path(str(REPO / "scripts" / "report.py"), run_name="__main__")
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, str(code) if isinstance(code, str) else captured.err
+    text, written = write_report(tables, "smoke", out)
+    assert written == out and out.read_text(encoding="utf-8") == text + "\n"
+    return 0, text, ""
+
+
+def entry(args: list[str], pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+    """`python experiments/<args>` as a user types it (torch-free: a few seconds)."""
+    path = os.pathsep.join(str(p) for p in (pythonpath, REPO) if p)
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": path})
+
+
+def damage_table(table: Path, damage: str) -> None:
+    """Plant one kind of damage in a collected table (a figure2 grid table)."""
+    if damage == "random bytes":
+        table.write_bytes(bytes(range(256)) * 8)
+    elif damage == "missing column":
+        pd.read_csv(table).drop(columns=["model.depth"]).to_csv(table, index=False)
+    elif damage == "junk value":
+        lines = table.read_text().splitlines()
+        head = lines[0].split(",").index("model.width")
+        cells = lines[4].split(",")
+        cells[head] = "wide"
+        lines[4] = ",".join(cells)
+        table.write_text("\n".join(lines) + "\n")
+
+
+DAMAGE_SAYS = {"random bytes": "not a readable CSV", "missing column": "'model.depth'",
+               "junk value": "model.width='wide' in row 5: allowed: a number",
+               "bad out": "its folder does not exist; allowed: a path in an existing folder"}
+
+
+def one_line_failure(proc: subprocess.CompletedProcess) -> str:
+    err = proc.stderr.strip()
+    assert proc.returncode not in (0, None) and "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+    return err
 
 
 def claim_row(text: str, number: str) -> str:
@@ -210,30 +239,88 @@ def test_a_claim_with_valid_runs_keeps_its_verdict(tmp_path, monkeypatch, capsys
 
 
 @pytest.mark.parametrize("damage", ["random bytes", "missing column", "junk value", "bad out"])
-def test_a_damaged_table_gives_the_report_one_line(damage, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("command", ["report", "plot"])
+def test_a_damaged_table_gives_the_report_and_the_plot_one_line(damage, command, tmp_path):
+    """`experiments/report.py` and `experiments/plot.py` on a damaged table: one line naming
+    the file and the bad column or value (and what is allowed), exit ≠ 0, nothing written."""
     tables = tmp_path / "tables"
     tables.mkdir()
     table = tables / "figure2-smoke.csv"
     _fig2_table(table, [0.8], diverged=False)
-    out = tmp_path / "r.md"
-    if damage == "random bytes":
-        table.write_bytes(bytes(range(256)) * 8)
-    elif damage == "missing column":
-        pd.read_csv(table).drop(columns=["model.depth"]).to_csv(table, index=False)
-    elif damage == "junk value":
-        lines = table.read_text().splitlines()
-        head = lines[0].split(",").index("model.width")
-        cells = lines[4].split(",")
-        cells[head] = "wide"
-        lines[4] = ",".join(cells)
-        table.write_text("\n".join(lines) + "\n")
-    else:
-        out = tmp_path / "missing" / "r.md"
-    code, _, message = run_report(tables, out, monkeypatch, capsys)
-    assert isinstance(code, str) and code.startswith("error: ") and "\n" not in code, code
-    expected = {"random bytes": "not a readable CSV", "missing column": "'model.depth'",
-                "junk value": "model.width='wide' in row 5", "bad out": "--out="}[damage]
-    assert expected in code and not out.exists()
+    out = tmp_path / ("missing" if damage == "bad out" else "") / "out"
+    damage_table(table, damage)
+    args = (["experiments/report.py", "--out", str(out.with_suffix(".md"))]
+            if command == "report" else ["experiments/plot.py", "figure2", "--out", str(out)])
+    err = one_line_failure(entry([*args, "--scale", "smoke", "--tables", str(tables)]))
+    assert err.startswith("error: ") and DAMAGE_SAYS[damage] in err, err
+    if damage != "bad out":
+        assert str(table) in err
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["figure2-smoke.csv"]
+
+
+SIGINT_AT = {  # sitecustomize.py: a Ctrl-C planted where each command does its work
+    "report": "import pcalm.analysis.scorecard as m\n"
+              "def build(*a, **k): raise KeyboardInterrupt\nm.build = build\n",
+    "plot": "import matplotlib.figure as m\n"
+            "def savefig(self, fname, *a, **k):\n"
+            "    open(fname, 'wb').write(b'half')\n    raise KeyboardInterrupt\n"
+            "m.Figure.savefig = savefig\n",
+}
+
+
+@pytest.mark.parametrize("command", ["report", "plot"])
+def test_ctrl_c_in_the_report_or_a_plot_is_one_line_and_keeps_the_old_output(command,
+                                                                            tmp_path):
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    _fig2_table(tables / "figure2-smoke.csv", [0.8], diverged=False)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SIGINT_AT[command])
+    out = tmp_path / "out"
+    previous = [out.with_suffix(".md")] if command == "report" else \
+        [out.with_suffix(".pdf"), out.with_suffix(".png")]
+    for path in previous:
+        path.write_text("previous")
+    args = (["experiments/report.py", "--out", str(previous[0])] if command == "report"
+            else ["experiments/plot.py", "figure2", "--out", str(out)])
+    proc = entry([*args, "--scale", "smoke", "--tables", str(tables)], pythonpath=site)
+    err = one_line_failure(proc)
+    assert proc.returncode == 130 and err.startswith("interrupted: "), err
+    assert all(p.read_text() == "previous" for p in previous)  # nothing half-written
+    assert not list(tmp_path.glob("out*.tmp"))
+
+
+def test_a_figure_counts_its_diverged_runs(tmp_path):
+    """A figure says how many of its runs diverged (here figure 10's note, from the run table
+    beside its metrics): 1 of 2 runs."""
+    from matplotlib.figure import Figure
+
+    from pcalm.plots import draw
+
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    rows = [{"run_id": f"r{seed}", "algo.name": "bp", "model.activation": "relu",
+             "model.width": 8, "model.depth": 4, "train.seed": seed, "diverged": seed == 1,
+             "test_acc": [0.5, math.nan][seed]} for seed in (0, 1)]
+    pd.DataFrame(rows).to_csv(tables / "figure10-smoke.csv", index=False)
+    metrics = [{**{k: v for k, v in r.items() if k not in ("diverged", "test_acc")},
+                "step": step, "test_acc": 0.1 + 0.1 * step, "train_loss": 1.0}
+               for r in rows for step in (0, 1)]
+    pd.DataFrame(metrics).to_csv(tables / "figure10-smoke-metrics.csv", index=False)
+    drawn = []
+    original = Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        drawn.append([t.get_text() for t in self.texts])
+        return original(self, *args, **kwargs)
+
+    try:
+        Figure.savefig = keep
+        draw("figure10", "smoke", tables, tmp_path / "figure10")
+    finally:
+        Figure.savefig = original
+    assert any("1 of 2 runs diverged" in text for text in drawn[0]), drawn[0]
 
 
 # ------------------------------------------------------- 1. bounds, plans and sweep axes
@@ -498,7 +585,8 @@ def test_a_full_disk_mid_run_leaves_no_temp_file_and_no_orphan_folder(
 
 def test_a_full_disk_in_collect_is_one_line_and_keeps_the_old_table(data_env, monkeypatch,
                                                                      capsys):
-    from tests.conftest import load_script
+    from pcalm.analysis.collect import TablesNotWritten, write_tables
+    from pcalm.sweeps.grid import table_scope
 
     grid = ["experiment=figure2", "scale=smoke", "inference.state_lr=0.25", "algo=bp",
             "sweep.grid={model.width:[8]}", "model.depth=4", "model.activation=relu"]
@@ -506,11 +594,11 @@ def test_a_full_disk_in_collect_is_one_line_and_keeps_the_old_table(data_env, mo
     table.parent.mkdir(parents=True)
     table.write_text("run_id\nold\n")
     _enospc_on(monkeypatch, "figure2-smoke")
-    with pytest.raises(SystemExit) as stop:
-        load_script("scripts/collect.py").main(grid)
-    err = capsys.readouterr().err.strip()
-    assert stop.value.code == 2 and len(err.splitlines()) == 1, err
-    assert err.startswith("error: cannot write the tables: No space left on device")
+    with pytest.raises(TablesNotWritten) as stop:
+        write_tables(table_scope(grid))
+    err = str(stop.value)  # experiments/collect.py prints it after "error: ", exit 2
+    assert "\n" not in err and not capsys.readouterr().err.strip()
+    assert err.startswith("cannot write the tables: No space left on device")
     assert table.read_text() == "run_id\nold\n" and not list(table.parent.glob("*.tmp"))
 
 

@@ -36,8 +36,9 @@ def test_make_eta_table_passes_data_on():
     assert "--data" not in _run(["make", "-n", "eta-table"]).stdout  # the script's default
 
 
-@pytest.mark.parametrize("script", ["experiments/sweep.py", "scripts/collect.py",
-                                    "scripts/dashboard.py"])
+@pytest.mark.parametrize("script", ["experiments/sweep.py", "experiments/collect.py",
+                                    "experiments/dashboard.py", "experiments/plot.py",
+                                    "experiments/report.py"])
 def test_help_prints_usage(script):
     proc = _run([sys.executable, script, "--help"], timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -13,9 +13,12 @@ matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
+from pcalm.analysis.collect import write_tables  # noqa: E402
+from pcalm.plots import grid as grid_heatmaps  # noqa: E402
+from pcalm.plots.style import check_scale, signed  # noqa: E402
 from pcalm.runs.folder import RunFolder  # noqa: E402
 from pcalm.sweeps.grid import load_sweep, table_scope, variant_name  # noqa: E402
-from tests.conftest import REPO, load_script  # noqa: E402
+from tests.conftest import REPO  # noqa: E402
 
 FIG2 = ["experiment=figure2", "scale=smoke"]
 CELL = ["model.width=8", "model.depth=8", "model.activation=relu"]
@@ -42,8 +45,8 @@ def test_a_pinned_cell_collects_into_the_whole_grids_table(results):
     others = [c for c in whole if c["model"]["width"] == 32][:2]  # trained earlier
     for cfg in others:
         _finish(cfg, 0.5)
-    collect = load_script("scripts/collect.py")
-    collected, expected, _, table = collect.write_tables([*FIG2, *CELL, "train.seed=3"])
+    written = write_tables(table_scope([*FIG2, *CELL, "train.seed=3"]))
+    collected, expected, table = written.table, written.expected, written.path
     assert table.name == "figure2-smoke.csv"
     assert expected == 72 + 3  # the whole grid, plus the three seed-3 runs asked for
     ids = set(pd.read_csv(table)["run_id"])
@@ -81,9 +84,6 @@ def _one_cell_table(path, diff: float):
 
 
 def test_a_one_cell_figure_is_legible_and_named_by_its_scale(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    import grid_heatmaps
-
     tables = tmp_path / "tables"
     tables.mkdir()
     _one_cell_table(tables / "figure2-smoke-data.train_size=600.csv", diff=-0.0004)
@@ -117,26 +117,18 @@ def test_a_one_cell_figure_is_legible_and_named_by_its_scale(tmp_path, monkeypat
     assert sizes and min(sizes) >= grid_heatmaps.SD_MIN_PT
 
 
-def test_signed_numbers_use_a_minus_sign_and_no_signed_zero(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    from plotting import signed
-
+def test_signed_numbers_use_a_minus_sign_and_no_signed_zero():
     assert [signed(v) for v in (1.25, -1.25, -0.04, 0.04, 0.0)] == \
         ["+1.2", "−1.2", "0.0", "0.0", "0.0"]
     assert signed(-3.0, 0) == "−3"
 
 
-def test_plot_scripts_take_a_scale_with_a_variant_and_refuse_others(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    import argparse
-
-    from plotting import scale_arg
-
-    assert scale_arg("paper") == "paper"
-    assert scale_arg("smoke-data.train_size=600") == "smoke-data.train_size=600"
+def test_plots_take_a_scale_with_a_variant_and_refuse_others():
+    assert check_scale("paper") == "paper"
+    assert check_scale("smoke-data.train_size=600") == "smoke-data.train_size=600"
     for bad in ("huge", "smoke-", "smoke-../x/y"):
-        with pytest.raises(argparse.ArgumentTypeError):
-            scale_arg(bad)
+        with pytest.raises(ValueError, match=f"bad value --scale={bad!r}: allowed: smoke, paper"):
+            check_scale(bad)
 
 
 def test_make_figure_draws_under_the_scales_name():
@@ -144,5 +136,6 @@ def test_make_figure_draws_under_the_scales_name():
 
     out = subprocess.run(["make", "-n", "figure2", "SCALE=smoke", "ARGS=model.width=8"],
                          cwd=REPO, capture_output=True, text=True, timeout=60).stdout
-    assert "scripts/collect.py --print-scale experiment=figure2 scale=smoke model.width=8" in out
-    assert 'plot_figure2.py --scale "$scale"' in out
+    assert "experiments/collect.py --print-scale experiment=figure2 scale=smoke model.width=8" \
+        in out
+    assert 'experiments/plot.py figure2 --scale "$scale"' in out

@@ -1,39 +1,41 @@
-"""What the figure scripts draw: the plotted arrays equal the table's values, on the right
+"""What the figures (pcalm.plots) draw: the plotted arrays equal the table's values, on the right
 axes and panels.
 
 Each test writes a small table by hand (values chosen so that every mean, sd, paired
-difference and diverged run is known), runs the script as a user would, catches the
+difference and diverged run is known), draws it as `experiments/plot.py` does, catches the
 matplotlib figure at `savefig` and reads back the drawn data: heatmap arrays, line and
 error-bar data, panel titles, axis labels and ticks, for figures 1–10 and η. The expected
-values are worked out in the test from the table, not by the script's helpers.
+values are worked out in the test from the table, not by the plotting helpers.
 """
 
 from __future__ import annotations
 
 import csv
 import itertools
-import runpy
-import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
+from pcalm.plots import draw as draw_figure
 from tests.conftest import REPO
 
 SCALE = "smoke"
 CHANCE = 0.1
 
 
-def draw(script: str, tables, monkeypatch) -> Figure:
-    """Run scripts/<script> on `tables`; return the figure it saved (nothing is written)."""
+def draw(name: str, tables, monkeypatch) -> Figure:
+    """Draw figure `name` from `tables`; return the figure it saved (empty files written)."""
     figures: list[Figure] = []
-    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figures.append(self))
-    monkeypatch.setattr(sys, "argv", [script, "--scale", SCALE, "--tables", str(tables),
-                                      "--out", str(tables / "figure")])
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    runpy.run_path(str(REPO / "scripts" / script), run_name="__main__")
+
+    def catch(self, fname, *args, **kwargs):
+        figures.append(self)
+        Path(fname).write_bytes(b"")
+
+    monkeypatch.setattr(Figure, "savefig", catch)
+    draw_figure(name, SCALE, tables, tables / "figure")
     assert figures and all(f is figures[0] for f in figures)  # one figure, PDF and PNG
     return figures[0]
 
@@ -75,7 +77,7 @@ def test_grid_heatmaps_draw_the_seed_means_and_paired_differences(tmp_path, monk
                      "train.batch_size": 64, "diverged": div,
                      "test_acc": np.nan if div else _grid_acc(algo, act, w, d, s)})
     write(tmp_path, experiment, rows)
-    fig = draw(f"plot_{experiment}.py", tmp_path, monkeypatch)
+    fig = draw(experiment, tmp_path, monkeypatch)
 
     panels = fig.axes[:len(acts) * 4]
     assert [ax.get_title() for ax in panels[:4]] == [
@@ -131,7 +133,7 @@ def test_parameterisation_sweep_draws_means_and_sds_per_gamma(tmp_path, monkeypa
                      "test_acc": value(algo, param, g, s, "acc"),
                      "grad_cosine": np.nan if algo == "bp" else value(algo, param, g, s, "cos")})
     write(tmp_path, experiment, rows)
-    fig = draw(f"plot_{experiment}.py", tmp_path, monkeypatch)
+    fig = draw(experiment, tmp_path, monkeypatch)
     axes = np.array(fig.axes[:4]).reshape(2, 2)
     assert axes[0, 0].get_title().startswith("muPC") and axes[0, 1].get_title().startswith(
         "standard (sp)")
@@ -175,7 +177,7 @@ def test_training_curves_draw_the_seed_mean_per_step(tmp_path, monkeypatch):
                      "train_loss": np.nan if step == 0 else 1 - b - 0.02 * step + 0.1 * s})
     tables = tmp_path
     pd.DataFrame(rows).to_csv(tables / f"figure10-{SCALE}-metrics.csv", index=False)
-    fig = draw("plot_figure10.py", tables, monkeypatch)
+    fig = draw("figure10", tables, monkeypatch)
     axes = np.array(fig.axes[:4]).reshape(2, 2)
     assert [axes[0, c].get_title() for c in range(2)] == ["linear", "tanh"]
     assert axes[1, 0].get_xlabel() == "training step (batch 64)"
@@ -222,7 +224,7 @@ def test_eta_sweep_draws_accuracy_against_multiples_of_one_over_lambda_max(tmp_p
                      "data.name": "fashion_mnist", "diverged": div,
                      "test_acc": np.nan if div else acc(algo, k, s, depth)})
     write(tmp_path, "figure_eta", rows)
-    fig = draw("plot_figure_eta.py", tmp_path, monkeypatch)
+    fig = draw("figure_eta", tmp_path, monkeypatch)
     axes = [ax for ax in fig.axes if ax.get_title()]
     assert [ax.get_title().split(" (")[0] for ax in axes] == ["N = 8, L = 8, ReLU",
                                                                "N = 8, L = 16, ReLU"]
@@ -269,7 +271,7 @@ def test_alignment_curves_draw_the_run_arrays(tmp_path, monkeypatch):
                      "algo.state_lr": 0.25, "algo.budget": 2 * depth, "train.seed": seed,
                      "train.batch_size": 64, "data.name": "fashion_mnist"})
     write(tables, "figure5", rows)
-    fig = draw("plot_figure5.py", tables, monkeypatch)
+    fig = draw("figure5", tables, monkeypatch)
     axes = np.array(fig.axes[:4]).reshape(2, 2)
     assert [axes[0, c].get_title() for c in range(2)] == ["L = 4  (η_h = 0.250)",
                                                           "L = 8  (η_h = 0.250)"]
@@ -324,7 +326,7 @@ def test_scalar_dynamics_draws_states_credit_error_and_phase_plane(tmp_path, mon
     rows = _runs(tmp_path, [({"algo.name": a, "spectral_radius": 0.5 + 0.1 * i, **common},
                              arrays[a]) for i, a in enumerate(("pc", "pcalm"))])
     write(tmp_path / "tables", "figure1", rows)
-    fig = draw("plot_figure1.py", tmp_path / "tables", monkeypatch)
+    fig = draw("figure1", tmp_path / "tables", monkeypatch)
     ax_z, ax_c, ax_g, ax_p = fig.axes[:4]
     assert [ax.get_title() for ax in (ax_z, ax_c, ax_g, ax_p)] == [
         "(a) primal state", "(b) credit ε = ρr + λ vs BP adjoint",
@@ -362,7 +364,7 @@ def test_credit_traces_draw_layer_by_step_heatmaps_and_fronts(tmp_path, monkeypa
               "task.steps_per_layer": 3, "data.name": "fashion_mnist"}
     rows = _runs(tmp_path, [({"algo.name": a, **common}, arrays[a]) for a in ("pc", "pcalm")])
     write(tmp_path / "tables", "figure3", rows)
-    fig = draw("plot_figure3.py", tmp_path / "tables", monkeypatch)
+    fig = draw("figure3", tmp_path / "tables", monkeypatch)
     axes = np.array(fig.axes[:4]).reshape(2, 2)
     for c, (algo, name) in enumerate((("pc", "PC"), ("pcalm", "PC-ALM"))):
         assert axes[0, c].get_title() == f"{name}: credit norm ‖ε_l(t)‖ / ‖δ_l‖"
@@ -405,7 +407,7 @@ def test_linear_dynamics_draws_the_spectrum_and_the_traces(tmp_path, monkeypatch
     rows = _runs(tmp_path, [({"algo.name": a, "spectral_radius": 0.9 + 0.01 * i, **common},
                              arrays[a]) for i, a in enumerate(("pc", "pcalm"))])
     write(tmp_path / "tables", "figure4", rows)
-    fig = draw("plot_figure4.py", tmp_path / "tables", monkeypatch)
+    fig = draw("figure4", tmp_path / "tables", monkeypatch)
     ax_e, ax_zoom, ax_z, ax_l = fig.axes[:4]
     assert ax_e.get_title() == "(A) eigenvalues μ of M"
     for ax in (ax_e, ax_zoom):
@@ -451,7 +453,7 @@ def test_credit_routes_draw_pc_at_the_budget_and_pcalm_over_t(tmp_path, monkeypa
                        "algo.budget": budget, "algo.state_lr": 0.25, "train.seed": s,
                        "train.batch_size": 64, "data.name": "fashion_mnist"}, a))
     write(tmp_path / "tables", experiment, _runs(tmp_path, pairs))
-    fig = draw(f"plot_{experiment}.py", tmp_path / "tables", monkeypatch)
+    fig = draw(experiment, tmp_path / "tables", monkeypatch)
     axes = fig.axes[:3]
     assert [ax.get_title() for ax in axes] == [
         "(a) hidden credit, all layers stacked", "(b) hidden credit, per layer (direction only)",

@@ -1,9 +1,10 @@
-"""The theory-figure scripts (figures 1, 3, 4, 5, 8, 9) plot real tiny diagnostic runs.
+"""The theory figures (figures 1, 3, 4, 5, 8, 9) plot real tiny diagnostic runs.
 
 Each test runs a few tiny diagnostic tasks into a temporary results folder through the runner
-(run folders with summary.json + arrays.npz), writes the table the way scripts/collect.py
-does (`<exp>-smoke.csv` via pcalm.analysis.tables.collect), runs the plot script as a user would
-(--tables, --out) and checks that a non-empty PNG and PDF come out.
+(run folders with summary.json + arrays.npz), writes the table the way
+experiments/collect.py does (`<exp>-smoke.csv` via pcalm.analysis.tables.collect), draws the
+figure as `experiments/plot.py` does (pcalm.plots.draw with --tables, --out) and checks that
+a non-empty PNG and PDF come out.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pcalm.analysis.tables import collect
 from pcalm.runs.config import resolve_run_config
 from pcalm.runs.folder import RunFolder
 from pcalm.runs.runner import execute
-from tests.conftest import PC_CONFIG, PCALM_CONFIG, base_config, run_plot_script
+from tests.conftest import PC_CONFIG, PCALM_CONFIG, base_config, draw_figure
 
 SCALE = "smoke"
 PC, PCALM = PC_CONFIG, PCALM_CONFIG
@@ -52,8 +53,8 @@ def run_and_collect(results: Path, experiment: str, configs: list[dict]) -> Path
     return tables
 
 
-def plot(script: str, tables: Path, out: Path, monkeypatch) -> None:
-    run_plot_script(script, tables, out, monkeypatch, SCALE)
+def plot(name: str, tables: Path, out: Path, monkeypatch) -> None:
+    draw_figure(name, tables, out, SCALE)
 
 
 def test_figure1_scalar_dynamics_plot(tmp_path, results_dir, monkeypatch):
@@ -63,7 +64,7 @@ def test_figure1_scalar_dynamics_plot(tmp_path, results_dir, monkeypatch):
                                   "param": "sp"}, train={"dtype": "float64"})
                for a in ("pc", "pcalm")]
     tables = run_and_collect(results_dir, "figure1", configs)
-    plot("plot_figure1.py", tables, tmp_path / "fig" / "figure1", monkeypatch)
+    plot("figure1", tables, tmp_path / "fig" / "figure1", monkeypatch)
 
 
 def test_figure4_linear_dynamics_plot(tmp_path, results_dir, monkeypatch):
@@ -73,7 +74,7 @@ def test_figure4_linear_dynamics_plot(tmp_path, results_dir, monkeypatch):
                            model={"width": 4, "depth": 4, "activation": "identity"})
                for a in ("pc", "pcalm")]
     tables = run_and_collect(results_dir, "figure4", configs)
-    plot("plot_figure4.py", tables, tmp_path / "fig" / "figure4", monkeypatch)
+    plot("figure4", tables, tmp_path / "fig" / "figure4", monkeypatch)
 
 
 def test_figure3_credit_traces_plot(fake_data_root, tmp_path, results_dir, monkeypatch):
@@ -81,7 +82,7 @@ def test_figure3_credit_traces_plot(fake_data_root, tmp_path, results_dir, monke
     configs = [make_config(fake_data_root, results_dir, task, {"algo": a, "algo.budget": 12},
                            model={"width": 8, "depth": 6}) for a in ("pc", "pcalm")]
     tables = run_and_collect(results_dir, "figure3", configs)
-    plot("plot_figure3.py", tables, tmp_path / "fig" / "figure3", monkeypatch)
+    plot("figure3", tables, tmp_path / "fig" / "figure3", monkeypatch)
 
 
 def test_figure5_alignment_curve_plot(fake_data_root, tmp_path, results_dir, monkeypatch):
@@ -93,7 +94,7 @@ def test_figure5_alignment_curve_plot(fake_data_root, tmp_path, results_dir, mon
                                  "train.seed": [0, 1]})]
     configs = configs[:-1]  # one seed of one cell missing: still plots
     tables = run_and_collect(results_dir, "figure5", configs)
-    plot("plot_figure5.py", tables, tmp_path / "fig" / "figure5", monkeypatch)
+    plot("figure5", tables, tmp_path / "fig" / "figure5", monkeypatch)
 
 
 @pytest.mark.parametrize("experiment,data", [("figure8", "fashion_mnist"),
@@ -106,4 +107,4 @@ def test_figure8_9_credit_routes_plot(fake_data_root, tmp_path, results_dir, mon
     configs = [make_config(fake_data_root, results_dir, task, {**c, "algo.budget": 8},
                            model={"depth": 4}, data={"name": data}) for c in grid]
     tables = run_and_collect(results_dir, experiment, configs)
-    plot(f"plot_{experiment}.py", tables, tmp_path / "fig" / experiment, monkeypatch)
+    plot(experiment, tables, tmp_path / "fig" / experiment, monkeypatch)

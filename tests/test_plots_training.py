@@ -1,10 +1,10 @@
-"""The training-figure scripts (figures 2, 2_mnist, 6, 7, 10, η) plot tables of real tiny runs.
+"""The training figures (figures 2, 2_mnist, 6, 7, 10, η) plot tables of real tiny runs.
 
 Each test trains a few tiny runs on fake IDX data into a temporary results folder, writes the
-tables the way scripts/collect.py does (`<exp>-<scale>.csv` and `<exp>-<scale>-metrics.csv`,
-via pcalm.analysis.tables.collect / load_metrics), runs the plot script as a user would (--tables,
---out) and checks that a non-empty PNG and PDF come out. Cells are left out on purpose: a
-half-finished sweep must still plot.
+tables the way experiments/collect.py does (`<exp>-<scale>.csv` and `<exp>-<scale>-metrics.csv`,
+via pcalm.analysis.tables.collect / load_metrics), draws the figure as `experiments/plot.py`
+does (--tables, --out) and checks that a non-empty PNG and PDF come out. Cells are left out
+on purpose: a half-finished sweep must still plot.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pcalm.cli import compose, run_config
 from pcalm.runs.config import resolve_run_config
 from pcalm.runs.folder import RunFolder
 from pcalm.runs.runner import execute
-from tests.conftest import REPO, run_plot_script
+from tests.conftest import REPO, draw_figure
 
 SCALE = "smoke"
 
@@ -71,8 +71,8 @@ def grid(**axes) -> list[dict]:
     return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
 
 
-def plot(script: str, tables: Path, out: Path, monkeypatch) -> None:
-    run_plot_script(script, tables, out, monkeypatch, SCALE)
+def plot(name: str, tables: Path, out: Path, monkeypatch) -> None:
+    draw_figure(name, tables, out, SCALE)
 
 
 @pytest.mark.parametrize("experiment,data,activations", [
@@ -93,7 +93,7 @@ def test_grid_heatmaps_plot_with_a_missing_and_a_diverged_cell(
             c["algo.state_lr"] = 1e12
     tables = train_and_collect(fake_data_root, results_dir, experiment, cells)
     assert "True" in (tables / f"{experiment}-{SCALE}.csv").read_text()  # the diverged run
-    plot(f"plot_{experiment}.py", tables, tmp_path / "fig" / experiment, monkeypatch)
+    plot(experiment, tables, tmp_path / "fig" / experiment, monkeypatch)
 
 
 @pytest.mark.parametrize("experiment,data,gammas", [("figure6", "fashion_mnist", [0.5, 1, 2]),
@@ -106,7 +106,7 @@ def test_parameterisation_sweep_plots(fake_data_root, results_dir, tmp_path, mon
     cells = [c for c in cells if not (c["model.param"] == "sp" and c["model.gamma0"] == 2
                                       and c["algo"] == "pc")]  # one missing point
     tables = train_and_collect(fake_data_root, results_dir, experiment, cells)
-    plot(f"plot_{experiment}.py", tables, tmp_path / experiment, monkeypatch)
+    plot(experiment, tables, tmp_path / experiment, monkeypatch)
 
 
 def test_training_curves_plot(fake_data_root, results_dir, tmp_path, monkeypatch):
@@ -119,21 +119,21 @@ def test_training_curves_plot(fake_data_root, results_dir, tmp_path, monkeypatch
     tables = train_and_collect(fake_data_root, results_dir, "figure10", cells)
     metrics = (tables / f"figure10-{SCALE}-metrics.csv").read_text()
     assert "train_loss" in metrics
-    plot("plot_figure10.py", tables, tmp_path / "figure10", monkeypatch)
+    plot("figure10", tables, tmp_path / "figure10", monkeypatch)
 
 
 def test_eta_sweep_plots_diverged_runs(fake_data_root, results_dir, tmp_path, monkeypatch):
     cells = grid(algo=["pc", "pcalm"], **{"algo.state_lr": [0.1, 0.3, 1e12],
                  "train.seed": [0, 1], "model.depth": [4]})
     tables = train_and_collect(fake_data_root, results_dir, "figure_eta", cells)
-    plot("plot_figure_eta.py", tables, tmp_path / "figure_eta", monkeypatch)
+    plot("figure_eta", tables, tmp_path / "figure_eta", monkeypatch)
 
 
 def test_plot_without_a_table_says_how_to_make_it(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "plot_figure2.py"), "--scale", SCALE,
+        [sys.executable, "experiments/plot.py", "figure2", "--scale", SCALE,
          "--tables", str(tmp_path), "--out", str(tmp_path / "f")],
         capture_output=True, text=True, cwd=REPO, timeout=60,
     )
-    assert proc.returncode != 0
+    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "make figure2 SCALE=smoke" in proc.stderr

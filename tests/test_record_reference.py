@@ -2,7 +2,8 @@
 
 import pandas as pd
 
-from tests.conftest import load_script
+from pcalm.analysis.tables import record
+from pcalm.plots.theory import run_folder
 
 
 def test_record_copies_runs_and_slims_metrics(tmp_path):
@@ -15,8 +16,7 @@ def test_record_copies_runs_and_slims_metrics(tmp_path):
                             "algo.name": ["pc"] * 3, "state_lr_source": ["authors"] * 3,
                             "step": [0, 10, 0], "test_acc": [0.1, 0.5, 0.1]})
     metrics.to_csv(tables / "figure2-paper-metrics.csv", index=False)
-    record = load_script("scripts/record_reference.py")
-    record.record("figure2", "paper", tables, out)
+    record("figure2", "paper", tables, out)
     assert (out / "figure2-paper.csv").read_text() == (tables / "figure2-paper.csv").read_text()
     slim = pd.read_csv(out / "figure2-paper-metrics.csv")
     assert list(slim.columns) == ["run_id", "step", "test_acc"]
@@ -24,7 +24,7 @@ def test_record_copies_runs_and_slims_metrics(tmp_path):
 
 
 def test_record_copies_the_arrays_of_diagnostic_runs_where_the_plots_look(tmp_path):
-    """Diagnostic figures draw from arrays.npz beside the tables (scripts/theory_runs.py:
+    """Diagnostic figures draw from arrays.npz beside the tables (pcalm/plots/theory.py:
     <tables>/../runs/<run_id>/): the record copies each run's arrays there, byte for byte,
     and skips runs without arrays (training runs)."""
     import numpy as np
@@ -38,11 +38,9 @@ def test_record_copies_the_arrays_of_diagnostic_runs_where_the_plots_look(tmp_pa
                                                       index=False)
     (results / "runs" / "a").mkdir(parents=True)
     np.savez(results / "runs" / "a" / "arrays.npz", credit=np.arange(6.0).reshape(2, 3))
-    record = load_script("scripts/record_reference.py")
-    written = record.record("figure3", "paper", tables, out)
+    written = record("figure3", "paper", tables, out)
     copied = tmp_path / "reference" / "runs" / "a" / "arrays.npz"
     assert copied in written and not (tmp_path / "reference" / "runs" / "b").exists()
     assert copied.read_bytes() == (results / "runs" / "a" / "arrays.npz").read_bytes()
-    theory_runs = load_script("scripts/theory_runs.py")
     row = pd.read_csv(out / "figure3-paper.csv").iloc[0]
-    assert theory_runs.run_folder(row, out) == copied.parent
+    assert run_folder(row, out) == copied.parent

@@ -26,7 +26,7 @@ from pcalm.runs.config import ConfigError, resolve_run_config
 from pcalm.runs.folder import RunFolder, RunLock, check_results_dir, inside
 from pcalm.runs.runner import execute
 from pcalm.runs.train import Trainer
-from tests.conftest import REPO, base_config, load_script
+from tests.conftest import REPO, base_config
 
 STOP_RUN = REPO / "tests" / "stop_run.py"
 SMALL = {"data": {"train_size": 200, "test_size": 100},
@@ -340,7 +340,7 @@ def test_check_results_dir_names_the_path_and_leaves_nothing_behind(tmp_path):
 
 
 @pytest.mark.parametrize("entry", ["experiments/run.py", "experiments/sweep.py --dry-run",
-                                   "scripts/collect.py"])
+                                   "experiments/collect.py"])
 def test_an_unwritable_results_dir_fails_in_one_line(entry, data_env, tmp_path):
     args = entry.split() + (["experiment=figure1"] if "run.py" not in entry else [])
     for what in ("a file", "under /proc"):
@@ -351,7 +351,8 @@ def test_an_unwritable_results_dir_fails_in_one_line(entry, data_env, tmp_path):
 
 def test_names_cannot_leave_the_results_dir(data_env, tmp_path):
     escape = "../../../pcalm-escape"
-    err = one_line_error(script(["scripts/collect.py", "experiment=figure1", f"name={escape}"]))
+    err = one_line_error(script(["experiments/collect.py", "experiment=figure1",
+                                 f"name={escape}"]))
     assert f"name='{escape}'" in err and "allowed: letters" in err
     assert not list(tmp_path.parent.parent.glob("**/pcalm-escape*"))
     with pytest.raises(ConfigError, match="name='../x'"):
@@ -370,7 +371,8 @@ def test_experiment_must_be_a_file_of_configs_experiment():
 
 def test_collect_excludes_a_missing_metrics_file_and_a_junk_config_in_one_line(data_env,
                                                                               capsys):
-    from pcalm.sweeps.grid import load_sweep
+    from pcalm.analysis.collect import write_tables
+    from pcalm.sweeps.grid import load_sweep, table_scope
 
     grid = ["experiment=figure2", "scale=smoke", "inference.state_lr=0.25", "algo=bp",
             "sweep.grid={model.width:[8,16]}", "model.depth=4", "model.activation=relu"]
@@ -380,13 +382,13 @@ def test_collect_excludes_a_missing_metrics_file_and_a_junk_config_in_one_line(d
                                         "test_acc": 0.1})
     second.write_metrics([{"step": 0, "test_acc": 0.1}])
     second.config_path.write_text("- just\n- a list\n")
-    assert load_script("scripts/collect.py").main(grid) == 0
+    summary = write_tables(table_scope(grid)).summary()  # what experiments/collect.py prints
     captured = capsys.readouterr()
     err = captured.err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("warning: 2 run folders excluded"), err
     assert f"{first.id}: metrics.csv is missing" in err
     assert f"{second.id}: config.yaml is not a mapping" in err
-    assert re.search(r"collected 0 of \d+ runs", captured.out) and "2 excluded" in captured.out
+    assert re.search(r"collected 0 of \d+ runs", summary) and "2 excluded" in summary
 
 
 # ----------------------------------------------------------- 3. sweep folders are unique

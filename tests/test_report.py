@@ -1,16 +1,15 @@
-"""`make report` (scripts/report.py → pcalm.analysis): the scorecard on tables of real tiny runs
+"""`make report` (experiments/report.py → pcalm.analysis): the scorecard on tables of real tiny runs
 and on synthetic tables in each figure's format, whose verdicts are known."""
 
 from __future__ import annotations
 
 import csv
 import math
-import runpy
-import sys
 
 import pandas as pd
 import pytest
 
+from pcalm.analysis.scorecard import write_report
 from tests.conftest import REPO
 from tests.test_analysis_stats import CELLS, table
 from tests.test_plots_training import grid, train_and_collect
@@ -19,12 +18,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_report(tables, out, monkeypatch, capsys, scale="smoke") -> str:
-    monkeypatch.setattr(sys, "argv", ["report.py", "--scale", scale, "--tables", str(tables),
-                                      "--out", str(out)])
-    runpy.run_path(str(REPO / "scripts" / "report.py"), run_name="__main__")
-    printed = capsys.readouterr().out
-    text = out.read_text()
-    assert text.strip() in printed
+    """The report as `python experiments/report.py --scale S --tables T --out O` writes it."""
+    text, written = write_report(tables, scale, out)
+    assert written == out and out.read_text(encoding="utf-8") == text + "\n"
     return text
 
 
@@ -201,7 +197,7 @@ def test_make_figure2_scale_paper_draws_the_reference_without_training(tmp_path)
     df.to_csv(reference / "figure2-paper.csv", index=False)
     out = subprocess.run(["make", "-n", "figure2", "SCALE=paper", f"REFERENCE={reference}"],
                          cwd=REPO, capture_output=True, text=True, timeout=60).stdout
-    assert f"scripts/plot_figure2.py --scale paper --tables {reference}" in out
+    assert f"experiments/plot.py figure2 --scale paper --tables {reference}" in out
     assert "sweep.py" not in out and "collect" not in out
     again = subprocess.run(["make", "-n", "figure2", "SCALE=paper", "TRAIN=1",
                             f"REFERENCE={reference}"], cwd=REPO, capture_output=True,

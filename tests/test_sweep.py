@@ -23,7 +23,7 @@ from pcalm.sweeps import grid as sweep
 from pcalm.sweeps.grid import Sweep, expand, experiment_scale, load_sweep
 from pcalm.sweeps.launchers import Basic, Local, Slurm, make_launcher
 from pcalm.sweeps.plan import headline, plan, plan_jobs, run_cost
-from tests.conftest import REPO, load_script
+from tests.conftest import REPO
 
 # Tiny cells: 200 training samples, 4 steps, one evaluation; η_h fixed (no eta table needed).
 SMALL = ["data.train_size=200", "data.test_size=100", "train.batch_size=50",
@@ -227,8 +227,10 @@ def test_local_sweep_runs_then_skips_then_collects(data_env, capsys):
     assert again.jobs == [] and len(list(data_env.glob("sweeps/*"))) == 1
 
     # Collect the grid plus a cell that never ran: a table of 4, the missing one named.
-    assert load_script("scripts/collect.py").main(grid[:-1] + ["model.depth=4,8"]) == 0
-    out = capsys.readouterr().out
+    from pcalm.analysis.collect import write_tables  # what experiments/collect.py runs
+    from pcalm.sweeps.grid import table_scope
+
+    out = write_tables(table_scope(grid[:-1] + ["model.depth=4,8"])).summary()
     # the table covers the experiment's whole grid under these settings plus the cells asked
     # for (the 4 trained ones in it, the rest named missing), under a name carrying the
     # settings (they change the runs: a smaller data set)

@@ -114,8 +114,8 @@ def test_a_synced_folder_stays_and_only_unsynced_ones_are_replaced(wandb_env, fa
 def test_the_figures_summary_run_says_how_many_of_its_runs_are_in_wandb(
         wandb_env, fake_data_root, monkeypatch, capsys):  # noqa: F811
     from pcalm.runs.tracking import summary_run_id
+    from pcalm.runs.wandb_log import log_figure_summary
     from pcalm.sweeps.grid import TableScope
-    from tests.conftest import load_script
 
     results = wandb_env / "results"
     tracked = _train(fake_data_root, results, mode="offline")  # logged while training
@@ -130,11 +130,8 @@ def test_the_figures_summary_run_says_how_many_of_its_runs_are_in_wandb(
     (results / "tables").mkdir(parents=True)
     pd.DataFrame({"run_id": ["a"], "test_acc": [0.5]}).to_csv(
         results / "tables" / "figure2-smoke.csv", index=False)
-    dashboard = load_script("scripts/dashboard.py")
     scope = TableScope("figure2", "smoke", "", [tracked.config, untracked_cfg])
-    monkeypatch.setattr(dashboard, "table_scope", lambda overrides: scope)
-    assert dashboard.main(["experiment=figure2", "scale=smoke", "logger=offline"]) == 0
-    out = capsys.readouterr().out
+    out = log_figure_summary(scope)  # the line experiments/dashboard.py prints
     assert "covering 2 runs of which 1 are in wandb" in out
     assert "`make wandb-log EXP=figure2 SCALE=smoke`" in out
     import wandb

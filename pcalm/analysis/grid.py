@@ -10,6 +10,7 @@ for a diverged run — a diverged run is never averaged in as chance; it decides
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from pcalm.analysis.stats import (
     SEED,
     UNDECIDED,
     Paired,
+    as_bool,
     check_unique,
     holm,
     noninferiority,
@@ -51,18 +53,12 @@ ACT_LABEL = ACTIVATION_LABELS
 ACTIVATIONS = ACTIVATION_NAMES
 
 
-def _bool(series: pd.Series) -> pd.Series:
-    if series.dtype == bool:
-        return series
-    return series.astype(str).str.strip().str.lower().isin(("true", "1", "1.0"))
-
-
 def runs(df: pd.DataFrame) -> pd.DataFrame:
     """Canonical names, boolean `diverged`, `acc` (NaN for a diverged run)."""
     df = df.copy()
     if "model.activation" in df:
         df["model.activation"] = df["model.activation"].replace(ACTIVATION_ALIASES)
-    df["diverged"] = _bool(df["diverged"]) if "diverged" in df else False
+    df["diverged"] = as_bool(df["diverged"]) if "diverged" in df else False
     acc = pd.to_numeric(df.get("test_acc", pd.Series(np.nan, index=df.index)),
                         errors="coerce")
     df["acc"] = acc.where(~df["diverged"])
@@ -288,13 +284,24 @@ class TableError(ValueError):
 
 
 # Columns a width × depth grid table (figure2, figure2_mnist) must have to be decided cell by
-# cell (scripts/collect.py writes them); every other table needs `algo.name`. Diagnostic
+# cell (experiments/collect.py writes them); every other table needs `algo.name`. Diagnostic
 # tables (figures 1, 3, 4, 5, 8, 9) hold no accuracy.
 GRID_TABLES = ("figure2", "figure2_mnist")
 GRID_COLUMNS = ("algo.name", "data.name", "model.width", "model.depth", "model.activation",
                 "train.seed")
+# Columns the claims read from the other tables without asking first (a table lacking one is
+# damaged: a one-line TableError, never a KeyError).
+TABLE_COLUMNS = {
+    "figure6": ("algo.name", "train.seed"), "figure7": ("algo.name", "train.seed"),
+    "figure10": ("algo.name", *KEY, "train.seed"),
+    "figure_eta": ("algo.name", "data.name", *KEY, "algo.state_lr", "train.seed"),
+}
 NUMERIC_COLUMNS = ("model.width", "model.depth", "train.seed", "test_acc", "model.gamma0",
-                   "algo.budget", "algo.state_lr")
+                   "algo.budget", "algo.state_lr", "algo.alpha", "grad_cosine",
+                   "grad_cosine_final", "grad_rel_error_final", "grad_error_final",
+                   "front_speed", "front_speed_predicted", "front_exponent",
+                   "front_layers_reached", "flops_at_budget", "hidden_alignment_at_budget",
+                   "input_rel_error_at_budget", "pc_input_rel_error_at_budget")
 DIAGNOSTIC_TABLES = ("figure1", "figure3", "figure4", "figure5", "figure8", "figure9")
 
 
@@ -305,7 +312,18 @@ def read_table(tables: Path, experiment: str, scale: str) -> pd.DataFrame | None
     path = Path(tables) / f"{experiment}-{scale}.csv"
     if not path.is_file():
         return None
-    remake = f"rebuild it with `make collect EXP={experiment} SCALE={scale}`"
+    needed = GRID_COLUMNS if experiment in GRID_TABLES else \
+        TABLE_COLUMNS.get(experiment, GRID_COLUMNS[:1])
+    return read_csv_table(path, f"rebuild it with `make collect EXP={experiment} SCALE={scale}`",
+                          needed)
+
+
+def read_csv_table(path: Path, remake: str, needed: Iterable[str] = (),
+                   numeric: Iterable[str] = ()) -> pd.DataFrame | None:
+    """The CSV table at `path` with its number columns (`numeric` and NUMERIC_COLUMNS, where
+    present) as numbers; None if it holds no rows. TableError (one line naming the file, the
+    column or value, what is allowed, and `remake`: how to rebuild it) when it is not UTF-8
+    CSV, lacks a column of `needed`, or holds a non-number in a number column."""
     try:
         df = pd.read_csv(path, encoding="utf-8")
     except pd.errors.EmptyDataError:
@@ -315,11 +333,10 @@ def read_table(tables: Path, experiment: str, scale: str) -> pd.DataFrame | None
         raise TableError(f"{path}: not a readable CSV table ({reason}); {remake}") from None
     if df.empty:
         return None
-    needed = GRID_COLUMNS if experiment in GRID_TABLES else GRID_COLUMNS[:1]
     lacking = [c for c in needed if c not in df]
     if lacking:
         raise TableError(f"{path}: column {lacking[0]!r} is missing; {remake}")
-    for column in (c for c in NUMERIC_COLUMNS if c in df):
+    for column in (c for c in dict.fromkeys([*NUMERIC_COLUMNS, *numeric]) if c in df):
         numbers = pd.to_numeric(df[column], errors="coerce")
         junk = df[column][numbers.isna() & df[column].notna()]
         if len(junk):
@@ -334,9 +351,9 @@ def valid_mask(df: pd.DataFrame, experiment: str) -> pd.Series:
     else not diverged; a training table's rows also need a finite `test_acc` (a table
     without that column has no valid rows)."""
     if "valid" in df:
-        mask = _bool(df["valid"])
+        mask = as_bool(df["valid"])
     elif "diverged" in df:
-        mask = ~_bool(df["diverged"])
+        mask = ~as_bool(df["diverged"])
     else:
         mask = pd.Series(True, index=df.index)
     if experiment not in DIAGNOSTIC_TABLES:
@@ -365,7 +382,7 @@ def runs_behind(tables: Path, experiment: str, scale: str) -> tuple[int, str]:
     if "status" in df:
         diverged = int((df["status"] == "diverged").sum())
     else:
-        flags = _bool(df["diverged"]) if "diverged" in df else pd.Series(False, index=df.index)
+        flags = as_bool(df["diverged"]) if "diverged" in df else pd.Series(False, index=df.index)
         diverged = int((~valid & flags).sum())
     other = int((~valid).sum()) - diverged
     notes = [f"{n} {what}" for n, what in ((diverged, "diverged"), (other, "without accuracy"),

@@ -13,6 +13,7 @@ from pcalm.analysis import claims as claims_mod
 from pcalm.analysis import grid
 from pcalm.analysis.grid import DELTA, KEY, cell_label
 from pcalm.analysis.stats import paired
+from pcalm.atomic import atomic_write_text
 
 DIFFERENCES = (("pcalm", "bp"), ("pc", "bp"), ("pcalm", "pc"))
 
@@ -45,6 +46,33 @@ def build(tables: Path, scale: str) -> str:
         lines += seeds_section(df, experiment)
         lines += grid_section(df, experiment)
     return "\n".join(lines)
+
+
+def default_out(tables: Path, scale: str) -> Path:
+    """Where the report goes unless told: `<tables>/../report-<scale>.md`."""
+    return Path(tables).parent / f"report-{scale}.md"
+
+
+def write_report(tables: Path, scale: str, out: Path | None = None) -> tuple[str, Path]:
+    """Build the report and write it atomically to `out` (default: `default_out`); returns
+    (text, path). One-line errors: pcalm.analysis.grid.TableError for a damaged table,
+    ValueError for an `out` in a missing folder, ReportNotWritten when writing fails (the
+    previous report is then unchanged)."""
+    out = Path(out) if out is not None else default_out(tables, scale)
+    if not out.parent.is_dir():
+        raise ValueError(f"bad value --out={str(out)!r}: its folder does not exist; "
+                         "allowed: a path in an existing folder")
+    text = build(tables, scale)
+    try:
+        atomic_write_text(out, text + "\n")
+    except OSError as err:
+        raise ReportNotWritten(f"cannot write {out}: {err.strerror or err}; the previous "
+                               "report is unchanged") from None
+    return text, out
+
+
+class ReportNotWritten(OSError):
+    """The report could not be written; the message is one line."""
 
 
 def _cell(text: str) -> str:

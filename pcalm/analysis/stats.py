@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from pcalm.names import ACTIVATION_ALIASES as ACTIVATION_ALIASES  # a table may say `linear`
 from pcalm.names import FAILS as FAILS  # the verdict words, re-exported
 from pcalm.names import HOLDS as HOLDS
 from pcalm.names import UNDECIDED as UNDECIDED
@@ -251,3 +252,66 @@ def paired(df: pd.DataFrame, keys: list[str], a: str, b: str,
         key = key if isinstance(key, tuple) else (key,)
         out[key] = Paired(tuple(float(v) for v in group.values))
     return out
+
+
+# ----------------------------------------------------------------- figure summaries
+# What the figures draw (pcalm.plots): a cell's mean ± sd over seeds, with a diverged run
+# counted as chance so that a collapse shows as a drop (the decisions above never average a
+# diverged run in; pcalm.analysis.grid.runs gives it NaN instead).
+
+CHANCE = 0.10  # 10 classes
+
+
+def as_bool(series: pd.Series) -> pd.Series:
+    """A CSV column of True/False (or 1/0, or missing) as booleans; missing → False."""
+    if series.dtype == bool:
+        return series
+    return series.astype(str).str.strip().str.lower().isin(("true", "1", "1.0"))
+
+
+def normalise(df: pd.DataFrame) -> pd.DataFrame:
+    """Canonical activation names, boolean `diverged`, and `acc`: test accuracy with a
+    diverged (or accuracy-less) run counted as chance."""
+    df = df.copy()
+    if "model.activation" in df:
+        df["model.activation"] = df["model.activation"].replace(ACTIVATION_ALIASES)
+    df["diverged"] = as_bool(df["diverged"]) if "diverged" in df else False
+    acc = pd.to_numeric(df.get("test_acc", pd.Series(np.nan, index=df.index)), errors="coerce")
+    df["acc"] = acc.where(~df["diverged"] & acc.notna(), CHANCE)
+    return df
+
+
+def seed_stats(df: pd.DataFrame, keys: list[str], value: str = "acc") -> pd.DataFrame:
+    """Mean, sd, seed count and diverged count of `value` per group of `keys`."""
+    g = df.groupby(keys, dropna=False)
+    out = g[value].agg(mean="mean", sd="std", n="count")
+    out["n_diverged"] = g["diverged"].sum() if "diverged" in df else 0
+    return out.reset_index()
+
+
+def paired_difference(df: pd.DataFrame, keys: list[str], a: str, b: str,
+                      value: str = "acc") -> pd.DataFrame:
+    """Per group of `keys`: mean and sd over seeds of value(algo a) − value(algo b), paired by
+    seed (seeds both ran)."""
+    cols = [*keys, SEED]
+    left = df[df[ALGO] == a].set_index(cols)[value]
+    right = df[df[ALGO] == b].set_index(cols)[value]
+    diff = (left - right).dropna().rename("diff").reset_index()
+    if diff.empty:
+        return pd.DataFrame(columns=[*keys, "mean", "sd", "n"])
+    return diff.groupby(keys)["diff"].agg(mean="mean", sd="std", n="count").reset_index()
+
+
+NETWORK = ["data.name", "model.activation", "model.width", "model.depth"]
+
+
+def eta_multiples(df: pd.DataFrame, table_step) -> pd.Series:
+    """k = η_h / η_table of each row's cell, i.e. η_h in multiples of 1/λ_max, where
+    `table_step(data, activation, width, depth)` is the cell's grid-rule step η_table = 1/λ_max
+    or None (then NaN)."""
+    steps = {}
+    for cell in df[NETWORK].drop_duplicates().itertuples(index=False):
+        step = table_step(str(cell[0]), str(cell[1]), int(cell[2]), int(cell[3]))
+        steps[tuple(cell)] = np.nan if step is None else step
+    per_row = [steps[tuple(r)] for r in df[NETWORK].itertuples(index=False)]
+    return df["algo.state_lr"].astype(float) / np.asarray(per_row, dtype=float)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ import yaml
 
 from pcalm.atomic import atomic_write_text
 from pcalm.runs.folder import (
+    ARRAYS_FILE,
     CONFIG_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
@@ -193,6 +195,14 @@ def _scan_quietly(results_dir, run_ids):
 # --------------------------------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def default_tables_dir() -> Path:
+    """Where collected tables are read unless told: <PCALM_RESULTS, else <repo>/results>/tables
+    (as configs/config.yaml's results_dir)."""
+    return Path(os.environ.get("PCALM_RESULTS", REPO / "results")) / "tables"
+
+
 # Path columns of a table and the variable a user sets to say where that folder is.
 PATH_COLUMNS = {"data.root": "$PCALM_DATA", "results_dir": "$PCALM_RESULTS"}
 TEXT_COLUMNS_WITH_PATHS = ("provenance.command",)
@@ -259,3 +269,53 @@ def portable_table(df: pd.DataFrame, repo: Path = REPO) -> pd.DataFrame:
         if df[column].dtype == object or pd.api.types.is_string_dtype(df[column]):
             df[column] = df[column].map(_json_cell)
     return df
+
+
+# --------------------------------------------------------------------------------------------
+# Tables on record: results/reference (scripts/record_reference.py)
+# --------------------------------------------------------------------------------------------
+
+CONFIG_PREFIXES = ("name", "task.", "model.", "algo.", "data.", "train.", "logger.",
+                   "results_dir", "state_lr_source")
+
+
+def slim_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The metrics table without its config columns (one join away, in the run table)."""
+    keep = [c for c in metrics.columns if c == "run_id" or not c.startswith(CONFIG_PREFIXES)]
+    return metrics[keep]
+
+
+def record(experiment: str, scale: str, tables: Path, out: Path) -> list[Path]:
+    """Put `<tables>/<experiment>-<scale>.csv` on record in `out` (scripts/record_reference.py,
+    `make reference`): the run table verbatim but portable, the metrics slimmed to run id +
+    metrics, each run's arrays.npz under `out`/../runs/; returns the files written.
+    ValueError (one line) when a table is missing."""
+    runs = tables / f"{experiment}-{scale}.csv"
+    metrics = tables / f"{experiment}-{scale}-metrics.csv"
+    for path in (runs, metrics):
+        if not path.is_file():
+            raise ValueError(f"no table {path}: run `make collect EXP={experiment} "
+                             f"SCALE={scale}` first")
+    written = [out / runs.name, out / metrics.name]
+    as_text = pd.read_csv(runs, dtype=str, keep_default_na=False)  # every other cell verbatim
+    atomic_write_text(written[0], portable_table(as_text).to_csv(index=False))
+    atomic_write_text(written[1], slim_metrics(pd.read_csv(metrics)).to_csv(index=False))
+    return written + copy_arrays(pd.read_csv(runs)["run_id"], tables.parent / "runs",
+                                 out.parent / "runs")
+
+
+def copy_arrays(run_ids, runs_dir: Path, out_runs: Path) -> list[Path]:
+    """Each run's arrays.npz (diagnostic runs have one) → out_runs/<run_id>/arrays.npz,
+    through a temporary name and a rename (a crash never leaves a torn array file)."""
+    written = []
+    for rid in run_ids:
+        source = runs_dir / str(rid) / ARRAYS_FILE
+        if not source.is_file():
+            continue
+        target = out_runs / str(rid) / ARRAYS_FILE
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".tmp")
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+        written.append(target)
+    return written

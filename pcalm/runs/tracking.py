@@ -25,9 +25,9 @@ flattened: ``model.width``, ``algo.name``, ...). Tags accumulate: every experime
 a run adds its tags to those recorded in ``<run_dir>/wandb/pcalm-tags.json`` and the run is
 opened with the union (wandb replaces a run's tags by the list it is given), so one grid cell
 reached from two experiments is one wandb run with both ``exp:`` tags (it stays in the group
-it was first tracked in; ``scripts/dashboard.py`` adds the tag to runs another experiment
+it was first tracked in; ``experiments/dashboard.py`` adds the tag to runs another experiment
 trained). The figure's summary
-run (``open_summary_run``, ``scripts/dashboard.py``) holds the figure, its table and the
+run (``open_summary_run``, ``experiments/dashboard.py``) holds the figure, its table and the
 table's CSV as an artifact.
 
 ``logger=online`` without an API key or without a network fails in one line (``TrackingError``)

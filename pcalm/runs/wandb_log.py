@@ -179,3 +179,78 @@ def consolidate(results_dir: str | os.PathLike) -> tuple[int, int]:
 def count_in_wandb(run_dirs: Iterable[str | os.PathLike]) -> int:
     """How many of these run folders are wholly in wandb."""
     return sum(in_wandb(d) for d in run_dirs)
+
+
+# ------------------------------------------------------------------ a figure's summary run
+
+FIGURES_DIR = Path(__file__).resolve().parents[2] / "figures"
+
+
+def retag(configs: list[dict]) -> int:
+    """Add this experiment's tags to grid runs tracked before under another (the same cell,
+    so the same run: its wandb run is resumed once); returns how many."""
+    from pcalm.runs.folder import RunFolder
+    from pcalm.runs.runner import run_name  # imports torch: only when something is logged
+    from pcalm.runs.tracking import open_tracker, recorded, run_meta
+
+    count = 0
+    for cfg in configs:
+        folder = RunFolder(cfg["results_dir"], cfg)
+        before = recorded(folder.path)
+        if not before or not folder.exists_complete():
+            continue  # never tracked (logger off when it trained), or not finished
+        if set(run_meta(cfg)["tags"]) <= set(before.get("tags", [])):
+            continue
+        open_tracker(cfg["logger"], folder.id, run_name(cfg), before.get("group"), cfg,
+                     folder.path).finish()
+        count += 1
+    return count
+
+
+def log_figure_summary(scope, figure: Path | None = None) -> str:
+    """An experiment's wandb summary run (experiments/dashboard.py, the last step of `make
+    figureN`): its figure, its collected table as a wandb Table and an artifact, and how many
+    of its finished runs are wholly in wandb. `scope` is the experiment's
+    pcalm.sweeps.grid.TableScope (name, scale, label, configs). Returns the line to print; ""
+    when the logger is off. ValueError (one line) when the table is not there yet."""
+    from pcalm.runs.folder import RunFolder
+    from pcalm.runs.tracking import effective_mode, open_summary_run, summary_run_id
+
+    logger = scope.configs[0]["logger"]
+    if effective_mode(logger) in ("none", "disabled"):
+        return ""
+    results = Path(scope.configs[0]["results_dir"])
+    table = results / "tables" / f"{scope.label}.csv"
+    if not table.is_file():
+        raise ValueError(f"no table {table}: run `make collect EXP={scope.name} "
+                         f"SCALE={scope.scale}` first")
+    figure = figure or FIGURES_DIR / f"{scope.label}.png"
+    retagged = retag(scope.configs)
+    finished = [f for f in (RunFolder(c["results_dir"], c) for c in scope.configs)
+                if f.exists_complete()]
+    tracked = sum(in_wandb(f.path) for f in finished)
+    counts = {"runs": len(finished), "runs_in_wandb": tracked}
+    tracker = open_summary_run(logger, scope.name, scope.scale_label,
+                               results / "dashboard" / scope.label,
+                               {"experiment": scope.name, "scale": scope.scale,
+                                "variant": scope.variant, **counts})
+    with tracker:
+        if figure.is_file():
+            tracker.log_figure("figure", figure)
+        tracker.log_table("runs", table, artifact=scope.label,
+                          extra_files=(table.with_name(f"{scope.label}-metrics.csv"),))
+        tracker.note(counts)
+    # each summary run is logged whole: older unsynced copies would only replay into it
+    wandb_dir = results / "dashboard" / scope.label / "wandb"
+    rid = summary_run_id(scope.name, scope.scale_label)
+    newest = unsynced_folders(wandb_dir, rid)[-1:]
+    if newest:
+        supersede(wandb_dir, rid, newest[0])
+    shown = f"{figure.name} and " if figure.is_file() else ""
+    again = f"; {retagged} runs of other experiments tagged" if retagged else ""
+    missing = len(finished) - tracked
+    rest = (f"; {missing} have no wandb history yet: `make wandb-log EXP={scope.name} "
+            f"SCALE={scope.scale}` logs them") if missing else ""
+    return (f"wandb ({effective_mode(logger)}): {shown}{table.name} in run "
+            f"{scope.label}-summary, covering {len(finished)} runs of which {tracked} are in "
+            f"wandb{again}{rest}")

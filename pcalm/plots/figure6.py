@@ -1,35 +1,35 @@
 """Figure 6: parameterisation sweep (Fashion-MNIST), from results/tables/figure6-<scale>.csv.
 
-    python scripts/plot_figure6.py --scale smoke [--tables DIR] [--out PATH]
+    python experiments/plot.py figure6 --scale smoke [--tables DIR] [--out PATH]
 
 Top: test accuracy after one epoch of BP / PC / PC-ALM vs the output multiplier γ0 — left
 the muPC net (a_L = 1/(γ0 N), lr ∝ γ0²), right the standard parameterisation (sp) at the
 same learning rates (γ0 does not enter an sp net). Bottom: gradient cosine to BP after
 training.
-Mean ± sd over seeds; a diverged run counts as chance. plot_figure7.py reuses this for MNIST.
+Mean ± sd over seeds; a diverged run counts as chance (the note counts them). Figure 7 is its
+MNIST twin (`python experiments/plot.py figure7`).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from grid_heatmaps import ALGO_ORDER, CHANCE, DATA_LABELS, normalise, seed_stats  # noqa: E402
-from plotting import (  # noqa: E402
+from pcalm.analysis.stats import CHANCE, normalise, seed_stats
+from pcalm.plots.grid import ALGO_ORDER, DATA_LABELS
+from pcalm.plots.style import (
     ACTIVATION_LABELS,
     ALGO_COLORS,
     ALGO_LABELS,
-    parse_args,
     plt,
     read_table,
     save,
     settings_note,
 )
 
+COLUMNS = ("algo.name", "model.gamma0", "model.width", "model.depth", "train.seed")
+NUMBERS = COLUMNS[1:] + ("grad_cosine",)
 PARAMS = {  # column title, x label, marker
     "mupc": ("muPC: a_L = 1/(γ0 N), lr = η0 γ0² √(N/L)",
              "output multiplier γ0  (lazy ← → rich)", "o"),
@@ -52,7 +52,7 @@ def _series(ax, stats, algo: str, param: str, offset: float) -> None:
 
 
 def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
-    df = normalise(read_table(tables, experiment, scale))
+    df = normalise(read_table(tables, experiment, scale, needs=COLUMNS, numbers=NUMBERS))
     if "model.param" not in df:
         df["model.param"] = "mupc"
     df["model.gamma0"] = df["model.gamma0"].astype(float)
@@ -108,12 +108,3 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
                   + (f" | {n_div} diverged runs counted as chance" if n_div else ""), scale)
     fig.get_layout_engine().set(rect=(0, 0.035, 1, 0.965))
     return save(fig, f"{experiment}-{scale}", out)
-
-
-def main(experiment: str = "figure6") -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    plot(experiment, args.scale, args.tables, args.out)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,15 +1,17 @@
-"""Shared by the theory-figure scripts (figures 1, 3, 4, 5, 8, 9): a diagnostic run's arrays
-and mean ± sd over seeds. Tables come from scripts/collect.py; arrays from each run folder.
+"""Shared by the theory figures (1, 3, 4, 5, 8, 9): a diagnostic run's arrays and mean ± sd
+over seeds. Tables come from experiments/collect.py; arrays from each run folder.
 """
 
 from __future__ import annotations
 
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pcalm.analysis.grid import TableError
 from pcalm.runs.folder import ARRAYS_FILE, load_arrays
 
 DATA_LABELS = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "synthetic": "synthetic"}
@@ -33,15 +35,26 @@ def with_arrays(df: pd.DataFrame, tables: Path) -> list[tuple[pd.Series, dict]]:
     for _, row in df.iterrows():
         folder = run_folder(row, tables)
         if (folder / ARRAYS_FILE).is_file():
-            out.append((row, load_arrays(folder)))
+            out.append((row, read_arrays(folder)))
         else:
             lost.append(str(row["run_id"]))
     if lost:
         print(f"warning: no {ARRAYS_FILE} for run(s) {', '.join(lost)}: left out",
               file=sys.stderr)
     if not out:
-        sys.exit(f"error: none of the {len(df)} runs in the table has its {ARRAYS_FILE}")
+        raise TableError(f"none of the {len(df)} runs in the table has its {ARRAYS_FILE} "
+                         f"(looked under {run_folder(df.iloc[0], tables).parent})")
     return out
+
+
+def read_arrays(folder: Path) -> dict:
+    """A run folder's arrays.npz (never unpickled), or a TableError naming the damaged file."""
+    try:
+        return load_arrays(folder)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        reason = " ".join(str(err).split())[:120] or type(err).__name__
+        raise TableError(f"{folder / ARRAYS_FILE}: not readable arrays ({reason}); rerun the "
+                         "run (delete its folder) or rebuild the table") from None
 
 
 def mean_sd(curves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 """Figure 1: PC vs PC-ALM in the scalar two-layer linear net, from
 results/tables/figure1-<scale>.csv.
 
-    python scripts/plot_figure1.py --scale smoke [--tables DIR] [--out PATH]
+    python experiments/plot.py figure1 --scale smoke [--tables DIR] [--out PATH]
 
 (a) the state z(t) against its forward value h; (b) the credit ε(t) = ρr + λ (and PC-ALM's
 multiplier λ) against the BP adjoint −δ; (c) the weight-gradient error max|g(t) − g_BP| (log);
@@ -10,18 +10,25 @@ multiplier λ) against the BP adjoint −δ; (c) the weight-gradient error max|g
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from plotting import (  # noqa: E402,I001
-    ALGO_COLORS, ALGO_LABELS, MINUS, parse_args, plt, read_table, save, settings_note,
+from pcalm.plots.style import (
+    ALGO_COLORS,
+    ALGO_LABELS,
+    MINUS,
+    plt,
+    read_table,
+    save,
+    settings_note,
 )
-from theory_runs import with_arrays  # noqa: E402
+from pcalm.plots.theory import with_arrays
 
+# what the panels read from each row (the arrays come from the run folder)
+COLUMNS = ("run_id", "algo.name", "forward_z", "neg_delta", "spectral_radius", "steps",
+           "task.w1", "task.w2", "task.x", "task.y", "state_lr")
+NUMBERS = COLUMNS[2:]
 REF = dict(color="0.25", linestyle=":", linewidth=1.1)
 
 
@@ -35,7 +42,7 @@ def _radius_label(name: str, radius: float) -> str:
 
 
 def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
-    df = read_table(tables, experiment, scale)
+    df = read_table(tables, experiment, scale, needs=COLUMNS, numbers=NUMBERS)
     runs = {row["algo.name"]: (row, arr) for row, arr in with_arrays(df, tables)}
     algos = [a for a in ("pc", "pcalm") if a in runs]
     first = runs[algos[0]][0]
@@ -88,7 +95,3 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
                  "PC's does not", fontsize=10)
     return save(fig, f"{experiment}-{scale}", out)
 
-
-if __name__ == "__main__":
-    args = parse_args(" ".join(__doc__.split("\n\n")[0].split()))
-    plot("figure1", args.scale, args.tables, args.out)

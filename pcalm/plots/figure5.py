@@ -1,7 +1,7 @@
 """Figure 5: cosine of PC-ALM's weight gradient to BP's vs inference step, at init, from
 results/tables/figure5-<scale>.csv.
 
-    python scripts/plot_figure5.py --scale smoke [--tables DIR] [--out PATH]
+    python experiments/plot.py figure5 --scale smoke [--tables DIR] [--out PATH]
 
 One column per depth L; top: the whole-network cosine; bottom: the input layer W_1's relative
 error ‖g_1 − g_BP,1‖/‖g_BP,1‖ (1 = no credit yet). The whole-network number is dominated by the
@@ -14,21 +14,21 @@ Mean ± sd over seeds; log x.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from plotting import ALGO_COLORS, ALGO_LABELS, parse_args, plt, read_table, save, settings_note  # noqa: E402,I001
-from theory_runs import band, data_label, eta_text, seeds_text, with_arrays  # noqa: E402
+from pcalm.plots.style import ALGO_COLORS, ALGO_LABELS, plt, read_table, save, settings_note
+from pcalm.plots.theory import band, data_label, eta_text, seeds_text, with_arrays
 
 ALPHA_STYLES = (":", "--", "-", "-.")  # smallest α dotted ... largest solid
+COLUMNS = ("run_id", "model.depth", "algo.alpha", "model.width", "algo.state_lr", "algo.budget",
+           "train.batch_size")
+NUMBERS = COLUMNS[1:]
 
 
 def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
-    df = read_table(tables, experiment, scale)
+    df = read_table(tables, experiment, scale, needs=COLUMNS, numbers=NUMBERS)
     runs = with_arrays(df, tables)
     depths = sorted({int(r["model.depth"]) for r, _ in runs})
     alphas = sorted({float(r["algo.alpha"]) for r, _ in runs})
@@ -84,8 +84,3 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
     fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))
     fig.suptitle("Gradient alignment to BP at initialisation vs inference steps", fontsize=10)
     return save(fig, f"{experiment}-{scale}", out)
-
-
-if __name__ == "__main__":
-    args = parse_args(" ".join(__doc__.split("\n\n")[0].split()))
-    plot("figure5", args.scale, args.tables, args.out)

@@ -1,6 +1,6 @@
 """Figure 8: two routes to BP-aligned hidden credit, from results/tables/figure8-<scale>.csv.
 
-    python scripts/plot_figure8.py --scale smoke [--tables DIR] [--out PATH]
+    python experiments/plot.py figure8 --scale smoke [--tables DIR] [--out PATH]
 
 x: FLOPs spent on inference (log; t · 4·B·N·(N(L−2) + C), pcalm.runs.tasks.figures.flops_per_step);
 y, one panel each: (a) the stacked hidden-credit cosine cos(ε, −δ) over all hidden layers
@@ -11,21 +11,22 @@ widths. Route 2 (PC-ALM, red, markers labelled by T): PC-ALM at N = 32 as its bu
 Route 1 at equilibrium (open markers, dashed): PC run until z stops changing (at most
 2 diffusive crossing times, T ≈ 2L²/η_h), one point per width — does widening bring PC's
 converged credit to BP's? Faint lines: every run's curve over t. Mean ± sd over seeds.
-Also draws Figure 9 (MNIST).
+Also draws its MNIST twin, Figure 9 (`python experiments/plot.py figure9`).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pcalm.plots.style import ALGO_COLORS, ALGO_LABELS, plt, read_table, save, settings_note
+from pcalm.plots.theory import data_label, eta_text, mean_sd, seeds_text, with_arrays
 
-from plotting import ALGO_COLORS, ALGO_LABELS, parse_args, plt, read_table, save, settings_note  # noqa: E402,I001
-from theory_runs import data_label, eta_text, mean_sd, seeds_text, with_arrays  # noqa: E402
-
+COLUMNS = ("run_id", "algo.name", "model.depth", "algo.budget", "model.width",
+           "train.batch_size")
+NUMBERS = COLUMNS[2:] + ("flops_at_equilibrium", "stacked_credit_cosine_equilibrium",
+                         "hidden_alignment_equilibrium", "cosine_equilibrium")
 ROUTE2_WIDTH = 32  # [I] SPEC §7: "fixed N = 32, raise the PC-ALM budget"
 PANELS = (("stacked_credit_cosine", "(a) hidden credit, all layers stacked",
            "cos(ε, −δ) over all hidden layers"),
@@ -49,7 +50,7 @@ def label_widths(ax, xs, ms, widths) -> None:
 
 
 def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
-    df = read_table(tables, experiment, scale)
+    df = read_table(tables, experiment, scale, needs=COLUMNS, numbers=NUMBERS)
     runs = with_arrays(df, tables)
     first = runs[0][0]
     depth = int(first["model.depth"])
@@ -130,8 +131,3 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
     fig.suptitle(f"{data_label(df)}: two routes to BP-aligned hidden credit — widen PC at "
                  f"T = {budget}, or raise PC-ALM's budget at N = {route2}", fontsize=10)
     return save(fig, f"{experiment}-{scale}", out)
-
-
-if __name__ == "__main__":
-    args = parse_args(__doc__.splitlines()[0])
-    plot("figure8", args.scale, args.tables, args.out)

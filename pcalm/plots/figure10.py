@@ -1,27 +1,28 @@
 """Figure 10: training curves over one epoch, from results/tables/figure10-<scale>-metrics.csv.
 
-    python scripts/plot_figure10.py --scale smoke [--tables DIR] [--out PATH]
+    python experiments/plot.py figure10 --scale smoke [--tables DIR] [--out PATH]
 
 One column per activation (linear, tanh, ReLU); top: test accuracy vs training step, bottom:
 training loss (½‖ŷ − y‖², mean over the steps since the previous evaluation). BP, PC and
-PC-ALM in their colours; line style per inference budget T. Mean ± sd band over seeds.
+PC-ALM in their colours; line style per inference budget T. Mean ± sd band over seeds; a
+diverged run's curve ends where its loss stopped being finite, and the note counts such runs.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from grid_heatmaps import ACTIVATION_ORDER, ALGO_ORDER, CHANCE, DATA_LABELS  # noqa: E402
-from plotting import (  # noqa: E402
+from pcalm.analysis.grid import read_csv_table
+from pcalm.analysis.stats import ACTIVATION_ALIASES, CHANCE, normalise
+from pcalm.plots.grid import ACTIVATION_ORDER, ALGO_ORDER, DATA_LABELS
+from pcalm.plots.style import (
     ACTIVATION_LABELS,
     ALGO_COLORS,
     ALGO_LABELS,
-    parse_args,
+    diverged_note,
     plt,
     read_table,
     save,
@@ -29,6 +30,9 @@ from plotting import (  # noqa: E402
 )
 
 BUDGET_STYLES = ["--", "-", ":", "-."]  # smallest T dashed, next solid, ...
+COLUMNS = ("step", "algo.name", "model.activation", "model.width", "model.depth", "train.seed")
+NUMBERS = ("step", "model.width", "model.depth", "train.seed", "test_acc", "train_loss",
+           "train.batch_size", "train.evals_per_epoch")
 
 
 def _curve(ax, rows, value: str, colour: str, style: str, label: str) -> None:
@@ -44,9 +48,18 @@ def _curve(ax, rows, value: str, colour: str, style: str, label: str) -> None:
     ax.plot(steps, mean, color=colour, linestyle=style, linewidth=1.4, label=label)
 
 
+def runs_table(tables: Path, experiment: str, scale: str) -> pd.DataFrame:
+    """The per-run table beside the metrics (for the diverged count), normalised; an empty
+    frame where there is none (the curves do not need it). A damaged one is a TableError."""
+    path = Path(tables) / f"{experiment}-{scale}.csv"
+    frame = read_csv_table(path, f"rebuild it with `make collect EXP={experiment} "
+                           f"SCALE={scale.partition('-')[0]}`") if path.is_file() else None
+    return normalise(pd.DataFrame() if frame is None else frame)
+
+
 def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
-    df = read_table(tables, experiment, scale, kind="metrics")
-    df["model.activation"] = df["model.activation"].replace({"linear": "identity"})
+    df = read_table(tables, experiment, scale, kind="metrics", needs=COLUMNS, numbers=NUMBERS)
+    df["model.activation"] = df["model.activation"].replace(ACTIVATION_ALIASES)
     if "algo.budget" not in df:
         df["algo.budget"] = np.nan
     activations = [a for a in ACTIVATION_ORDER if a in set(df["model.activation"])]
@@ -97,11 +110,7 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
                  fontsize=10)
     settings_note(fig, f"{data} | N = {width}, L = {depth} | T = "
                   f"{', '.join(map(str, budgets)) or '–'} (line style), η_h = 1/λ_max | "
-                  f"{evals} evaluations per epoch | mean ± sd over seeds {seeds}", scale)
+                  f"{evals} evaluations per epoch | mean ± sd over seeds {seeds}"
+                  + diverged_note(runs_table(tables, experiment, scale)), scale)
     fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))
     return save(fig, f"{experiment}-{scale}", out)
-
-
-if __name__ == "__main__":
-    args = parse_args(__doc__.splitlines()[0])
-    plot("figure10", args.scale, args.tables, args.out)

@@ -1,6 +1,6 @@
 """Figure η: PC's test accuracy vs the activity step η_h (results/tables/figure_eta-<scale>.csv).
 
-    python scripts/plot_figure_eta.py --scale smoke [--tables DIR] [--out PATH]
+    python experiments/plot.py figure_eta --scale smoke [--tables DIR] [--out PATH]
 
 x: η_h · λ_max, the multiple k of 1/λ_max (λ_max = 1/η_h of the cell's table step: the
 authors' published value where they have the cell, else ours, read through pcalm.runs.eta's
@@ -12,31 +12,32 @@ dots, diverged runs (non-finite loss) as crosses at chance (10 %). The PC stabil
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from grid_heatmaps import ALGO_ORDER, CHANCE, DATA_LABELS, normalise, seed_stats  # noqa: E402
-from plotting import (  # noqa: E402
+from pcalm.analysis.stats import CHANCE, NETWORK, eta_multiples, normalise, seed_stats
+from pcalm.plots.grid import ALGO_ORDER, DATA_LABELS
+from pcalm.plots.style import (
     ACTIVATION_LABELS,
     ALGO_COLORS,
     ALGO_LABELS,
-    parse_args,
     plt,
     read_table,
     save,
     settings_note,
 )
 
-NETWORK = ["data.name", "model.activation", "model.width", "model.depth"]
+COLUMNS = ("algo.name", *NETWORK, "algo.state_lr", "algo.budget", "train.seed")
+NUMBERS = COLUMNS[3:]
 
 
 def table_step(data: str, activation: str, width: int, depth: int) -> float | None:
-    """The cell's grid-rule step η_h = 1/λ_max (authors' table, else ours), or None."""
+    """The cell's grid-rule step η_h = 1/λ_max (the authors' table, else ours, read through
+    the validated reader of pcalm.runs.eta), or None where neither has the cell."""
+    # imported here: pcalm.runs.eta still imports torch for its λ_max recipe (the review's
+    # η split makes the reader torch-free); importing the figures stays torch-free
     from pcalm.cli import AUTHORS_ETA_TABLE, ETA_TABLE
     from pcalm.runs.eta import EtaTableError, lookup_state_lr
 
@@ -46,20 +47,9 @@ def table_step(data: str, activation: str, width: int, depth: int) -> float | No
         return None
 
 
-def eta_multiples(df: pd.DataFrame) -> pd.Series:
-    """k = η_h / η_table of each row's cell, i.e. η_h in multiples of 1/λ_max (NaN where
-    neither table has the cell)."""
-    steps = {}
-    for cell in df[NETWORK].drop_duplicates().itertuples(index=False):
-        step = table_step(str(cell[0]), str(cell[1]), int(cell[2]), int(cell[3]))
-        steps[tuple(cell)] = np.nan if step is None else step
-    per_row = [steps[tuple(r)] for r in df[NETWORK].itertuples(index=False)]
-    return df["algo.state_lr"].astype(float) / np.asarray(per_row, dtype=float)
-
-
 def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
-    df = normalise(read_table(tables, experiment, scale))
-    df["x"] = eta_multiples(df).round(3)
+    df = normalise(read_table(tables, experiment, scale, needs=COLUMNS, numbers=NUMBERS))
+    df["x"] = eta_multiples(df, table_step).round(3)
     networks = df[NETWORK].drop_duplicates().sort_values(NETWORK).itertuples(index=False)
     networks = list(networks)
     fig, axes = plt.subplots(1, len(networks), figsize=(1.0 + 3.6 * len(networks), 3.9),
@@ -118,8 +108,3 @@ def _panel(ax, df: pd.DataFrame, net) -> None:
     act = ACTIVATION_LABELS.get(act, act)
     ax.set_title(f"N = {int(width)}, L = {int(depth)}, {act}"
                  + (f" (λ_max = {lam:.4g})" if lam else ""), fontsize=9)
-
-
-if __name__ == "__main__":
-    args = parse_args(__doc__.splitlines()[0])
-    plot("figure_eta", args.scale, args.tables, args.out)

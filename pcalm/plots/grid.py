@@ -1,11 +1,12 @@
-"""Width × depth grid heatmaps (Figure 2 and its MNIST twin) and the table helpers that the
-training-figure scripts and the report share.
+"""Width × depth grid heatmaps: Figure 2 and its MNIST twin (pcalm.plots.figure2).
 
-A collected table (scripts/collect.py) has one row per complete run with flattened config
+A collected table (experiments/collect.py) has one row per complete run with flattened config
 columns (`algo.name`, `model.width`, `model.depth`, `model.activation`, `train.seed`, ...)
-and summary columns (`test_acc`, `diverged`, `grad_cosine`, ...). Conventions used here:
+and summary columns (`test_acc`, `diverged`, `grad_cosine`, ...). Conventions used here
+(the numbers come from pcalm.analysis.stats):
 
-- a diverged run (non-finite loss; summary `diverged`) counts as chance accuracy (10 %);
+- a diverged run (non-finite loss; summary `diverged`) counts as chance accuracy (10 %), and
+  its cell is hatched and says how many runs diverged;
 - a cell's value is the mean over seeds, its spread the sd over seeds;
 - a difference A − B is paired by seed (mean ± sd of A_s − B_s over seeds both have).
 """
@@ -17,70 +18,27 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from plotting import ACTIVATION_LABELS, ALGO_LABELS, plt, read_table, save, settings_note, signed
 
-CHANCE = 0.10  # 10 classes
+from pcalm.analysis.stats import CHANCE, normalise, paired_difference, seed_stats
+from pcalm.plots.style import (
+    ACTIVATION_LABELS,
+    ALGO_LABELS,
+    plt,
+    read_table,
+    save,
+    settings_note,
+    signed,
+)
+
 ACTIVATION_ORDER = ("identity", "tanh", "relu")
 ALGO_ORDER = ("bp", "pc", "pcalm")
 DATA_LABELS = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST", "synthetic": "synthetic"}
 KEY = ["model.activation", "model.width", "model.depth"]
+COLUMNS = ("algo.name", *KEY, "train.seed")  # what a grid table must hold to be drawn
 DIFFERENCES = (("pc", "bp"), ("pcalm", "bp"), ("pcalm", "pc"))  # columns 2-4 of Figure 2
 SD_MIN_PT = 6.5  # the per-cell sd stays legible when the figure is scaled to a paper column
 MIN_PANEL_IN = 1.75  # a 1×1 or 1×N grid: titles and colour-bar labels must not overlap
 CPU_SUBSET_LIMIT = 2048  # configs/scale/paper_cpu.yaml: sweep.max_width_times_depth
-
-
-# ------------------------------------------------------------------------- table helpers
-
-
-def _bool(series: pd.Series) -> pd.Series:
-    """A CSV column of True/False (or 1/0, or missing) as booleans; missing → False."""
-    if series.dtype == bool:
-        return series
-    text = series.astype(str).str.strip().str.lower()
-    return text.isin(("true", "1", "1.0"))
-
-
-def normalise(df: pd.DataFrame) -> pd.DataFrame:
-    """Canonical activation names, boolean `diverged`, and `acc`: test accuracy with a
-    diverged (or accuracy-less) run counted as chance."""
-    df = df.copy()
-    if "model.activation" in df:
-        df["model.activation"] = df["model.activation"].replace({"linear": "identity"})
-    df["diverged"] = _bool(df["diverged"]) if "diverged" in df else False
-    acc = pd.to_numeric(df.get("test_acc", pd.Series(np.nan, index=df.index)), errors="coerce")
-    df["acc"] = acc.where(~df["diverged"] & acc.notna(), CHANCE)
-    return df
-
-
-def seed_stats(df: pd.DataFrame, keys: list[str], value: str = "acc") -> pd.DataFrame:
-    """Mean, sd, seed count and diverged count of `value` per group of `keys`."""
-    g = df.groupby(keys, dropna=False)
-    out = g[value].agg(mean="mean", sd="std", n="count")
-    out["n_diverged"] = g["diverged"].sum() if "diverged" in df else 0
-    return out.reset_index()
-
-
-def paired_difference(df: pd.DataFrame, keys: list[str], a: str, b: str,
-                      value: str = "acc") -> pd.DataFrame:
-    """Per group of `keys`: mean and sd over seeds of value(algo a) − value(algo b)."""
-    cols = [*keys, "train.seed"]
-    left = df[df["algo.name"] == a].set_index(cols)[value]
-    right = df[df["algo.name"] == b].set_index(cols)[value]
-    diff = (left - right).dropna().rename("diff").reset_index()
-    if diff.empty:
-        return pd.DataFrame(columns=[*keys, "mean", "sd", "n"])
-    return diff.groupby(keys)["diff"].agg(mean="mean", sd="std", n="count").reset_index()
-
-
-def fmt_pct(mean: float, sd: float | None = None, signed: bool = False) -> str:
-    """`78.66 ± 0.40 %`-style text of fractions (accuracy) in percent."""
-    if mean is None or not math.isfinite(mean):
-        return "–"
-    text = f"{100 * mean:+.2f}" if signed else f"{100 * mean:.2f}"
-    if sd is not None and math.isfinite(sd):
-        text += f" ± {100 * sd:.2f}"
-    return text
 
 
 # ----------------------------------------------------------------------------- figure
@@ -181,7 +139,7 @@ def _chance_note(df: pd.DataFrame, summary: dict, batch: int) -> str:
 
 
 def plot_grid(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
-    df = normalise(read_table(tables, experiment, scale))
+    df = normalise(read_table(tables, experiment, scale, needs=COLUMNS))
     summary = grid_summary(df)
     activations = [a for a in ACTIVATION_ORDER if a in set(df["model.activation"])]
     activations += sorted(set(df["model.activation"]) - set(activations))

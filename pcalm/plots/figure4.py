@@ -1,6 +1,6 @@
 """Figure 4: linear PC-ALM dynamics, from results/tables/figure4-<scale>.csv.
 
-    python scripts/plot_figure4.py --scale smoke [--tables DIR] [--out PATH]
+    python experiments/plot.py figure4 --scale smoke [--tables DIR] [--out PATH]
 
 (A) eigenvalues of the iteration matrix M (PC-ALM; PC: its z block I − η_h H) with the unit
 circle, and a zoom on the slow modes near 1; (B) primal traces z_l(t) of one unit in a low,
@@ -11,18 +11,18 @@ traces λ_l(t) of the same units with −δ_l (BP adjoint) as reference lines, a
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from plotting import ALGO_COLORS, ALGO_LABELS, parse_args, plt, read_table, save, settings_note  # noqa: E402,I001
-from theory_runs import with_arrays  # noqa: E402
+from pcalm.plots.style import ALGO_COLORS, ALGO_LABELS, plt, read_table, save, settings_note
+from pcalm.plots.theory import with_arrays
 
 LAYER_STYLES = ("-", "--", "-.")
 MARKERS = {"pc": "x", "pcalm": "o"}
+COLUMNS = ("run_id", "algo.name", "model.depth", "model.width", "spectral_radius", "state_lr",
+           "train.seed", "steps")
+NUMBERS = COLUMNS[2:] + ("algo.alpha",)
 
 
 def traced_layers(depth: int) -> list[int]:
@@ -45,7 +45,7 @@ def label_lines(ax, items: list[tuple[float, str]], gap_pt: float = 7.0) -> None
 
 
 def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
-    df = read_table(tables, experiment, scale)
+    df = read_table(tables, experiment, scale, needs=COLUMNS, numbers=NUMBERS)
     if "train.seed" in df:
         df = df[df["train.seed"] == df["train.seed"].min()]
     runs = {row["algo.name"]: (row, arr) for row, arr in with_arrays(df, tables)}
@@ -127,8 +127,3 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
     fig.suptitle("Linear PC-ALM: iteration-matrix spectrum and activity traces converging "
                  "to the forward pass and the BP adjoint", fontsize=10)
     return save(fig, f"{experiment}-{scale}", out)
-
-
-if __name__ == "__main__":
-    args = parse_args(__doc__.splitlines()[0])
-    plot("figure4", args.scale, args.tables, args.out)

@@ -1,6 +1,6 @@
 """Figure 3: credit propagation layer × inference step, from results/tables/figure3-<scale>.csv.
 
-    python scripts/plot_figure3.py --scale smoke [--tables DIR] [--out PATH]
+    python experiments/plot.py figure3 --scale smoke [--tables DIR] [--out PATH]
 
 Columns PC, PC-ALM; rows: the credit norm ‖ε_l(t)‖/‖δ_l‖ (log colour) and the cosine
 cos(ε_l(t), −δ_l) to the BP adjoint. Overlays: the predicted ballistic PC-ALM front
@@ -10,18 +10,18 @@ Arrays from each run's arrays.npz (seed: the smallest in the table).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 from matplotlib.colors import LogNorm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from plotting import ALGO_LABELS, parse_args, plt, read_table, save, settings_note  # noqa: E402,I001
-from theory_runs import data_label, with_arrays  # noqa: E402
+from pcalm.plots.style import ALGO_LABELS, plt, read_table, save, settings_note
+from pcalm.plots.theory import data_label, with_arrays
 
 NORM_RANGE = (1e-3, 2.0)
+COLUMNS = ("run_id", "algo.name", "train.seed", "model.depth", "model.width", "algo.state_lr",
+           "algo.budget", "train.batch_size", "steps", "task.steps_per_layer")
+NUMBERS = COLUMNS[2:] + ("algo.alpha", "algo.rho")
 
 
 def fronts(ax, depth: int, t_max: int, eta: float, alpha: float, rho: float) -> None:
@@ -37,7 +37,7 @@ def fronts(ax, depth: int, t_max: int, eta: float, alpha: float, rho: float) -> 
 
 
 def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
-    df = read_table(tables, experiment, scale)
+    df = read_table(tables, experiment, scale, needs=COLUMNS, numbers=NUMBERS)
     df = df[df["train.seed"] == df["train.seed"].min()]
     runs = {row["algo.name"]: (row, arr) for row, arr in with_arrays(df, tables)}
     algos = [a for a in ("pc", "pcalm") if a in runs]
@@ -85,8 +85,3 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
     fig.get_layout_engine().set(rect=(0, 0.035, 1, 0.965))
     fig.suptitle("Credit propagation: diffusive (PC) vs ballistic (PC-ALM)", fontsize=10)
     return save(fig, f"{experiment}-{scale}", out)
-
-
-if __name__ == "__main__":
-    args = parse_args(__doc__.splitlines()[0])
-    plot("figure3", args.scale, args.tables, args.out)
