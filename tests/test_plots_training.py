@@ -137,3 +137,23 @@ def test_plot_without_a_table_says_how_to_make_it(tmp_path):
     )
     assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "make figure2 SCALE=smoke" in proc.stderr
+
+
+def test_training_curves_redraw_from_the_tables_on_record():
+    """Figure 10 from results/reference/tables: the metrics on record are slimmed to run id +
+    metrics (`make reference`), so the config columns come from the run table by run id.
+    Checks the curves' data: 15 (activation, algorithm, T) groups of 3 seeds, every metrics
+    row matched to its run. Catches a plot that needs the collected (unslimmed) metrics."""
+    import pandas as pd
+
+    from pcalm.plots.figure10 import metrics_with_configs
+
+    tables = REPO / "results" / "reference" / "tables"
+    slim = pd.read_csv(tables / "figure10-paper-metrics.csv")
+    assert "algo.name" not in slim  # what makes the join necessary
+    df = metrics_with_configs(tables, "figure10", "paper")
+    assert len(df) == len(slim) and df["algo.name"].notna().all()
+    runs = df.drop_duplicates("run_id")
+    assert len(runs) == 45
+    groups = runs.groupby(["model.activation", "algo.name", runs["algo.budget"].fillna(0)])
+    assert len(groups) == 15 and set(groups.size()) == {3}

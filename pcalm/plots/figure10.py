@@ -57,8 +57,24 @@ def runs_table(tables: Path, experiment: str, scale: str) -> pd.DataFrame:
     return normalise(pd.DataFrame() if frame is None else frame)
 
 
+def metrics_with_configs(tables: Path, experiment: str, scale: str) -> pd.DataFrame:
+    """The metrics table with each run's config columns. A collected table carries them; a
+    table on record (`make reference` slims it to run id + metrics) gets them from the run
+    table beside it, joined on the run id."""
+    metrics = read_table(tables, experiment, scale, kind="metrics", needs=("run_id", "step"),
+                         numbers=("step",))
+    missing = [c for c in COLUMNS if c not in metrics]
+    if not missing:
+        return read_table(tables, experiment, scale, kind="metrics", needs=COLUMNS,
+                          numbers=NUMBERS)
+    runs = read_table(tables, experiment, scale, needs=("run_id", *missing),
+                      numbers=tuple(c for c in missing if c in NUMBERS))
+    extra = ["run_id", *[c for c in runs.columns if c not in metrics.columns]]
+    return metrics.merge(runs[extra], on="run_id", how="inner")
+
+
 def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
-    df = read_table(tables, experiment, scale, kind="metrics", needs=COLUMNS, numbers=NUMBERS)
+    df = metrics_with_configs(tables, experiment, scale)
     df["model.activation"] = df["model.activation"].replace(ACTIVATION_ALIASES)
     if "algo.budget" not in df:
         df["algo.budget"] = np.nan
