@@ -30,7 +30,7 @@ from pcalm.analysis.stats import (
     prediction_interval,
     shortfall,
 )
-from pcalm.names import ACTIVATION_LABELS, ALGORITHM_LABELS, NO_VALID_RUNS, canonical_activation
+from pcalm.names import ALGORITHM_LABELS, NO_VALID_RUNS, canonical_activation
 
 REPO = Path(__file__).resolve().parents[2]
 MARK = {HOLDS: "✓ holds", FAILS: "✗ fails", UNDECIDED: "? undecided",
@@ -473,7 +473,8 @@ def authors_lambda_max(data: str, activation: str, width: int, depth: int,
     table = Path(table or REPO / "configs" / "authors_eta_best_by_cell.csv")
     if not table.is_file():
         return None
-    name = ACTIVATION_LABELS.get(canonical_activation(activation), activation)
+    canonical = canonical_activation(activation)  # the authors spell the identity `linear`
+    name = "linear" if canonical == "identity" else canonical
     with open(table, newline="") as f:
         for row in csv.DictReader(f):
             if (row["dataset"], row["activation"], int(row["N"]), int(row["L"])) == \
