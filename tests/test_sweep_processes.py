@@ -140,3 +140,23 @@ def test_stopping_a_sweep_stops_its_workers_and_the_next_sweep_resumes(stop, env
     assert again.returncode == 0 and "done: 1 complete, 0 missing" in out, out + err
     logs = "".join(p.read_text() for p in results_dir.glob("submitit/*/*_log.out"))
     assert "resuming" in logs and summary.exists()
+
+
+def test_a_stopped_group_leaves_the_signal_handlers_as_they_were(tmp_path):
+    """Stopping a sweep's process group ignores a second Ctrl-C only while it stops: an
+    ignored SIGINT left behind is inherited by every process started later (a test suite
+    once lost Ctrl-C in all its later subprocesses). Catches handlers not restored."""
+    from pcalm.sweeps.processes import Stopped, run_group
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+
+    def stop_now() -> None:
+        raise Stopped("stop")
+
+    with pytest.raises(Stopped):
+        run_group([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path, {}, 0.0,
+                  stop_now)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    child = subprocess.run([sys.executable, "-c", "import signal; print(signal.getsignal("
+                            "signal.SIGINT) is signal.SIG_IGN)"], capture_output=True, text=True)
+    assert child.stdout.strip() == "False"

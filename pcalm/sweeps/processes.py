@@ -125,9 +125,15 @@ def run_group(command: list[str], cwd: Path, env: dict[str, str], every_s: float
                 tick()
                 next_tick = time.monotonic() + every_s
     except (KeyboardInterrupt, Stopped):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stop_group(proc)
+        # a second Ctrl-C must not cut the stopping short; the handlers come back after it,
+        # since an ignored SIGINT would be inherited by every process this one starts later
+        previous = (signal.signal(signal.SIGINT, signal.SIG_IGN),
+                    signal.signal(signal.SIGTERM, signal.SIG_IGN))
+        try:
+            stop_group(proc)
+        finally:
+            signal.signal(signal.SIGINT, previous[0])
+            signal.signal(signal.SIGTERM, previous[1])
         raise
     return proc.returncode
 
