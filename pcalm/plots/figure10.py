@@ -61,12 +61,15 @@ def metrics_with_configs(tables: Path, experiment: str, scale: str) -> pd.DataFr
     """The metrics table with each run's config columns. A collected table carries them; a
     table on record (`make reference` slims it to run id + metrics) gets them from the run
     table beside it, joined on the run id."""
-    metrics = read_table(tables, experiment, scale, kind="metrics", needs=("run_id", "step"),
+    metrics = read_table(tables, experiment, scale, kind="metrics", needs=("step",),
                          numbers=("step",))
     missing = [c for c in COLUMNS if c not in metrics]
     if not missing:
         return read_table(tables, experiment, scale, kind="metrics", needs=COLUMNS,
                           numbers=NUMBERS)
+    # slimmed: only the run id can bring the configs back
+    metrics = read_table(tables, experiment, scale, kind="metrics", needs=("run_id", "step"),
+                         numbers=("step",))
     runs = read_table(tables, experiment, scale, needs=("run_id", *missing),
                       numbers=tuple(c for c in missing if c in NUMBERS))
     extra = ["run_id", *[c for c in runs.columns if c not in metrics.columns]]
