@@ -42,6 +42,7 @@ def main(cfg: DictConfig) -> None:
             import torch
 
             torch.set_num_threads(threads)
+        say_plan(run)
         outcome = execute([run])
     except (ValueError, DataError, EtaTableError) as err:
         exit_with(err)
@@ -55,6 +56,22 @@ def main(cfg: DictConfig) -> None:
     if outcome.skipped:
         path = RunFolder(run["results_dir"], run).path
         print(f"already complete: {path} (delete it to re-run)")
+
+
+def say_plan(run: dict) -> None:
+    """Before a run that is not yet complete starts: what it will compute and cost (a width
+    or depth typed one digit too long shows here, not hours later)."""
+    if RunFolder(run["results_dir"], run).exists_complete():
+        return
+    import torch
+
+    from pcalm.core.device import resolve_device
+    from pcalm.sweeps.cost import CostModel, model_path, plan_line
+
+    device = resolve_device(run["train"]["device"])
+    threads = run["train"]["threads"] or torch.get_num_threads()
+    print(plan_line(run, CostModel.load(model_path(run["results_dir"], device, threads))),
+          flush=True)
 
 
 def refuse_experiment_multirun(argv: list[str]) -> None:

@@ -208,3 +208,38 @@ def test_a_stored_model_without_start_up_terms_gets_the_defaults(tmp_path):
     del raw["startup"]
     path.write_text(json.dumps(raw))
     assert CostModel.load(path).startup == cost.DEFAULT_STARTUP
+
+
+def test_a_run_states_its_work_and_projection_before_it_starts():
+    """`experiments/run.py model.depth=100000` must not start a ten-hour run in silence: the
+    plan line names the work and, with a stored model, the projected time. Planted model:
+    one training step costs exactly 1 s and nothing else costs anything."""
+    unit = CostModel("test-cpu", "cpu", 1, bp=(0.0, 0.0, 0.0), step=(1.0, 0.0, 0.0),
+                     inference=(0.0, 0.0, 0.0), evaluation=(0.0, 0.0, 0.0), startup=(0.0, 0.0))
+    cfg = _cfg("pcalm", 32, 100_000, budget=64)
+    line = cost.plan_line(cfg, unit)
+    # 60,000 // 64 = 937 steps of 1 s = 15.6 min
+    assert line == ("plan: N = 32, L = 100,000, 937 training steps × T = 64 inference steps; "
+                    "projected 16 min on test-cpu, 1 thread(s)")
+    assert "projected time unknown" in cost.plan_line(cfg, None)
+    bp = cost.plan_line(_cfg("bp", 8, 8, train_size=6400), unit)
+    assert "100 training steps;" in bp and "inference" not in bp
+
+
+def test_run_py_prints_the_plan_first_and_not_for_a_complete_run(fake_data_root, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    args = [sys.executable, "experiments/run.py", "algo=bp", "model.width=8", "model.depth=4",
+            "data.train_size=128", "data.test_size=64", f"results_dir={tmp_path}"]
+    env = {**os.environ, "PCALM_DATA": str(fake_data_root), "WANDB_MODE": "disabled",
+           "PYTHONPATH": str(REPO)}
+    first = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines()[0].startswith("plan: N = 8, L = 4, 2 training steps;")
+    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0 and "plan:" not in again.stdout
+    assert "already complete" in again.stdout

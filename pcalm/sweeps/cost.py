@@ -180,6 +180,34 @@ def task_work(cfg: dict) -> tuple[float, float, int, int, int]:
     raise ValueError(f"no cost model for task {name!r}")
 
 
+def run_work(cfg: dict) -> str:
+    """What one run will compute, in words: `937 training steps × T = 64 inference steps`,
+    or a diagnostic task's inference steps on one batch."""
+    if cfg.get("task", {}).get("name", "train") != "train":
+        steps, observed, *_ = task_work(cfg)
+        return (f"task {cfg['task']['name']}: {steps:,.0f} inference steps on one batch, "
+                f"{observed:,.0f} weight gradients")
+    d, t, a = cfg["data"], cfg["train"], cfg["algo"]
+    n_train = d.get("train_size") or FULL_SIZES.get(d["name"], (60000, 10000))[0]
+    steps = (n_train // t["batch_size"]) * t["epochs"]
+    work = f"{steps:,} training steps"
+    if a["name"] != "bp":
+        work += f" × T = {a['budget'] * a.get('inner_steps', 1):,} inference steps"
+    return work
+
+
+def plan_line(cfg: dict, model: CostModel | None) -> str:
+    """One line a run prints before it starts: its work, and its projected wall time where a
+    cost model of this device is stored (a sweep's `--dry-run` or `make bench` stores one)."""
+    width, depth = cfg["model"]["width"], cfg["model"]["depth"]
+    head = f"plan: N = {width:,}, L = {depth:,}, {run_work(cfg)}"
+    if model is None:
+        return (f"{head}; projected time unknown (no stored cost model for this device: "
+                "a sweep's --dry-run or `make bench` stores one)")
+    return (f"{head}; projected {describe_seconds(model.run_seconds(cfg))} on {model.device}, "
+            f"{model.threads} thread(s)")
+
+
 def device_key(device_name: str, threads: int) -> str:
     """A file name for a device and thread count: `Intel-Xeon-...-2t`."""
     safe = "".join(c if c.isalnum() else "-" for c in device_name).strip("-")
