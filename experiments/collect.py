@@ -22,6 +22,7 @@ import sys
 
 from pcalm.analysis.collect import TablesNotWritten, write_tables
 from pcalm.cli import exit_with
+from pcalm.entry import prepare
 from pcalm.runs.config import Cell
 from pcalm.runs.eta import EtaTableError
 from pcalm.sweeps.grid import table_scope
@@ -49,4 +50,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    prepare(__file__)  # this checkout's pcalm
     sys.exit(main(sys.argv[1:]))

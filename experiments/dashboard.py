@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from pcalm.cli import exit_with
+from pcalm.entry import prepare
 from pcalm.runs.eta import EtaTableError
 from pcalm.runs.wandb_log import log_figure_summary
 from pcalm.sweeps.grid import table_scope
@@ -54,4 +55,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    prepare(__file__)  # this checkout's pcalm
     sys.exit(main(sys.argv[1:]))

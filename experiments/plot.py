@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pcalm.entry import prepare
 from pcalm.plots import FIGURES, draw
 
 
@@ -49,4 +50,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    prepare(__file__)  # this checkout's pcalm
     sys.exit(main(sys.argv[1:]))

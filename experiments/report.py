@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pcalm.analysis.scorecard import write_report
 from pcalm.analysis.tables import default_tables_dir
+from pcalm.entry import prepare
 
 SCALES = ("smoke", "paper", "paper_cpu")
 
@@ -44,4 +45,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    prepare(__file__)  # this checkout's pcalm
     sys.exit(main(sys.argv[1:]))

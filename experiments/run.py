@@ -13,22 +13,18 @@ skipped. Sweeps and figures: `make sweep EXP=figure2`, `make figure2` (experimen
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-# Hydra finds launcher plugins by scanning sys.path for hydra_plugins/, and an editable
-# install is not scanned: let it see this checkout's (hydra_plugins/pcalm_launcher).
-sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
-
-from pcalm.cli import CONFIG_DIR, check_overrides, exit_with, interrupted, run_config  # noqa: E402
-from pcalm.data import DataError  # noqa: E402
-from pcalm.runs.config import Cell  # noqa: E402
-from pcalm.runs.eta import EtaTableError  # noqa: E402
-from pcalm.runs.folder import RunFolder, check_results_dir  # noqa: E402
-from pcalm.runs.runner import execute  # noqa: E402
-from pcalm.sweeps.grid import multirun_refusal  # noqa: E402
+from pcalm.cli import CONFIG_DIR, check_overrides, exit_with, interrupted, run_config
+from pcalm.data import DataError
+from pcalm.entry import prepare
+from pcalm.runs.config import Cell
+from pcalm.runs.eta import EtaTableError
+from pcalm.runs.folder import RunFolder, check_results_dir
+from pcalm.runs.runner import execute
+from pcalm.sweeps.grid import multirun_refusal
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
@@ -85,6 +81,7 @@ def refuse_experiment_multirun(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    prepare(__file__, launcher=True)  # this checkout's pcalm; Hydra knows pcalm's SLURM launcher
     try:
         refuse_experiment_multirun(sys.argv[1:])
         check_overrides(sys.argv[1:])

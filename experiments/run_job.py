@@ -7,22 +7,18 @@ pcalm/sweeps/job.py; a local one also stops with its sweep (pcalm/sweeps/process
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from pcalm.entry import prepare
+from pcalm.sweeps.job import log, run_job
+from pcalm.sweeps.processes import stop_with_the_sweep
+
 # The submitting process needs neither torch nor most of the package: pcalm.cli would
 # import both, so the config folder is found from here.
-REPO = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO / "configs"
-# Hydra finds launcher plugins by scanning sys.path for hydra_plugins/, and an editable
-# install is not scanned: let it see this checkout's (hydra_plugins/pcalm_launcher).
-sys.path.insert(1, str(REPO))
-
-from pcalm.sweeps.job import log, run_job  # noqa: E402
-from pcalm.sweeps.processes import stop_with_the_sweep  # noqa: E402
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="job", version_base="1.3")
@@ -32,4 +28,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    prepare(__file__, launcher=True)  # this checkout's pcalm; Hydra knows pcalm's SLURM launcher
     main()

@@ -29,6 +29,7 @@ import time
 
 from pcalm.cli import REPO, exit_with, interrupted
 from pcalm.data import DataError
+from pcalm.entry import prepare
 from pcalm.runs.eta import EtaTableError
 from pcalm.sweeps.grid import load_sweep
 from pcalm.sweeps.launchers import make_launcher
@@ -147,6 +148,7 @@ def interrupt_line(argv: list[str]) -> str:
 
 
 if __name__ == "__main__":
+    prepare(__file__)  # this checkout's pcalm
     signal.signal(signal.SIGTERM, raise_stopped)
     try:
         sys.exit(main(sys.argv[1:]))
