@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
 from pathlib import Path
 
@@ -15,14 +14,6 @@ from pcalm.data import make_fake_idx_root
 REPO = Path(__file__).resolve().parent.parent
 
 
-def load_script(relative: str):
-    """A script of the repository (e.g. experiments/sweep.py) as a module, to call its
-    functions in-process."""
-    path = REPO / relative
-    spec = importlib.util.spec_from_file_location(path.stem + "_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 REAL_DATA = os.environ.get("PCALM_DATA")
 
 # The tests write their own small IDX files under the official dataset names: let configs

@@ -16,7 +16,6 @@ from pcalm.core import paths as path_choice
 from pcalm.core.algorithms import make_algorithm
 from pcalm.core.model import ResidualMLP
 from tests import fake_cuda as stubs
-from tests.conftest import load_script
 from tests.fake_cuda import FakeGraph
 
 ACTS = ["identity", "tanh", "relu"]
@@ -482,7 +481,7 @@ def test_bench_script_writes_its_table(tmp_path, monkeypatch, capsys):
     """`make bench` end to end at toy sizes: the columns the issue asks for, atomically written."""
     import csv
 
-    bench = load_script("scripts/bench.py")
+    from pcalm.sweeps import bench
     monkeypatch.setattr(bench, "GRID", [4, 6])
     monkeypatch.setattr(bench, "GRID_SHORT_T", 2)
     monkeypatch.setattr(bench, "GRID_MID", (4, 4))
@@ -530,7 +529,7 @@ def test_bench_labels_each_row_with_the_path_that_ran(tmp_path, monkeypatch, fak
 
     monkeypatch.setattr(graph_capture.GraphRunner, "__init__", pcalm_capture_fails)
     monkeypatch.setenv("PCALM_RESULTS", str(tmp_path))
-    bench = load_script("scripts/bench.py")
+    from pcalm.sweeps import bench
     out = tmp_path / "bench.csv"
     threads = torch.get_num_threads()
     try:
