@@ -82,8 +82,25 @@ def _shown_path(name: str) -> str:
         return name
 
 
+def grammar_error(override: str, message: str) -> str:
+    """One line for an override Hydra's grammar cannot read. Its own message is the lexer's
+    state (`LexerNoViableAltException: …`, "token recognition error at: 'é'") and a caret on
+    the next line; say what to do instead."""
+    odd = next((c for c in override if not c.isascii()), None)
+    if odd is not None and "=" in override:
+        key, value = override.split("=", 1)
+        return (f"cannot parse override {override!r}: the character {odd!r} is not allowed "
+                f"unquoted; allowed: ASCII, or quote the value: {key}='\"{value}\"'")
+    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
+    reason = lines[0] if lines else "not Hydra's override syntax"
+    return (f"cannot parse override {override!r}: {reason}; allowed: key=value, a list as "
+            "key=[a,b], a sweep as key=a,b (Hydra's override syntax)")
+
+
 def _composition_error(err: BaseException) -> ConfigError:
     """One line naming the bad key or group choice and what is allowed there."""
+    if isinstance(getattr(err, "override", None), str):  # Hydra's grammar refused it
+        return ConfigError(grammar_error(err.override, str(err.message)))
     options, missing = getattr(err, "options", None), getattr(err, "missing_cfg_file", None)
     if options is not None and missing and "/" in missing:  # an unknown group option
         group, name = missing.rsplit("/", 1)
@@ -130,8 +147,7 @@ def parse_overrides(texts: list[str]) -> list[Override]:
         try:
             o = parser.parse_override(text)
         except Exception as err:
-            raise ConfigError(f"cannot parse override {text!r}: {_why_unparsed(text, err)}") \
-                from None
+            raise ConfigError(grammar_error(text, str(err))) from None
         sweep = None
         if o.is_sweep_override():
             if not o.is_discrete_sweep() or o.value_type.name == "GLOB_CHOICE_SWEEP":
@@ -149,16 +165,6 @@ def group_options(group: str) -> list[str] | None:
     if "." in group or not folder.is_dir():
         return None
     return sorted(p.stem for p in folder.glob("*.yaml"))
-
-
-def _why_unparsed(text: str, err: BaseException) -> str:
-    """Hydra's lexer says "token recognition error at: 'é'"; say what to do instead."""
-    odd = next((c for c in text if not c.isascii()), None)
-    if odd is not None and "=" in text:
-        key, value = text.split("=", 1)
-        return (f"the character {odd!r} is not allowed unquoted; allowed: ASCII, or quote the "
-                f"value: {key}='\"{value}\"'")
-    return one_line(err)
 
 
 def one_line(err: BaseException) -> str:

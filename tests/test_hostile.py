@@ -613,3 +613,23 @@ def test_a_non_ascii_override_says_how_to_write_it():
                               "logger.project='\"naïve\"'")
     (quoted,) = cli.parse_overrides(['logger.project="naïve"'])  # the advice works
     assert quoted.value == "naïve"
+
+
+@pytest.mark.parametrize("override, says", [
+    ("model.width=é", "cannot parse override 'model.width=é': the character 'é' is not allowed "
+                      "unquoted; allowed: ASCII, or quote the value: model.width='\"é\"'"),
+    ("model.width=[1,", "cannot parse override 'model.width=[1,': no viable alternative at "
+                        "input '[1,'; allowed: key=value, a list as key=[a,b], a sweep as "
+                        "key=a,b (Hydra's override syntax)"),
+])
+def test_a_single_run_names_an_unreadable_override_as_a_sweep_does(override, says, tmp_path):
+    """A single run composes its config (Hydra's compose), a sweep parses its overrides first:
+    both say the same line, never Hydra's `LexerNoViableAltException: …`."""
+    from pcalm import cli
+    from pcalm.runs.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        cli.parse_overrides([override])
+    assert str(err.value) == says
+    proc = entry(["experiments/run.py", override, f"results_dir={tmp_path}"])
+    assert proc.returncode == 2 and proc.stderr == f"error: {says}\n" and not proc.stdout
