@@ -52,7 +52,7 @@ DATASETS = ("fashion_mnist", "mnist", "synthetic")
 IMAGE_DATASETS = ("fashion_mnist", "mnist")  # read from IDX files
 
 # Folder names of torchvision's layout, under <root>/<folder>/raw.
-_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 
 # Pixel statistics of the training sets (after /255), the standard constants (SPEC §1).
 NORMALISATION = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
@@ -288,7 +288,7 @@ def _find(folder: Path, base: str) -> Path | None:
 
 def _source_dir(name: str, root: Path) -> Path:
     """Folder holding the dataset's IDX files: the root's raw/ folder, or Debian's fallback."""
-    raw = root / _FOLDERS[name] / "raw"
+    raw = root / FOLDERS[name] / "raw"
     bases = [b for split in OFFICIAL_COUNTS for b in _base_names(split)]
     if name == "fashion_mnist" and not any(_find(raw, b) for b in bases):
         debian = Path(DEBIAN_FASHION_MNIST_DIR)
@@ -299,7 +299,7 @@ def _source_dir(name: str, root: Path) -> Path:
 
 def raw_dir(name: str, root: str | os.PathLike | None = None) -> Path:
     """``<root>/<MNIST|FashionMNIST>/raw``: where the dataset's files are read and downloaded."""
-    return resolve_data_root(root) / _FOLDERS[name] / "raw"
+    return resolve_data_root(root) / FOLDERS[name] / "raw"
 
 
 def missing_files(name: str, root: str | os.PathLike | None = None) -> list[str]:
@@ -324,7 +324,7 @@ def _read_split(name: str, folder: Path, split: str, verify: bool) -> tuple[np.n
     arrays = []
     for base in _base_names(split):
         path = _locate(folder, base)
-        expected = MD5[_FOLDERS[name]][base] if verify else None
+        expected = MD5[FOLDERS[name]][base] if verify else None
         arrays.append((path, _load_idx(path, expected)))
     (ipath, images), (lpath, labels) = arrays
     if images.ndim != 3 or images.shape[1:] != (28, 28):

@@ -36,7 +36,7 @@ from urllib.request import urlopen
 
 from pcalm.atomic import fsync_dir  # the one way this project persists a rename
 from pcalm.data import (
-    _FOLDERS,
+    FOLDERS,
     MAX_IDX_BYTES,
     MD5,
     DataError,
@@ -101,10 +101,10 @@ def fetch(
     mirror is said (``say``) with its reason before the next is tried. ``.part`` files a
     killed download left are removed once the folder's lock is held.
     """
-    if name not in _FOLDERS:
+    if name not in FOLDERS:
         raise DataError(f"nothing to download for dataset {name!r}: allowed: "
-                        f"{', '.join(_FOLDERS)}")
-    files = dict(MD5[_FOLDERS[name]] if files is None else files)
+                        f"{', '.join(FOLDERS)}")
+    files = dict(MD5[FOLDERS[name]] if files is None else files)
     mirrors = check_mirrors(mirrors)
     if not mirrors or not _missing(name, root, files):
         return []  # downloads off ([]): the loader names what is missing; or nothing to do

@@ -184,15 +184,11 @@ def private_imports(path: Path) -> list[str]:
     return bad
 
 
-# Known, and left for now because other work edits these files: to be made public there.
-PRIVATE_FOR_NOW = {"pcalm/download.py: pcalm.data._FOLDERS"}
-
-
 def test_no_module_imports_another_modules_private_names():
     sources = [*PACKAGE.rglob("*.py"), *(REPO / "experiments").glob("*.py"),
                *(REPO / "scripts").glob("*.py")]
     bad = {b for path in sources for b in private_imports(path)}
-    assert bad - PRIVATE_FOR_NOW == set()
+    assert bad == set()
 
 
 def entry_points() -> list[Path]:
