@@ -37,6 +37,7 @@ import argparse
 import csv
 import io
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -87,6 +88,17 @@ def parse_args(argv=None):
     p.add_argument("--no-calibrate", action="store_true",
                    help="skip the sweep plans' cost model (pcalm/sweeps/cost.py) at the end")
     p.add_argument("--grid-models", type=int, default=GRID_SEEDS)
+    p.add_argument("--no-shapes", action="store_true",
+                   help="skip the CPU goals table (four shapes, quiet / loaded / JAX peer)")
+    p.add_argument("--shapes-only", action="store_true",
+                   help="only the CPU goals table (pcalm/sweeps/bench_shapes.py)")
+    p.add_argument("--shape-rounds", type=int, default=3,
+                   help="interleaved rounds per shape of the CPU goals table")
+    p.add_argument("--jax-python", default=None,
+                   help="python of a JAX install, for the peer column (or PCALM_JAX_PYTHON)")
+    p.add_argument("--jax-peer", default=None,
+                   help="the JAX peer script, e.g. ../shared/bench/jax_peer.py (or "
+                   "PCALM_JAX_PEER)")
     p.add_argument("--out", type=Path, default=None, help="default: results/bench.csv")
     return p.parse_args(argv)
 
@@ -295,6 +307,29 @@ def grid_cell(args, n, l, m, r, device, dtype, rel) -> dict:
     return row
 
 
+def shapes_section(args, out: Path) -> None:
+    """The CPU goals table (pcalm/sweeps/bench_shapes.py) → stdout and `out`
+    (results/bench_shapes.csv by default)."""
+    from pcalm.sweeps import bench_shapes
+
+    peer = bench_shapes.jax_peer(args.jax_python, args.jax_peer)
+    print("\nCPU goals: one PC-ALM weight-gradient call (ReLU, B = 64, 1 thread), quiet, beside "
+          "one busy process, and against the JAX peer "
+          f"({'interleaved rounds' if peer else 'not configured: --jax-python, --jax-peer'}):",
+          flush=True)
+    try:
+        rows = bench_shapes.measure(rounds=args.shape_rounds, peer=peer)
+    except (RuntimeError, subprocess.TimeoutExpired) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(table(rows, ["N", "L", "T", "pcalm_ms", "us_per_step", "loaded_ms",
+                       "loaded_over_quiet", "jax_ms", "speedup_over_jax"]))
+    for r in rows:
+        print(f"  N={r['N']} L={r['L']} T={r['T']}: {bench_shapes.verdict(r)}")
+    atomic_write_text(out, to_csv(rows))
+    print(f"wrote {out}")
+
+
 # -- output --------------------------------------------------------------------------------
 
 def device_name(device: torch.device) -> str:
@@ -362,6 +397,10 @@ def run(args) -> None:
           f"--compile {args.compile} (each row names the path that ran); "
           f"clock: {args.clock}; load average {_load()}", flush=True)
 
+    shapes_out = out.with_name(out.stem + "_shapes.csv")
+    if args.shapes_only:
+        shapes_section(args, shapes_out)
+        return
     rows = []
     for n in args.widths:
         for l in args.depths:
@@ -400,6 +439,8 @@ def run(args) -> None:
         atomic_write_text(out.with_name(out.stem + "_grid.csv"), to_csv(grid_rows))
     atomic_write_text(out, to_csv(rows))
     print(f"\nwrote {out}")
+    if device.type == "cpu" and not args.no_shapes:
+        shapes_section(args, shapes_out)
     # The sweep plans' cost model (pcalm/sweeps/cost.py) for this device and thread count: stored
     # here so that `--dry-run` and every sweep plan project wall times without measuring.
     if args.no_calibrate:
