@@ -177,6 +177,9 @@ def test_diagnostic_tasks_are_priced_by_their_inference_steps_and_observed_point
     assert MODEL.run_seconds(pc_run) == pytest.approx(base + cost.EQUILIBRIUM_STEPS * per_step)
     plain_steps = math.ceil(2.0 * depth**2 / 0.25)  # the registered equilibrium_diffusion_times
     assert MODEL.run_seconds(plain) == pytest.approx(base + plain_steps * per_step)
+    skipped = _task_cfg(dict(routes, equilibrium_solver="none"),
+                        {"name": "pc", "budget": 32, "state_lr": 0.25})
+    assert MODEL.run_seconds(skipped) == pytest.approx(base)
     curve = _task_cfg({"name": "alignment_curve", "steps_per_layer": 32, "points": 40,
                        "pc_reference": True}, {"name": "pcalm", "budget": 32, "alpha": 1.0})
     assert MODEL.run_seconds(curve) == pytest.approx(

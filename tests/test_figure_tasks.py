@@ -257,6 +257,26 @@ def test_credit_routes_newton_equilibrium_agrees_with_pc_run_to_equilibrium(fake
         plain["equilibrium_steps"] < newton["equilibrium_steps"]
 
 
+def test_credit_routes_without_an_equilibrium_keeps_route_1_at_the_budget(fake_data_root,
+                                                                          tmp_path):
+    """`task.equilibrium_solver=none` (what a CPU leaves to a GPU at N ≥ 512): the same
+    curve and budget point as with the solver, and no equilibrium values at all."""
+    pc = {"name": "pc", "budget": 8, "state_lr": 0.2}
+    model = {"width": 8, "depth": 4, "activation": "relu"}
+    base = {"name": "credit_routes", "steps_per_layer": 2, "points": 4}
+    solved, arrays = run(config(fake_data_root, tmp_path, base, pc, model=model))
+    skipped, skipped_arrays = run(config(fake_data_root, tmp_path,
+                                         dict(base, equilibrium_solver="none"), pc, model=model))
+    assert skipped["equilibrium_solver"] == "none"
+    assert not [k for k in skipped if k.endswith("_equilibrium") or k.startswith("equilibrium_")
+                and k != "equilibrium_solver"]
+    for key in ("hidden_alignment_at_budget", "stacked_credit_cosine_at_budget",
+                "cosine_at_budget", "flops_at_budget"):
+        assert skipped[key] == solved[key], key
+    assert np.array_equal(skipped_arrays["hidden_alignment"], arrays["hidden_alignment"])
+    assert "hidden_alignment_equilibrium" in solved
+
+
 def test_credit_front_speed_and_exponent_of_planted_fronts():
     """figure3's measured front (pcalm.runs.tasks.figures.credit_front) on ratio maps whose arrival
     steps are planted: layer column i of L − 1 is d = L − 1 − i layers below the output."""

@@ -471,3 +471,36 @@ def test_credit_routes_draw_pc_at_the_budget_and_pcalm_over_t(tmp_path, monkeypa
         np.testing.assert_allclose(route2.get_xdata(), step * 32000.0)
         np.testing.assert_allclose(route2.get_ydata(), np.mean(
             [arrays[("pcalm", 32, s)][key] for s in seeds], axis=0), rtol=1e-12)
+
+
+def test_route_1_at_equilibrium_draws_the_solved_widths_and_says_where_it_stops(
+        tmp_path, monkeypatch):
+    """PC runs with `equilibrium_solver=none` (N = 64 here: what a CPU leaves to a GPU) have
+    no equilibrium point; the solved widths' points are the seed means."""
+    depth, budget, widths, seeds = 4, 8, [8, 32, 64], [0, 1]
+    step = np.array([1, 2, 4, 8, 16])
+    keys = ("stacked_credit_cosine", "hidden_alignment", "cosine")
+    pairs, rows_eq = [], {}
+    for algo, n, s in itertools.product(["pc", "pcalm"], widths, seeds):
+        a = {"step": step, "flops": step * 1000.0 * n, **{k: np.full(5, 0.5) for k in keys}}
+        row = {"algo.name": algo, "model.width": n, "model.depth": depth,
+               "algo.budget": budget, "algo.state_lr": 0.25, "train.seed": s,
+               "train.batch_size": 64, "data.name": "fashion_mnist"}
+        if algo == "pc":
+            solved = n != 64
+            row["equilibrium_solver"] = "newton" if solved else "none"
+            row["flops_at_equilibrium"] = 1e9 * n if solved else np.nan
+            for k in keys:
+                row[f"{k}_equilibrium"] = 0.1 * n / 64 + 0.01 * s if solved else np.nan
+            rows_eq[(n, s)] = row
+        pairs.append((row, a))
+    write(tmp_path / "tables", "figure8", _runs(tmp_path, pairs))
+    fig = draw("figure8", tmp_path / "tables", monkeypatch)
+    for ax, key in zip(fig.axes[:3], keys):
+        (eq,) = [b for b in ax.containers if b.get_label().startswith("route 1 at equilibrium")]
+        line = eq.lines[0]
+        np.testing.assert_allclose(np.asarray(line.get_xdata(), float), [8e9, 32e9])
+        np.testing.assert_allclose(np.asarray(line.get_ydata(), float),
+                                   [np.mean([rows_eq[(n, s)][f"{key}_equilibrium"]
+                                             for s in seeds]) for n in (8, 32)], rtol=1e-12)
+    assert any("equilibrium solved up to N = 32" in t.get_text() for t in fig.texts)

@@ -168,6 +168,26 @@ def test_diagnostic_claims_read_the_figure_task_columns(tmp_path, monkeypatch, c
     assert verdict(text, "2") == "– missing"  # no figure2 table here
 
 
+def test_routes_claim_reads_the_budget_points_and_names_unsolved_equilibria(
+        tmp_path, monkeypatch, capsys):
+    """Claim 8 decides on the T = 2L points (PC-ALM N = 32: 0.9 at 1e8 FLOPs beats PC's best
+    0.6, cheaper than PC's widest run, 4e9); PC's equilibrium values are reported where
+    solved, and the widths without one are named (solver none)."""
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    (tables / "figure8-paper.csv").write_text(
+        "run_id,algo.name,model.width,train.seed,hidden_alignment_at_budget,flops_at_budget,"
+        "equilibrium_solver,hidden_alignment_equilibrium\n"
+        "a,pcalm,32,0,0.9,1e8,,\nb,pc,8,0,0.5,1e7,newton,0.8\nc,pc,8,1,0.5,1e7,newton,0.9\n"
+        "d,pc,32,0,0.6,1e8,newton,0.95\ne,pc,1024,0,0.55,4e9,none,\n")
+    text = run_report(tables, tmp_path / "r.md", monkeypatch, capsys, scale="paper")
+    line = row(text, "8")
+    assert verdict(text, "8") == "✓ holds"
+    assert "PC at equilibrium: N=8 0.850, N=32 0.950" in line
+    assert "PC's equilibrium not solved at N = 1024" in line
+    assert "PC stops at N" not in line
+
+
 def test_report_names_the_narrow_linear_table(tmp_path, monkeypatch, capsys):
     tables = tmp_path / "tables"
     tables.mkdir()

@@ -49,6 +49,17 @@ def label_widths(ax, xs, ms, widths) -> None:
                     ha="center")
 
 
+def equilibrium_note(df) -> str:
+    """`; equilibrium up to N = 256` when some PC runs skipped the solve (solver none)."""
+    pc = df[df["algo.name"] == "pc"]
+    if "equilibrium_solver" not in pc or not (pc["equilibrium_solver"] == "none").any():
+        return ""
+    solved = pc.loc[pc["equilibrium_solver"] != "none", "model.width"]
+    if solved.empty:
+        return "; no equilibrium solved"
+    return f"; equilibrium solved up to N = {int(solved.max())}"
+
+
 def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
     df = read_table(tables, experiment, scale, needs=COLUMNS, numbers=NUMBERS)
     runs = with_arrays(df, tables)
@@ -84,6 +95,7 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
             label_widths(ax, xs, ms, ns)
         # Route 1 at equilibrium: PC run until z stops changing (pcalm.runs.tasks.figures).
         eq = df[df["algo.name"] == "pc"] if f"{key}_equilibrium" in df else df.iloc[0:0]
+        eq = eq[eq[f"{key}_equilibrium"].notna()] if len(eq) else eq  # solver none: no point
         if len(eq):
             stats = eq.groupby("model.width").agg(
                 x=("flops_at_equilibrium", "mean"), m=(f"{key}_equilibrium", "mean"),
@@ -124,7 +136,8 @@ def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
     axes[0].legend(loc="lower right", frameon=False, fontsize=7)
 
     batch = int(first["train.batch_size"])
-    settings_note(fig, f"ReLU residual MLP at init, L = {depth}, N ∈ {widths} | "
+    note = equilibrium_note(df)
+    settings_note(fig, f"ReLU residual MLP at init, L = {depth}, N ∈ {widths}{note} | "
                   f"{data_label(df)}, one batch of {batch} | FLOPs = t·4BN(N(L−2)+C) | "
                   f"{eta_text(df)} | α = ρ = 1 | {seeds_text(df)}", scale)
     fig.get_layout_engine().set(rect=(0, 0.05, 1, 0.95))

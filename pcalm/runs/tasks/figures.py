@@ -494,7 +494,9 @@ def credit_routes(cfg: dict, dataset):
     `task.equilibrium_max_newton` Newton steps (summary: `equilibrium_residual`,
     `_iterations`, `_cg_iterations`, `_pinned`, `_converged`); with `plain`, by PC's own
     dynamics (`pc_equilibrium`) until the relative change of z per step is below
-    `task.equilibrium_tol` or for the budget below. Either way `flops_at_equilibrium` is what
+    `task.equilibrium_tol` or for the budget below; with `none`, not at all (the run records
+    `equilibrium_solver: none` and no `*_equilibrium` values: what a CPU leaves to a GPU at
+    N ≥ 512, where one Newton solve takes hours). Either way `flops_at_equilibrium` is what
     PC's own dynamics spend to get there: `task.equilibrium_diffusion_times` diffusive
     crossing times L²/(ρ η_h) (SPEC §6) of steps — ≈ 2 × 1,100 at L = 16, 2 × 17,000 at L = 64.
     """
@@ -531,7 +533,9 @@ def credit_routes(cfg: dict, dataset):
 
 
 def _equilibrium_alignment(cfg, net, x, y, delta, g_bp, per_step: float) -> dict:
-    solver = _param(cfg, "equilibrium_solver", "choice:newton|plain")
+    solver = _param(cfg, "equilibrium_solver", "choice:newton|plain|none")
+    if solver == "none":
+        return {"equilibrium_solver": solver}
     times = _param(cfg, "equilibrium_diffusion_times", "number", 0.0)
     eta, depth = cfg["algo"]["state_lr"], cfg["model"]["depth"]
     plain_steps = max(1, math.ceil(times * depth**2 / eta))  # PC: ρ = 1
