@@ -22,6 +22,19 @@ AUTHORS_ETA_TABLE = CONFIG_DIR / AUTHORS_TABLE_NAME  # the authors' published va
 RUN_SECTIONS = ("name", "task", "model", "algo", "data", "train", "logger", "results_dir")
 
 
+def newton_up_to(algo: str, width: int, max_width: int | None) -> str:
+    """`${pcalm.newton_up_to:${algo.name},${model.width},${sweep.equilibrium_max_width}}`
+    (Figures 8/9): the equilibrium solver of a credit_routes run — `newton` up to the width
+    limit (null: no limit), `none` for a PC run beyond it (what a CPU leaves to a GPU). Only
+    PC runs solve an equilibrium, so a PC-ALM run keeps `newton` (and its run id)."""
+    limited = algo == "pc" and max_width is not None and int(width) > int(max_width)
+    return "none" if limited else "newton"
+
+
+# Registered on import: every process that composes a config imports this module first.
+OmegaConf.register_new_resolver("pcalm.newton_up_to", newton_up_to, replace=True)
+
+
 def run_config(cfg: DictConfig | dict) -> dict:
     """The resolved, validated run config of a composed Hydra config (sweep keys dropped)."""
     if isinstance(cfg, DictConfig):

@@ -205,6 +205,32 @@ def test_experiment_grids_expand(experiment, scale, runs, check, tmp_path, monke
         assert {c[section][key] for c in sweep.configs} == values, dotted
 
 
+@pytest.mark.parametrize("experiment", ["figure8", "figure9"])
+def test_a_width_limit_leaves_only_the_wide_pc_equilibria_out(experiment, tmp_path,
+                                                              monkeypatch):
+    """`sweep.equilibrium_max_width=256`: the PC runs at N = 512, 1024 skip the Newton solve
+    (and so have their own run ids); every other run is the unlimited sweep's, id for id."""
+    from pcalm.runs.folder import RunFolder
+    from pcalm.sweeps.grid import load_sweep
+
+    monkeypatch.setenv("PCALM_RESULTS", str(tmp_path))
+    args = [f"experiment={experiment}", "scale=paper", "inference.state_lr=0.2"]
+    full = load_sweep(args)
+    limited = load_sweep([*args, "sweep.equilibrium_max_width=256"])
+    assert {c["task"]["equilibrium_solver"] for c in full.configs} == {"newton"}
+    skipped = {(c["algo"]["name"], c["model"]["width"]) for c in limited.configs
+               if c["task"]["equilibrium_solver"] == "none"}
+    assert skipped == {("pc", 512), ("pc", 1024)}
+
+    def ids(configs):
+        return {RunFolder(c["results_dir"], c).id: c for c in configs}
+
+    shared = ids(full.configs).keys() & ids(limited.configs).keys()
+    assert len(shared) == 48 - 6
+    assert all(ids(limited.configs)[i]["task"]["equilibrium_solver"] == "none"
+               for i in ids(limited.configs).keys() - shared)
+
+
 def test_pc_equilibrium_is_the_minimiser_of_the_pc_energy_for_a_linear_net():
     """Linear net, one sample: F(z) = ½‖Pz − y‖² + ½‖Rz − c‖² is minimised by
     z* = (PᵀP + RᵀR)⁻¹ (Pᵀy + Rᵀc) (SPEC §6's R, P; c = a_in W_1 x in the first block)."""
