@@ -116,6 +116,31 @@ def test_tampered_run_folders_are_left_out_of_every_table_and_named(eight_runs, 
     assert all("\n" not in why for why in excluded.values())
 
 
+def test_a_metrics_file_that_agrees_on_its_last_row_is_still_caught(eight_runs, tmp_path):
+    """Runs at chance often end on the same step and accuracy, so a copied or edited
+    metrics.csv can agree with the summary's last row: the summary's SHA-256 of the file the
+    run wrote catches it (and stays out of the tables)."""
+    import hashlib
+
+    pristine, ids = eight_runs
+    results = tmp_path / "results"
+    shutil.copytree(pristine, results)
+    folder = results / "runs" / ids[0]
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["metrics_sha256"] == hashlib.sha256(
+        (folder / "metrics.csv").read_bytes()).hexdigest()
+    assert "metrics_sha256" not in load(results).columns
+    lines = (folder / "metrics.csv").read_text().splitlines(keepends=True)
+    head = lines[0].rstrip("\n").split(",")
+    cells = lines[1].rstrip("\n").split(",")
+    cells[head.index("test_acc")] = "0.123"  # a middle row: the last row still agrees
+    lines[1] = ",".join(cells) + "\n"
+    (folder / "metrics.csv").write_text("".join(lines))
+    excluded = load(results).attrs["excluded"]
+    assert set(excluded) == {ids[0]}
+    assert excluded[ids[0]].startswith("metrics.csv is not the file this run wrote")
+
+
 def test_collect_names_excluded_folders_in_one_line_and_counts_reach_the_report(
         eight_runs, tmp_path, monkeypatch, capsys):
     """The grid of eight runs through experiments/collect.py's library (pcalm.analysis.collect):

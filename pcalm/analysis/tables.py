@@ -28,6 +28,7 @@ from pcalm.runs.folder import (
     ARRAYS_FILE,
     CONFIG_FILE,
     METRICS_FILE,
+    METRICS_HASH,
     SUMMARY_FILE,
     audit_run,
     is_summary,
@@ -89,6 +90,11 @@ def _scan(
     return complete, sorted(missing), excluded
 
 
+def _result(summary: dict) -> dict:
+    """A summary's table columns: flattened, without the folder's integrity hash."""
+    return {k: v for k, v in flatten(summary).items() if k != METRICS_HASH}
+
+
 def _frame(rows: list[dict], first: str = "run_id") -> pd.DataFrame:
     """DataFrame with columns in first-seen order (pandas' own order is not guaranteed)."""
     columns = list(dict.fromkeys([first, *(key for row in rows for key in row)]))
@@ -105,7 +111,7 @@ def load(results_dir: str | os.PathLike = "results", run_ids: Iterable[str] | No
     """
     complete, missing, excluded = _scan(results_dir, run_ids)
     rows = [
-        {"run_id": rid, **flatten(config), **flatten(summary), "valid": is_valid(summary)}
+        {"run_id": rid, **flatten(config), **_result(summary), "valid": is_valid(summary)}
         for rid, _, config, summary in complete
     ]
     df = _frame(rows)

@@ -61,6 +61,7 @@ NON_NUMERIC_KEYS: tuple[str, ...] = (
 RUN_ID_LENGTH = 12
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.csv"
+METRICS_HASH = "metrics_sha256"  # summary key: the SHA-256 of the final metrics.csv
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "summary.json"
 ARRAYS_FILE = "arrays.npz"
@@ -428,8 +429,13 @@ class RunFolder:
         return state
 
     def write_summary(self, summary: Mapping) -> None:
-        """Write ``summary.json`` (the completion mark, so LAST), then drop the checkpoint."""
-        atomic_write_json(self.summary_path, dict(summary))
+        """Write ``summary.json`` (the completion mark, so LAST), then drop the checkpoint.
+        It records the SHA-256 of the run's final ``metrics.csv`` (`metrics_sha256`), so that
+        another run's file copied in later is caught (`audit_run`)."""
+        summary = dict(summary)
+        if self.metrics_path.is_file():
+            summary[METRICS_HASH] = file_sha256(self.metrics_path)
+        atomic_write_json(self.summary_path, summary)
         self.checkpoint_path.unlink(missing_ok=True)
 
     def __repr__(self) -> str:
@@ -455,9 +461,10 @@ def audit_run(folder: Path, summary: Mapping) -> str | None:
     - its summary has wrong types or ranges: ``diverged`` not a bool matching ``status``;
       ``steps`` not a whole number >= 0; a trained run's ``test_acc`` not a number, or a
       ``complete`` run's not finite in [0, 1];
-    - a trained run's ``metrics.csv`` is missing, torn, header-only or another run's: it must
-      have ``step`` and ``test_acc`` columns, whole increasing steps, and a complete run's last
-      row must be at the summary's ``steps`` with the summary's ``test_acc``.
+    - a trained run's ``metrics.csv`` is missing, torn, header-only or another run's: its
+      SHA-256 must be the summary's ``metrics_sha256`` (where recorded); it must have ``step``
+      and ``test_acc`` columns, whole increasing steps, and a complete run's last row must be
+      at the summary's ``steps`` with the summary's ``test_acc``.
     """
     if folder.is_symlink():
         return "the run folder is a symlink"
@@ -498,6 +505,11 @@ def _audit_summary(summary: Mapping, config: Mapping) -> str | None:
     return None
 
 
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def _audit_metrics(path: Path, summary: Mapping) -> str | None:
     try:
         with path.open(encoding="utf-8", newline="") as f:
@@ -523,6 +535,10 @@ def _audit_metrics(path: Path, summary: Mapping) -> str | None:
         if not math.isclose(last_acc, summary["test_acc"], rel_tol=1e-9, abs_tol=1e-12):
             return (f"{METRICS_FILE}'s last test_acc {last_acc!r} is not the summary's "
                     f"{summary['test_acc']!r} (another run's?)")
+    recorded = summary.get(METRICS_HASH)  # runs written before it was recorded have none
+    if recorded is not None and recorded != hashlib.sha256(text.encode("utf-8")).hexdigest():
+        return (f"{METRICS_FILE} is not the file this run wrote (its SHA-256 differs from the "
+                f"summary's {METRICS_HASH}: another run's, or edited)")
     return None
 
 
