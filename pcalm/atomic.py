@@ -70,6 +70,36 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda f: f.write(text), binary=False)
 
 
+def atomic_write_texts(files: Mapping[Path, str]) -> None:
+    """Write several files as one: every new content goes to a temp file first (fsynced), and
+    only when all are written are they renamed over their targets. A failure while writing
+    (a full disk) removes the temps and leaves every target as it was — never a new table
+    beside an old one. (The renames themselves allocate nothing.)"""
+    temps: dict[Path, str] = {}
+    try:
+        for path, text in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps[path] = tmp
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in temps.values():
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        raise
+    for directory in {path.parent for path in temps}:
+        fsync_dir(directory)
+
+
 def _json_default(obj: Any) -> Any:
     """Let json write numpy/torch scalars and arrays, and paths, that summaries often hold."""
     if isinstance(obj, os.PathLike):

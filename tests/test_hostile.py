@@ -158,7 +158,8 @@ def test_collect_names_excluded_folders_in_one_line_and_counts_reach_the_report(
     table = results / "tables" / "figure2-smoke.csv"
     table.parent.mkdir()
     df.to_csv(table, index=False)
-    collect.write_excluded(table, df.attrs["excluded"])
+    collect.say_excluded(table, df.attrs["excluded"])
+    collect.excluded_path(table).write_text(collect.excluded_csv(df.attrs["excluded"]))
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("warning: 2 run folders excluded")
     assert ids[0] in err and ids[1] in err
@@ -608,23 +609,44 @@ def test_a_full_disk_mid_run_leaves_no_temp_file_and_no_orphan_folder(
     assert not list(results_dir.rglob("*.tmp"))
 
 
-def test_a_full_disk_in_collect_is_one_line_and_keeps_the_old_table(data_env, monkeypatch,
-                                                                     capsys):
+@pytest.mark.parametrize("kind", ["", "-metrics", "-excluded"])
+def test_a_full_disk_in_collect_is_one_line_and_keeps_every_old_table(data_env, monkeypatch,
+                                                                      capsys, kind):
+    """The disk fills while the main table is written, or after it while the metrics or the
+    excluded list are: the three old tables stay, as a set, and no temp file is left."""
+    import tempfile
+
+    from pcalm import atomic
     from pcalm.analysis.collect import TablesNotWritten, write_tables
     from pcalm.sweeps.grid import table_scope
 
     grid = ["experiment=figure2", "scale=smoke", "inference.state_lr=0.25", "algo=bp",
             "sweep.grid={model.width:[8]}", "model.depth=4", "model.activation=relu"]
-    table = data_env / "tables" / "figure2-smoke.csv"
-    table.parent.mkdir(parents=True)
-    table.write_text("run_id\nold\n")
-    _enospc_on(monkeypatch, "figure2-smoke")
+    scope = table_scope(grid)
+    tables = data_env / "tables"
+    tables.mkdir(parents=True)
+    old = {f"{scope.label}{k}.csv": f"run_id\nold{k}\n" for k in ("", "-metrics", "-excluded")}
+    for name, text in old.items():
+        (tables / name).write_text(text)
+    fails = f"{scope.label}{kind}.csv"
+    real = tempfile.mkstemp
+
+    def full_disk(*args, prefix="", **kwargs):
+        if prefix == f".{fails}.":
+            raise OSError(28, "No space left on device", str(tables / fails))
+        return real(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", full_disk)
     with pytest.raises(TablesNotWritten) as stop:
-        write_tables(table_scope(grid))
+        write_tables(scope)
     err = str(stop.value)  # experiments/collect.py prints it after "error: ", exit 2
     assert "\n" not in err and not capsys.readouterr().err.strip()
-    assert err.startswith("cannot write the tables: No space left on device")
-    assert table.read_text() == "run_id\nold\n" and not list(table.parent.glob("*.tmp"))
+    assert err == (f"cannot write the tables: No space left on device ({tables / fails}); "
+                   "the previous tables are unchanged")
+    assert {p.name: p.read_text() for p in tables.iterdir()} == old  # no temp left either
+    monkeypatch.undo()
+    write_tables(scope)  # with room again, all three are new
+    assert all((tables / name).read_text() != text for name, text in old.items())
 
 
 def test_a_non_ascii_override_says_how_to_write_it():

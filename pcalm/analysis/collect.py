@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pcalm.analysis.tables import collect, load_metrics, portable_table, problems
-from pcalm.atomic import atomic_write_text
+from pcalm.analysis.tables import load, load_metrics, portable_table, problems
+from pcalm.atomic import atomic_write_texts
 from pcalm.runs.folder import RunFolder, check_results_dir, inside
 
 SHOW_MISSING = 3
@@ -71,25 +71,36 @@ def write_tables(scope, describe: Callable[[dict], str] | None = None) -> Collec
     try:
         with warnings.catch_warnings():  # named above, in one line each
             warnings.simplefilter("ignore")
-            df = collect(results_dir, list(cells), table)
+            df = load(results_dir, list(cells))
             metrics = load_metrics(results_dir, list(cells))
-        write_portable(table, df)
-        write_portable(table.with_name(f"{scope.label}-metrics.csv"), metrics)
-        write_excluded(table, df.attrs["excluded"])
+        atomic_write_texts({  # the three as one: all new, or all as they were
+            table: portable_csv(df),
+            table.with_name(f"{scope.label}-metrics.csv"): portable_csv(metrics),
+            excluded_path(table): excluded_csv(df.attrs["excluded"])})
     except OSError as err:
-        raise TablesNotWritten(f"cannot write the tables: {err.strerror or err} "
-                               f"({err.filename}); the previous tables are unchanged") from None
+        where = err.filename or table.parent
+        raise TablesNotWritten(f"cannot write the tables: {err.strerror or err} ({where}); "
+                               "the previous tables are unchanged") from None
+    say_excluded(table, df.attrs["excluded"])
     absent = set(df.attrs["missing"])
     missing = [describe(cfg) if describe else rid  # grid order
                for rid, cfg in cells.items() if rid in absent]
     return Collected(df, len(cells), missing, table)
 
 
-def write_excluded(table: Path, excluded: dict[str, str]) -> None:
-    """Name the refused folders: one stderr line, and ``<table>-excluded.csv`` (run_id,
-    reason; header only when none) that the report counts."""
+def excluded_path(table: Path) -> Path:
+    return table.with_name(f"{table.stem}-excluded.csv")
+
+
+def excluded_csv(excluded: dict[str, str]) -> str:
+    """``<table>-excluded.csv`` (run_id, reason; header only when none), which the report
+    counts."""
     frame = pd.DataFrame(sorted(excluded.items()), columns=["run_id", "reason"])
-    atomic_write_text(table.with_name(f"{table.stem}-excluded.csv"), frame.to_csv(index=False))
+    return frame.to_csv(index=False)
+
+
+def say_excluded(table: Path, excluded: dict[str, str]) -> None:
+    """Name the refused folders in one stderr line."""
     if excluded:
         named = "; ".join(f"{rid}: {why}" for rid, why in sorted(excluded.items())[:SHOW_MISSING])
         more = "; ..." if len(excluded) > SHOW_MISSING else ""
@@ -120,6 +131,6 @@ def real_problems(lines: list[str], results_dir: Path, cells: dict) -> list[str]
     return [ln for ln in lines if not any(ln.startswith(d) for d in by_design)]
 
 
-def write_portable(path: Path, df) -> None:
+def portable_csv(df) -> str:
     """The table as it may leave this machine: no absolute paths, list cells as JSON."""
-    atomic_write_text(path, portable_table(df).to_csv(index=False))
+    return portable_table(df).to_csv(index=False)
