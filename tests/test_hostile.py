@@ -284,6 +284,22 @@ def test_a_damaged_table_gives_the_report_and_the_plot_one_line(damage, command,
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["figure2-smoke.csv"]
 
 
+@pytest.mark.parametrize("case", ["no test_acc column", "nan test_acc"])
+def test_a_run_without_an_accuracy_is_never_drawn_as_chance(case, tmp_path):
+    """The report counts such runs "without accuracy"; a figure refuses the table in one
+    line (collect never writes such a row: only a damaged table has one)."""
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    table = tables / "figure2-smoke.csv"
+    _fig2_table(table, None if case == "no test_acc column" else [math.nan], diverged=False)
+    err = one_line_failure(entry(["experiments/plot.py", "figure2", "--scale", "smoke",
+                                  "--tables", str(tables), "--out", str(tmp_path / "f")]))
+    says = ("column 'test_acc' is missing" if case == "no test_acc column"
+            else "that did not diverge have no test_acc (first: ")
+    assert err.startswith(f"error: {table}: ") and says in err, err
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["figure2-smoke.csv"]
+
+
 SIGINT_AT = {  # sitecustomize.py: a Ctrl-C planted where each command does its work
     "report": "import pcalm.analysis.scorecard as m\n"
               "def build(*a, **k): raise KeyboardInterrupt\nm.build = build\n",

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pcalm.analysis.stats import CHANCE, normalise, seed_stats
+from pcalm.analysis.stats import CHANCE, seed_stats
 from pcalm.plots.grid import ALGO_ORDER, DATA_LABELS
 from pcalm.plots.style import (
     ACTIVATION_LABELS,
     ALGO_COLORS,
     ALGO_LABELS,
     plt,
-    read_table,
+    read_accuracies,
     save,
     settings_note,
 )
@@ -52,7 +52,7 @@ def _series(ax, stats, algo: str, param: str, offset: float) -> None:
 
 
 def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
-    df = normalise(read_table(tables, experiment, scale, needs=COLUMNS, numbers=NUMBERS))
+    df = read_accuracies(tables, experiment, scale, needs=COLUMNS, numbers=NUMBERS)
     if "model.param" not in df:
         df["model.param"] = "mupc"
     df["model.gamma0"] = df["model.gamma0"].astype(float)

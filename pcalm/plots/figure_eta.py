@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pcalm.analysis.stats import CHANCE, NETWORK, eta_multiples, normalise, seed_stats
+from pcalm.analysis.stats import CHANCE, NETWORK, eta_multiples, seed_stats
 from pcalm.plots.grid import ALGO_ORDER, DATA_LABELS
 from pcalm.plots.style import (
     ACTIVATION_LABELS,
     ALGO_COLORS,
     ALGO_LABELS,
     plt,
-    read_table,
+    read_accuracies,
     save,
     settings_note,
 )
@@ -48,7 +48,7 @@ def table_step(data: str, activation: str, width: int, depth: int) -> float | No
 
 
 def plot(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
-    df = normalise(read_table(tables, experiment, scale, needs=COLUMNS, numbers=NUMBERS))
+    df = read_accuracies(tables, experiment, scale, needs=COLUMNS, numbers=NUMBERS)
     df["x"] = eta_multiples(df, table_step).round(3)
     networks = df[NETWORK].drop_duplicates().sort_values(NETWORK).itertuples(index=False)
     networks = list(networks)

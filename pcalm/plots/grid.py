@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pcalm.analysis.stats import CHANCE, normalise, paired_difference, seed_stats
+from pcalm.analysis.stats import CHANCE, paired_difference, seed_stats
 from pcalm.plots.style import (
     ACTIVATION_LABELS,
     ALGO_LABELS,
     plt,
-    read_table,
+    read_accuracies,
     save,
     settings_note,
     signed,
@@ -139,7 +139,7 @@ def _chance_note(df: pd.DataFrame, summary: dict, batch: int) -> str:
 
 
 def plot_grid(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
-    df = normalise(read_table(tables, experiment, scale, needs=COLUMNS))
+    df = read_accuracies(tables, experiment, scale, needs=COLUMNS)
     summary = grid_summary(df)
     activations = [a for a in ACTIVATION_ORDER if a in set(df["model.activation"])]
     activations += sorted(set(df["model.activation"]) - set(activations))

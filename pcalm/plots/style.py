@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pcalm.analysis.grid import TableError, read_csv_table  # noqa: E402
+from pcalm.analysis.stats import normalise  # noqa: E402
 from pcalm.analysis.tables import default_tables_dir as default_tables  # noqa: E402,F401
 from pcalm.atomic import fsync_dir  # noqa: E402
 from pcalm.names import ACTIVATION_ALIASES, ALGORITHM_LABELS  # noqa: E402
@@ -69,6 +70,26 @@ def read_table(tables: Path, experiment: str, scale: str, kind: str = "",
         raise TableError(f"table {path} has no complete runs yet: run `make sweep "
                          f"EXP={experiment} SCALE={scale}`")
     return frame
+
+
+def read_accuracies(tables: Path, experiment: str, scale: str,
+                    needs: tuple[str, ...] = (), numbers: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A training table (`read_table`, with `test_acc` needed) normalised for drawing
+    (pcalm.analysis.stats.normalise: a diverged run counts as chance). A run that did not
+    diverge but has no test accuracy is a damaged table (collect refuses such folders), not
+    chance: a TableError naming the run."""
+    frame = read_table(tables, experiment, scale, needs=(*needs, "test_acc"),
+                       numbers=(*numbers, "test_acc"))
+    df = normalise(frame)
+    lacking = df[~df["diverged"] & df["test_acc"].isna()]
+    if len(lacking):
+        who = lacking["run_id"].iloc[0] if "run_id" in lacking else f"row {lacking.index[0] + 2}"
+        scale = scale.partition("-")[0]
+        raise TableError(f"{Path(tables) / f'{experiment}-{scale}.csv'}: {len(lacking)} run(s) "
+                         f"that did not diverge have no test_acc (first: {who}); allowed: a "
+                         f"number; rebuild it with `make collect EXP={experiment} "
+                         f"SCALE={scale}`")
+    return df
 
 
 MINUS = "\u2212"  # the typographic minus, as matplotlib draws tick labels
