@@ -18,11 +18,11 @@ is pcalm.analysis.collect.write_tables.
 
 from __future__ import annotations
 
+from pcalm import entry  # first: a Ctrl-C while the rest imports is one line
 import sys
 
 from pcalm.analysis.collect import TablesNotWritten, write_tables
 from pcalm.cli import exit_with
-from pcalm.entry import prepare
 from pcalm.runs.config import Cell
 from pcalm.runs.eta import EtaTableError
 from pcalm.sweeps.grid import table_scope
@@ -50,5 +50,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    prepare(__file__)  # this checkout's pcalm
+    entry.prepare(__file__)  # this checkout's pcalm
     sys.exit(main(sys.argv[1:]))

@@ -23,11 +23,11 @@ get this experiment's tags too: their wandb run is resumed once to add them.
 
 from __future__ import annotations
 
+from pcalm import entry  # first: a Ctrl-C while the rest imports is one line
 import sys
 from pathlib import Path
 
 from pcalm.cli import exit_with
-from pcalm.entry import prepare
 from pcalm.runs.eta import EtaTableError
 from pcalm.runs.wandb_log import log_figure_summary
 from pcalm.sweeps.grid import table_scope
@@ -55,5 +55,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    prepare(__file__)  # this checkout's pcalm
+    entry.prepare(__file__)  # this checkout's pcalm
     sys.exit(main(sys.argv[1:]))

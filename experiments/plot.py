@@ -12,11 +12,11 @@ in an existing folder. Plots read tables only (pcalm.plots), never train and nev
 
 from __future__ import annotations
 
+from pcalm import entry  # first: a Ctrl-C while the rest imports is one line
 import argparse
 import sys
 from pathlib import Path
 
-from pcalm.entry import prepare
 from pcalm.plots import FIGURES, draw
 
 
@@ -50,5 +50,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    prepare(__file__)  # this checkout's pcalm
+    entry.prepare(__file__)  # this checkout's pcalm
     sys.exit(main(sys.argv[1:]))

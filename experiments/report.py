@@ -11,13 +11,13 @@ whose table is missing says what is missing and the command that makes it.
 
 from __future__ import annotations
 
+from pcalm import entry  # first: a Ctrl-C while the rest imports is one line
 import argparse
 import sys
 from pathlib import Path
 
 from pcalm.analysis.scorecard import write_report
 from pcalm.analysis.tables import default_tables_dir
-from pcalm.entry import prepare
 
 SCALES = ("smoke", "paper", "paper_cpu")
 
@@ -45,5 +45,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    prepare(__file__)  # this checkout's pcalm
+    entry.prepare(__file__)  # this checkout's pcalm
     sys.exit(main(sys.argv[1:]))

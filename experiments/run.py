@@ -12,6 +12,7 @@ skipped. Sweeps and figures: `make sweep EXP=figure2`, `make figure2` (experimen
 
 from __future__ import annotations
 
+from pcalm import entry  # first: a Ctrl-C while the rest imports is one line
 import sys
 
 import hydra
@@ -19,7 +20,6 @@ from omegaconf import DictConfig
 
 from pcalm.cli import CONFIG_DIR, check_overrides, exit_with, interrupted, run_config
 from pcalm.data import DataError
-from pcalm.entry import prepare
 from pcalm.runs.config import Cell
 from pcalm.runs.eta import EtaTableError
 from pcalm.runs.folder import RunFolder, check_results_dir
@@ -81,7 +81,7 @@ def refuse_experiment_multirun(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    prepare(__file__, launcher=True)  # this checkout's pcalm; Hydra knows pcalm's SLURM launcher
+    entry.prepare(__file__, launcher=True)  # own checkout; Hydra knows our SLURM launcher
     try:
         refuse_experiment_multirun(sys.argv[1:])
         check_overrides(sys.argv[1:])

@@ -7,12 +7,12 @@ pcalm/sweeps/job.py; a local one also stops with its sweep (pcalm/sweeps/process
 
 from __future__ import annotations
 
+from pcalm import entry  # first: a Ctrl-C while the rest imports is one line
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from pcalm.entry import prepare
 from pcalm.sweeps.job import log, run_job
 from pcalm.sweeps.processes import stop_with_the_sweep
 
@@ -28,5 +28,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    prepare(__file__, launcher=True)  # this checkout's pcalm; Hydra knows pcalm's SLURM launcher
+    entry.prepare(__file__, launcher=True)  # own checkout; Hydra knows our SLURM launcher
     main()

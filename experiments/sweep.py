@@ -21,6 +21,7 @@ tab completion of keys and groups is run.py's (the same @hydra.main config):
 
 from __future__ import annotations
 
+from pcalm import entry  # first: a Ctrl-C while the rest imports is one line
 import os
 import signal
 import subprocess
@@ -29,7 +30,6 @@ import time
 
 from pcalm.cli import REPO, exit_with, interrupted
 from pcalm.data import DataError
-from pcalm.entry import prepare
 from pcalm.runs.eta import EtaTableError
 from pcalm.sweeps.grid import load_sweep
 from pcalm.sweeps.launchers import make_launcher
@@ -148,7 +148,7 @@ def interrupt_line(argv: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    prepare(__file__)  # this checkout's pcalm
+    entry.prepare(__file__)  # this checkout's pcalm
     signal.signal(signal.SIGTERM, raise_stopped)
     try:
         sys.exit(main(sys.argv[1:]))

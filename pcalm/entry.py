@@ -6,6 +6,11 @@ checkout `make setup` ran in. A second clone or worktree sharing that venv would
 the first one's code under its own commands and record the wrong commit; `same_checkout`
 refuses that in one line.
 
+**Ctrl-C while it starts.** Importing torch, pandas and Hydra takes seconds, before any
+entry point's own one-line handling of Ctrl-C is in place. Each entry point imports this
+module first, which makes an interrupt that nothing handled print one line instead of a
+traceback through the import machinery (`one_line_interrupt`).
+
 **pcalm's SLURM launcher.** Hydra takes launcher plugins only from the `hydra_plugins`
 namespace, which it finds by scanning sys.path; an editable install's import hook is not
 scanned. `register_launcher` hands Hydra pcalm's launcher by Hydra's public hook
@@ -18,6 +23,21 @@ import sys
 from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parent.parent  # the checkout this pcalm came from
+
+
+def one_line_interrupt(kind, value, traceback, *, previous=sys.excepthook) -> None:
+    """sys.excepthook: an unhandled KeyboardInterrupt (Ctrl-C while the entry point imports
+    its libraries) is one line; anything else goes to the previous hook. The exit status
+    stays the interrupt's (130)."""
+    if issubclass(kind, KeyboardInterrupt):
+        print(f"\ninterrupted: {Path(sys.argv[0]).name}, while starting; every file it writes "
+              "is atomic (its old or its new version, never half), so run it again",
+              file=sys.stderr)
+        return
+    previous(kind, value, traceback)
+
+
+sys.excepthook = one_line_interrupt  # the entry points import this module before any other
 
 
 def same_checkout(entry_file: str) -> None:

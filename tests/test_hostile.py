@@ -333,6 +333,33 @@ def test_ctrl_c_in_the_report_or_a_plot_is_one_line_and_keeps_the_old_output(com
     assert not list(tmp_path.glob("out*.tmp"))
 
 
+STOP_ON_IMPORT = """import sys
+class Stop:  # Ctrl-C while {module} is being imported (the first seconds of a command)
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Stop())
+"""
+
+
+@pytest.mark.parametrize("args, module", [
+    (["experiments/collect.py", "experiment=figure2", "scale=smoke"], "pandas"),
+    (["experiments/report.py", "--scale", "smoke"], "pandas"),
+    (["experiments/run.py", "algo=bp"], "hydra"),
+    (["experiments/sweep.py", "experiment=figure1", "--dry-run"], "torch"),
+])
+def test_ctrl_c_while_an_entry_point_starts_is_one_line(args, module, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(STOP_ON_IMPORT.format(module=module))
+    proc = entry(args, pythonpath=site)
+    err = one_line_failure(proc)
+    assert proc.returncode in (130, -2), (proc.returncode, err)  # killed by SIGINT
+    name = Path(args[0]).name
+    assert err.startswith(f"interrupted: {name}, while starting; every file it writes is "
+                          "atomic"), err
+
+
 def test_a_figure_counts_its_diverged_runs(tmp_path):
     """A figure says how many of its runs diverged (here figure 10's note, from the run table
     beside its metrics): 1 of 2 runs."""
