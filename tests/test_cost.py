@@ -246,3 +246,13 @@ def test_run_py_prints_the_plan_first_and_not_for_a_complete_run(fake_data_root,
     again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0 and "plan:" not in again.stdout
     assert "already complete" in again.stdout
+
+
+def test_more_evaluations_than_steps_cost_one_per_step():
+    """Training evaluates at most once per step (pcalm.runs.train.evaluation_steps): asking
+    for 10⁹ evaluations of a 4-step run costs what asking for 4 does, not 10⁹."""
+    few = _cfg("bp", 8, 4, train_size=256, test_size=128, evals=4)  # 256 // 64 = 4 steps
+    many = _cfg("bp", 8, 4, train_size=256, test_size=128, evals=10**9)
+    assert MODEL.run_seconds(many) == MODEL.run_seconds(few)
+    assert MODEL.run_seconds(_cfg("bp", 8, 4, train_size=256, test_size=128, evals=2)) \
+        < MODEL.run_seconds(few)

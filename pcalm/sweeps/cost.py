@@ -104,8 +104,10 @@ class CostModel:
         d, t, m = cfg["data"], cfg["train"], cfg["model"]
         full_train, full_test = FULL_SIZES.get(d["name"], (60000, 10000))
         n_train, n_test = d.get("train_size") or full_train, d.get("test_size") or full_test
-        steps = (n_train // t["batch_size"]) * t["epochs"]
-        evals = t["evals_per_epoch"] * t["epochs"] + 1
+        per_epoch = n_train // t["batch_size"]
+        steps = per_epoch * t["epochs"]
+        # at most one evaluation per step (pcalm.runs.train.evaluation_steps), plus step 0
+        evals = min(t["evals_per_epoch"], max(per_epoch, 1)) * t["epochs"] + 1
         chunks = evals * math.ceil(n_test / EVAL_CHUNK)
         e0, e_l, e_w = self.evaluation
         chunk = min(n_test, EVAL_CHUNK)
