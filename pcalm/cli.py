@@ -100,6 +100,11 @@ def grammar_error(override: str, message: str) -> str:
     state (`LexerNoViableAltException: …`, "token recognition error at: 'é'") and a caret on
     the next line; say what to do instead."""
     odd = next((c for c in override if not c.isascii()), None)
+    key = override.split("=", 1)[0]
+    if odd is not None and odd in key:  # quoting cannot help a key
+        return (f"cannot parse override {override!r}: the key {key!r} has the character "
+                f"{odd!r}; allowed: config keys are ASCII (`python experiments/run.py "
+                "--help` lists the groups, `--cfg job` the keys)")
     if odd is not None and "=" in override:
         key, value = override.split("=", 1)
         return (f"cannot parse override {override!r}: the character {odd!r} is not allowed "

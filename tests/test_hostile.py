@@ -708,6 +708,9 @@ def test_a_non_ascii_override_says_how_to_write_it():
 @pytest.mark.parametrize("override, says", [
     ("model.width=é", "cannot parse override 'model.width=é': the character 'é' is not allowed "
                       "unquoted; allowed: ASCII, or quote the value: model.width='\"é\"'"),
+    ("mödel.width=8", "cannot parse override 'mödel.width=8': the key 'mödel.width' has the "
+                      "character 'ö'; allowed: config keys are ASCII (`python "
+                      "experiments/run.py --help` lists the groups, `--cfg job` the keys)"),
     ("model.width=[1,", "cannot parse override 'model.width=[1,': no viable alternative at "
                         "input '[1,'; allowed: key=value, a list as key=[a,b], a sweep as "
                         "key=a,b (Hydra's override syntax)"),
