@@ -106,8 +106,11 @@ def fetch(
                         f"{', '.join(FOLDERS)}")
     files = dict(MD5[FOLDERS[name]] if files is None else files)
     mirrors = check_mirrors(mirrors)
-    if not mirrors or not _missing(name, root, files):
-        return []  # downloads off ([]): the loader names what is missing; or nothing to do
+    if not _missing(name, root, files):  # nothing to do but sweep up a dead download's part
+        _remove_stale_parts(raw_dir(name, root), older_than=deadline + timeout)
+        return []
+    if not mirrors:
+        return []  # downloads off ([]): the loader names what is missing
     say = say or _stderr
     folder = raw_dir(name, root)
     _make_folder(folder, name)
@@ -138,12 +141,16 @@ class _Limits:
         return self.ends - time.monotonic()
 
 
-def _remove_stale_parts(folder: Path) -> None:
+def _remove_stale_parts(folder: Path, older_than: float = 0.0) -> None:
     """Only the holder of the folder's lock downloads, so every ``.part`` there is a dead
-    download's (a SIGTERM or a kill mid-stream): remove them before they pile up."""
+    download's (a SIGTERM or a kill mid-stream): remove them before they pile up. Without
+    the lock (every file already there), only those older than `older_than` seconds: no
+    download lives that long."""
+    now = time.time()
     for stale in folder.glob(".*.part"):
         with contextlib.suppress(OSError):
-            stale.unlink()
+            if now - stale.stat().st_mtime >= older_than:
+                stale.unlink()
 
 
 def _missing(name: str, root, files: Mapping[str, str]) -> list[str]:

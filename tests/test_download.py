@@ -484,6 +484,22 @@ def test_stale_part_files_are_removed(tmp_path, mirror, gz_files):
     assert raw_listing(root) == sorted([LOCK_NAME, *gz_files])
 
 
+def test_a_dead_downloads_part_goes_even_when_every_file_is_there(tmp_path, mirror, gz_files):
+    """A complete folder takes no lock and downloads nothing, but a .part older than any
+    live download (the deadline plus one read's timeout) is swept; a fresh one stays."""
+    root, table = tmp_path / "root", md5_table(gz_files)
+    fetch("mnist", root, [mirror.serve("good", gz_files)], table, say=lambda s: None)
+    raw = root / "MNIST" / "raw"
+    old, fresh = raw / ".train-images-idx3-ubyte.gz.a1.part", raw / ".t10k.gz.b2.part"
+    old.write_bytes(b"\0" * 100)
+    fresh.write_bytes(b"\0" * 100)
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    assert fetch("mnist", root, [mirror.serve("good", gz_files)], table, say=lambda s: None,
+                 deadline=600, timeout=30) == []
+    assert not old.exists() and fresh.exists()
+
+
 def test_the_loader_streams_a_gzip_bomb_and_stops_at_the_official_size(tmp_path):
     """A labels file may hold 8 + 60000 bytes (the official size); a 30 MB bomb under its
     name is refused after reading at most one byte more, never decompressed whole."""
