@@ -34,6 +34,7 @@ from pcalm.runs.eta import EtaTableError
 from pcalm.sweeps.grid import load_sweep
 from pcalm.sweeps.launchers import make_launcher
 from pcalm.sweeps.plan import (
+    check_room,
     discard_sweep,
     headline,
     job_lines,
@@ -76,6 +77,10 @@ def main(argv: list[str]) -> int:
     if dry_run:
         print("\n".join(job_lines(work)))
         return 0
+    try:
+        check_room(work.results_dir, work.pending)
+    except ValueError as err:
+        exit_with(err)
     name = sweep_name(sweep, work.results_dir)  # its own folder, even if another sweep started
     manifest = work.results_dir / "sweeps" / name / "manifest.json"  # in the same second
     write_manifest(manifest, work)

@@ -652,6 +652,44 @@ def test_a_full_disk_mid_run_leaves_no_temp_file_and_no_orphan_folder(
     assert not list(results_dir.rglob("*.tmp"))
 
 
+def test_a_sweep_refuses_a_disk_without_room_for_one_run(tmp_path, monkeypatch):
+    """Needed: the largest run's checkpoint (weights + Adam's two moments, float32) plus 16 MB
+    for its small files; N = 1024, L = 64 holds 784·1024 + 62·1024² + 10·1024 weights."""
+    import shutil as shutil_mod
+
+    from pcalm.sweeps import plan
+
+    cfg = {"task": {"name": "train"}, "model": {"width": 1024, "depth": 64},
+           "train": {"dtype": "float32"}}
+    params = 784 * 1024 + 62 * 1024**2 + 10 * 1024
+    assert plan.room_needed([cfg]) == 12 * params + 16 * 2**20
+    usage = shutil_mod.disk_usage(tmp_path)
+    monkeypatch.setattr(plan.shutil, "disk_usage",
+                        lambda p: usage._replace(free=12 * params + 16 * 2**20 - 1))
+    with pytest.raises(ValueError) as err:
+        plan.check_room(tmp_path, [cfg])
+    assert str(err.value).startswith(f"not enough room in {tmp_path}: ")
+    assert "needs about 769 MB" in str(err.value)  # 789,897,216 B + 16 MiB
+    monkeypatch.setattr(plan.shutil, "disk_usage",
+                        lambda p: usage._replace(free=12 * params + 16 * 2**20))
+    plan.check_room(tmp_path, [cfg])  # exactly enough
+
+
+def test_sweep_py_on_a_full_disk_is_one_line_and_launches_nothing(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import shutil\nreal = shutil.disk_usage\n"
+        "shutil.disk_usage = lambda p: real(p)._replace(free=2**20)\n")
+    results = tmp_path / "results"
+    proc = entry(["experiments/sweep.py", "experiment=figure1", "scale=smoke",
+                  f"results_dir={results}"], pythonpath=site)
+    err = one_line_failure(proc)
+    assert proc.returncode == 2
+    assert err.startswith(f"error: not enough room in {results}: 1.0 MB free"), err
+    assert not (results / "sweeps").exists() or not list((results / "sweeps").iterdir())
+
+
 @pytest.mark.parametrize("kind", ["", "-metrics", "-excluded"])
 def test_a_full_disk_in_collect_is_one_line_and_keeps_every_old_table(data_env, monkeypatch,
                                                                       capsys, kind):

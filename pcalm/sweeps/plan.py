@@ -183,6 +183,33 @@ def projection(work: Plan, launcher: Launcher) -> list[float] | None:
 # ------------------------------------------------------------------ the sweep's folder
 
 
+ROOM_MARGIN = 16 * 2**20  # bytes beyond the largest checkpoint: configs, metrics, logs
+
+
+def room_needed(configs: list[dict]) -> int:
+    """Bytes a sweep needs free at least: its largest run's checkpoint (the weights and Adam's
+    two moments, in the run's dtype) plus ROOM_MARGIN for its small files."""
+    def checkpoint(cfg: dict) -> int:
+        if cfg["task"]["name"] != "train":
+            return 0
+        m = cfg["model"]
+        params = 784 * m["width"] + m["width"] ** 2 * max(m["depth"] - 2, 0) + 10 * m["width"]
+        return 3 * params * (8 if cfg["train"].get("dtype") == "float64" else 4)
+
+    return max((checkpoint(c) for c in configs), default=0) + ROOM_MARGIN
+
+
+def check_room(results_dir: Path, configs: list[dict]) -> None:
+    """Refuse, in one line, a sweep whose results folder's disk is too full for even one of
+    its runs (else it fails later, mid-write, in every job)."""
+    free, need = shutil.disk_usage(results_dir).free, room_needed(configs)
+    if free < need:
+        raise ValueError(f"not enough room in {results_dir}: {free / 2**20:.1f} MB free, a run "
+                         f"of this sweep needs about {need / 2**20:.0f} MB (its checkpoint and "
+                         "files); allowed: free some space there, or results_dir= on a disk "
+                         "with room")
+
+
 def sweep_name(sweep: Sweep, results_dir: Path, claim: bool = True) -> str:
     """`<experiment>-<scale>-<time>[-n]`, its folder <results_dir>/sweeps/<name> made by this
     call (`claim`): mkdir fails if the folder exists, so two sweeps started in the same second
