@@ -202,7 +202,10 @@ def room_needed(configs: list[dict]) -> int:
 def check_room(results_dir: Path, configs: list[dict]) -> None:
     """Refuse, in one line, a sweep whose results folder's disk is too full for even one of
     its runs (else it fails later, mid-write, in every job)."""
-    free, need = shutil.disk_usage(results_dir).free, room_needed(configs)
+    existing = Path(results_dir).absolute()
+    while not existing.exists() and existing != existing.parent:  # not made yet: its disk
+        existing = existing.parent
+    free, need = shutil.disk_usage(existing).free, room_needed(configs)
     if free < need:
         raise ValueError(f"not enough room in {results_dir}: {free / 2**20:.1f} MB free, a run "
                          f"of this sweep needs about {need / 2**20:.0f} MB (its checkpoint and "
