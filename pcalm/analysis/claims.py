@@ -53,8 +53,10 @@ LABEL = ALGORITHM_LABELS
 # by `--dry-run`; README "Every figure at paper scale: what is on record")
 COST = {"figure1": "seconds", "figure3": "minutes", "figure4": "seconds",
         "figure5": "≈ 35 min", "figure10": "≈ 3–4 h", "figure_eta": "≈ 1–2 h",
-        "figure6": "≈ 10 h", "figure7": "≈ 10 h", "figure8": "≈ 19 h (a GPU job)",
-        "figure9": "≈ 19 h (a GPU job)", "figure2": "≈ 1 h (N·L ≤ 2048)",
+        "figure6": "≈ 80 min", "figure7": "≈ 80 min",
+        "figure8": "≈ 1 h with ARGS='sweep.equilibrium_max_width=256', 8 h without",
+        "figure9": "≈ 1 h with ARGS='sweep.equilibrium_max_width=256', 8 h without",
+        "figure2": "≈ 3 h (N·L ≤ 2048)",
         "figure2_mnist": "≈ 1 h (N·L ≤ 2048)", "narrow_linear": "≈ 30 min"}
 
 # The authors' anchor cell (SPEC §7): Fashion-MNIST, N = L = 32, ReLU, T = 64, seed 0.
