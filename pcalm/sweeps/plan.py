@@ -118,14 +118,19 @@ def check_data(configs: list[dict]) -> None:
 # --------------------------------------------------------------------------- jobs
 
 
+def weight_count(model: dict) -> int:
+    """D·N + N²·(L−2) + N·C: the weights of a run's net."""
+    n, depth = model["width"], model["depth"]
+    return INPUT_DIM * n + n * n * max(depth - 2, 0) + n * OUTPUT_DIM
+
+
 def run_cost(cfg: dict) -> float:
     """Relative cost of a run: weights touched per pass × passes per step × steps.
 
     ~ (D·N + N²·(L−2) + N·C) · (T·k + 1) · steps, with T = 0 for BP (one forward/backward).
     """
     m, a, t, d = cfg["model"], cfg["algo"], cfg["train"], cfg["data"]
-    n, depth = m["width"], m["depth"]
-    weights = INPUT_DIM * n + n * n * max(depth - 2, 0) + n * OUTPUT_DIM
+    weights = weight_count(m)
     if cfg.get("task", {}).get("name", "train") != "train":
         return float(weights)
     passes = a.get("budget", 0) * a.get("inner_steps", 1) + 1
@@ -192,9 +197,8 @@ def room_needed(configs: list[dict]) -> int:
     def checkpoint(cfg: dict) -> int:
         if cfg["task"]["name"] != "train":
             return 0
-        m = cfg["model"]
-        params = 784 * m["width"] + m["width"] ** 2 * max(m["depth"] - 2, 0) + 10 * m["width"]
-        return 3 * params * (8 if cfg["train"].get("dtype") == "float64" else 4)
+        return 3 * weight_count(cfg["model"]) * (8 if cfg["train"].get("dtype") == "float64"
+                                                  else 4)
 
     return max((checkpoint(c) for c in configs), default=0) + ROOM_MARGIN
 
