@@ -48,12 +48,11 @@ from pcalm.atomic import atomic_write_text
 from pcalm.core import algorithms, naive
 from pcalm.core.algorithms import make_algorithm, stack_algorithms
 from pcalm.core.device import resolve_device
-from pcalm.core.model import ResidualMLP
-from pcalm.sweeps import cost
+from pcalm.sweeps import bench_shapes, cost
+from pcalm.sweeps.bench_shapes import batch, net_for
 
 REPO = Path(__file__).resolve().parents[2]
 
-INPUT_DIM, CLASSES = 784, 10
 GRID = [8, 16, 32, 64, 128]
 GRID_STEPS, GRID_SEEDS, GRID_ACTS = 937, 3, ("identity", "tanh", "relu")
 GRID_SHORT_T = 16  # the grid's budget when not --full; per-step cost is then scaled to 2L
@@ -133,21 +132,6 @@ def best_time(fn, device, repeats: int, warmup: int = 2, min_time: float | None 
         took = clock() - start
         best, spent, runs = min(best, took), spent + took, runs + 1
     return best
-
-
-def batch(models, b, device, dtype, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    lead = () if models is None else (models,)
-    x = torch.randn(*lead, b, INPUT_DIM, generator=gen)
-    y = torch.nn.functional.one_hot(torch.randint(0, CLASSES, (*lead, b), generator=gen),
-                                    CLASSES)
-    return x.to(device, dtype), y.to(device, dtype)
-
-
-def net_for(n, l, act, device, dtype, models=None):
-    seed = 0 if models is None else list(range(models))
-    return ResidualMLP(INPUT_DIM, n, l, output_dim=CLASSES, activation=act, seed=seed,
-                       dtype=dtype, device=device)
 
 
 def algo(name, mode, **options):
@@ -310,8 +294,6 @@ def grid_cell(args, n, l, m, r, device, dtype, rel) -> dict:
 def shapes_section(args, out: Path) -> None:
     """The CPU goals table (pcalm/sweeps/bench_shapes.py) → stdout and `out`
     (results/bench_shapes.csv by default)."""
-    from pcalm.sweeps import bench_shapes
-
     peer = bench_shapes.jax_peer(args.jax_python, args.jax_peer)
     print("\nCPU goals: one PC-ALM weight-gradient call (ReLU, B = 64, 1 thread), quiet, beside "
           "one busy process, and against the JAX peer "

@@ -40,13 +40,27 @@ LOAD_GOAL = 1.5  # loaded ÷ quiet
 STATE_LR = 0.25  # the JAX peer's η_h
 
 
+def batch(models, b, device, dtype, seed=0):
+    """A random batch (x [M?, B, D], one-hot y) of `models` stacked nets (None: one net)."""
+    gen = torch.Generator().manual_seed(seed)
+    lead = () if models is None else (models,)
+    x = torch.randn(*lead, b, INPUT_DIM, generator=gen)
+    y = torch.nn.functional.one_hot(torch.randint(0, CLASSES, (*lead, b), generator=gen),
+                                    CLASSES)
+    return x.to(device, dtype), y.to(device, dtype)
+
+
+def net_for(n, l, act, device, dtype, models=None):
+    """The benchmarked net: seed 0, or seeds 0 … M−1 for a stack of `models`."""
+    seed = 0 if models is None else list(range(models))
+    return ResidualMLP(INPUT_DIM, n, l, output_dim=CLASSES, activation=act, seed=seed,
+                       dtype=dtype, device=device)
+
+
 def pcalm_call(n: int, l: int, t: int) -> Callable[[], object]:
     """One PC-ALM weight-gradient call at (N, L, T), the JAX peer's shape and step sizes."""
-    gen = torch.Generator().manual_seed(0)
-    net = ResidualMLP(INPUT_DIM, n, l, output_dim=CLASSES, activation="relu", seed=0)
-    x = torch.randn(BATCH, INPUT_DIM, generator=gen)
-    y = torch.nn.functional.one_hot(torch.randint(0, CLASSES, (BATCH,), generator=gen),
-                                    CLASSES).float()
+    net = net_for(n, l, "relu", "cpu", torch.float32)
+    x, y = batch(None, BATCH, "cpu", torch.float32)
     algo = make_algorithm("pcalm", budget=t, state_lr=STATE_LR)
     return lambda: algo.stacked_weight_grads(net, x, y)
 
