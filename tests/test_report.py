@@ -188,6 +188,28 @@ def test_routes_claim_reads_the_budget_points_and_names_unsolved_equilibria(
     assert "PC stops at N" not in line
 
 
+def test_gamma_claim_names_a_point_whose_pcalm_runs_all_diverged(tmp_path, monkeypatch,
+                                                                 capsys):
+    """Figure 6 at paper scale has such a point (sp, γ0 = 8): it fails its point, is named
+    without a paired difference, and the report is written (it raised a KeyError)."""
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    rows = ["run_id,algo.name,model.param,model.gamma0,train.seed,test_acc,diverged,status"]
+    for i, (algo, param, gamma, seed) in enumerate(
+            (a, p, g, s) for a in ("bp", "pcalm") for p, g in (("mupc", 1.0), ("sp", 8.0))
+            for s in (0, 1, 2)):
+        diverged = algo == "pcalm" and param == "sp"
+        acc = "" if diverged else f"{0.80 + 0.001 * seed:.3f}"
+        rows.append(f"r{i},{algo},{param},{gamma},{seed},{acc},{diverged},"
+                    f"{'diverged' if diverged else 'complete'}")
+    (tables / "figure6-smoke.csv").write_text("\n".join(rows) + "\n")
+    text = run_report(tables, tmp_path / "r.md", monkeypatch, capsys)
+    line = row(text, "6")
+    assert verdict(text, "6") == "✗ fails"
+    assert "sp/8.0: PC-ALM − BP – (no seed pair: diverged) [fails]" in line
+    assert "mupc/1.0: PC-ALM − BP +0.00 [" in line and "pp [holds]" in line
+
+
 def test_report_names_the_narrow_linear_table(tmp_path, monkeypatch, capsys):
     tables = tmp_path / "tables"
     tables.mkdir()

@@ -362,7 +362,8 @@ def claim_gamma(tables: Path, scale: str, experiment: str, number: str) -> Claim
     parts = []
     for key, verdict in decision.items():
         pc_text = pc[key].text() if key in pc else "–"
-        parts.append(f"{'/'.join(str(k) for k in key)}: PC-ALM − BP {alm[key].text()} "
+        alm_text = alm[key].text() if key in alm else "– (no seed pair: diverged)"
+        parts.append(f"{'/'.join(str(k) for k in key)}: PC-ALM − BP {alm_text} "
                      f"[{verdict}], PC − BP {pc_text}")
     counts = {v: list(decision.values()).count(v) for v in (HOLDS, UNDECIDED, FAILS)}
     claim.measured = (f"{counts[HOLDS]} hold / {counts[UNDECIDED]} undecided / {counts[FAILS]} "
