@@ -39,13 +39,9 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool) -> None:
-    """Write ``path`` via ``write(fileobj)`` on a same-directory temp file, then rename.
-
-    Same directory so ``os.replace`` is a rename within one filesystem, which is atomic. On any
-    error the temp file is removed and the final name keeps its previous content (or absence).
-    """
-    path = Path(path)
+def _written_temp(path: Path, write: Callable[[IO], None], binary: bool) -> str:
+    """A fsynced temp file beside ``path`` holding what ``write(fileobj)`` wrote; removed
+    again if writing fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -55,12 +51,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:  # also KeyboardInterrupt / SystemExit: never leave the temp behind
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _remove(tmp)
+        raise
+    return tmp
+
+
+def _remove(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool) -> None:
+    """Write ``path`` via ``write(fileobj)`` on a same-directory temp file, then rename.
+
+    Same directory so ``os.replace`` is a rename within one filesystem, which is atomic. On any
+    error the temp file is removed and the final name keeps its previous content (or absence).
+    """
+    path = Path(path)
+    tmp = _written_temp(path, write, binary)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
         raise
     fsync_dir(path.parent)
 
@@ -78,23 +93,12 @@ def atomic_write_texts(files: Mapping[Path, str]) -> None:
     temps: dict[Path, str] = {}
     try:
         for path, text in files.items():
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            temps[path] = tmp
-            os.chmod(tmp, 0o666 & ~_UMASK)
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
+            temps[Path(path)] = _written_temp(Path(path), lambda f, t=text: f.write(t), False)
         for path, tmp in temps.items():
             os.replace(tmp, path)
     except BaseException:
         for tmp in temps.values():
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            _remove(tmp)
         raise
     for directory in {path.parent for path in temps}:
         fsync_dir(directory)
