@@ -13,7 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from pcalm.sweeps.job import log, run_job
+from pcalm.sweeps.job import exit_quietly_on_a_full_disk, log, run_job
 from pcalm.sweeps.processes import stop_with_the_sweep
 
 # The submitting process needs neither torch nor most of the package: pcalm.cli would
@@ -29,4 +29,4 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     entry.prepare(__file__, launcher=True)  # own checkout; Hydra knows our SLURM launcher
-    main()
+    exit_quietly_on_a_full_disk(main)  # the sweep says it in one line

@@ -692,6 +692,83 @@ def test_sweep_py_on_a_full_disk_is_one_line_and_launches_nothing(tmp_path):
     assert not (results / "sweeps").exists() or not list((results / "sweeps").iterdir())
 
 
+# The disk fills once the sweep has checked its room: the first write of the launched
+# multirun (Hydra's multirun.yaml) fails as a full disk does, leaving an empty file, and from
+# then on the disk reports 1 MB free to every process.
+FILLS_DURING_THE_SWEEP = """
+import builtins, errno, io, os, shutil, sys
+marker = os.environ["FILLED_MARKER"]
+real_usage, real_open = shutil.disk_usage, builtins.open
+shutil.disk_usage = lambda p: (real_usage(p)._replace(free=2**20) if os.path.exists(marker)
+                               else real_usage(p))
+if sys.argv and sys.argv[0].endswith("run_job.py"):
+    real_open(marker, "w").close()
+    def full(file, mode="r", *args, **kwargs):
+        if "w" in str(mode) and str(file).startswith(os.environ["FILLED_RESULTS"]):
+            real_open(file, mode).close()  # created, then nothing fits
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return real_open(file, mode, *args, **kwargs)
+    builtins.open = io.open = full
+"""
+
+
+@pytest.mark.parametrize("launcher", ["basic", "local"])
+def test_a_disk_that_fills_during_a_sweep_is_one_line_and_leaves_no_empty_file(
+        tmp_path, monkeypatch, launcher):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(FILLS_DURING_THE_SWEEP)
+    results = tmp_path / "results"
+    monkeypatch.setenv("FILLED_MARKER", str(tmp_path / "filled"))
+    monkeypatch.setenv("FILLED_RESULTS", str(results))
+    proc = entry(["experiments/sweep.py", "experiment=figure1", "scale=smoke",
+                  f"sweep.launcher={launcher}", f"results_dir={results}"], pythonpath=site)
+    err = one_line_failure(proc)
+    assert proc.returncode == 1
+    assert err.startswith(f"error: 2 runs missing: the disk of {results} filled during the "
+                          "sweep (1.0 MB free); finished runs are kept"), err
+    assert (tmp_path / "filled").exists()  # the multirun did meet the full disk
+    empty = [p for p in (results / "sweeps").rglob("*") if p.is_file() and not p.stat().st_size]
+    assert empty == []  # Hydra's cut multirun.yaml is gone
+
+
+def test_a_full_disk_is_found_in_an_errors_chain_and_in_a_jobs_text():
+    import errno
+
+    from pcalm.sweeps.job import disk_full
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("could not save the config") from None
+    except RuntimeError as err:
+        assert disk_full(err)  # raised while handling the full disk
+    assert disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert disk_full(RuntimeError("job failed:\nOSError: [Errno 28] No space left on device"))
+    assert not disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not disk_full(RuntimeError("2 of 4 runs failed"))
+
+
+@pytest.mark.parametrize("fails", ["config", "arrays"])
+def test_a_full_disk_while_a_folder_is_prepared_leaves_no_folder(fake_data_root, results_dir,
+                                                                  monkeypatch, fails):
+    """The disk fills at a run's first file (its config), or at a diagnostic task's arrays."""
+    _enospc_on(monkeypatch, fails)
+    if fails == "config":
+        cfg = small(fake_data_root, results_dir)
+    else:
+        from tests.test_figure_tasks import PC, SCALAR
+
+        cfg = resolve_run_config(base_config(fake_data_root, results_dir, model=SCALAR,
+                                             task={"name": "scalar_dynamics"},
+                                             algo=dict(PC, budget=5)))
+    with pytest.raises(OSError, match="No space left"):
+        execute([cfg], **QUIET)
+    assert not RunFolder(results_dir, cfg).path.exists()
+    assert not list(results_dir.rglob("*.tmp"))
+
+
 @pytest.mark.parametrize("kind", ["", "-metrics", "-excluded"])
 def test_a_full_disk_in_collect_is_one_line_and_keeps_every_old_table(data_env, monkeypatch,
                                                                       capsys, kind):

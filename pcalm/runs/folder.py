@@ -377,15 +377,21 @@ class RunFolder:
                                       "symlink); move it away and run again")
         for stray in self.path.glob(".*.tmp"):
             stray.unlink(missing_ok=True)
-        atomic_write_text(self.config_path, yaml.safe_dump(self.config, sort_keys=False))
+        try:
+            atomic_write_text(self.config_path, yaml.safe_dump(self.config, sort_keys=False))
+        except BaseException:  # a full disk: no empty folder stays behind
+            self.discard_if_bare()
+            raise
         return self
 
     def discard_if_bare(self) -> None:
         """Remove the folder if it holds nothing but ``config.yaml`` (a run that failed before
-        writing anything), so a failure never leaves an empty-looking run behind."""
+        writing anything), so a failure never leaves an empty-looking run behind. Never
+        through a symlink: what lies outside results_dir is not ours to remove."""
         try:
+            confined(self.results_dir, self.path)
             names = {p.name for p in self.path.iterdir()}
-        except OSError:
+        except (ResultsDirError, OSError):
             return
         if names <= {CONFIG_FILE}:
             with contextlib.suppress(OSError):

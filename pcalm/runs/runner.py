@@ -163,9 +163,13 @@ def run_task(cfg: dict, dataset: Dataset | None, say: Callable[[str], None] = pr
     folder = RunFolder(cfg["results_dir"], cfg)
     started = provenance.now()
     summary, arrays = TASKS[cfg["task"]["name"]].fn(cfg, dataset)  # before any folder exists
-    folder.prepare()
-    if arrays:
-        atomic_save_arrays(folder.path / ARRAYS_FILE, arrays)
+    try:
+        folder.prepare()
+        if arrays:
+            atomic_save_arrays(folder.path / ARRAYS_FILE, arrays)
+    except BaseException:  # a full disk: no folder holding only a config stays behind
+        folder.discard_if_bare()
+        raise
     device = resolve_device(cfg["train"]["device"])  # where the task's tensors live
     origin = provenance.record(device, started, provenance.now())
     summary = {"run_id": folder.id, "status": "complete", **summary, "provenance": origin}
@@ -184,8 +188,10 @@ def train_stack(stack: list[dict], dataset: Dataset, *, progress: bool = True,
     """
     device = resolve_device(stack[0]["train"]["device"])
     trainer = Trainer(stack, dataset, device)  # bad sizes fail here, before any folder exists
-    folders = [RunFolder(c["results_dir"], c).prepare() for c in stack]
+    folders = [RunFolder(c["results_dir"], c) for c in stack]
     try:
+        for folder in folders:
+            folder.prepare()
         return _train_prepared(stack, folders, trainer, dataset, device, progress, say)
     except BaseException:
         for folder in folders:

@@ -12,13 +12,48 @@ the jobs imports this module too, and needs neither torch nor the rest of the pa
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("run_job")  # the name on each line of a job's log
+
+DISK_FULL = 28  # exit status of a multirun stopped by a full disk (ENOSPC's number): the
+# sweep (pcalm.sweeps.plan.report) then says so in one line, with the space left
+DISK_FULL_WORDS = ("No space left on device", "Disk quota exceeded")
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether `err`, or an error it was raised from or while handling, is a full disk.
+
+    A job's own error reaches the multirun as text (submitit's FailedJobError holds the
+    job's traceback), so the text is read too."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(words in str(err) for words in DISK_FULL_WORDS):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def exit_quietly_on_a_full_disk(main: Callable[[], None]) -> None:
+    """Run a Hydra `main`; a full disk anywhere in it (Hydra's own files, submitit's, ours)
+    exits with DISK_FULL and prints nothing, for the sweep to say once. Hydra would print a
+    traceback of its own: HYDRA_FULL_ERROR makes it raise the error to us instead."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except Exception as err:
+        if disk_full(err):
+            raise SystemExit(DISK_FULL) from None
+        raise
 
 
 def job_threads(job: dict) -> int | None:

@@ -32,6 +32,7 @@ from pcalm.runs.tasks.registry import TASKS
 from pcalm.sweeps import slurm
 from pcalm.sweeps.cost import describe_seconds
 from pcalm.sweeps.grid import Sweep
+from pcalm.sweeps.job import DISK_FULL
 from pcalm.sweeps.launchers import Launcher
 
 # Training-set sizes of the full splits, for the cost estimate only.
@@ -203,13 +204,18 @@ def room_needed(configs: list[dict]) -> int:
     return max((checkpoint(c) for c in configs), default=0) + ROOM_MARGIN
 
 
+def free_space(results_dir: Path) -> int:
+    """Bytes free on the disk of `results_dir` (of its nearest existing parent if not made yet)."""
+    existing = Path(results_dir).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return shutil.disk_usage(existing).free
+
+
 def check_room(results_dir: Path, configs: list[dict]) -> None:
     """Refuse, in one line, a sweep whose results folder's disk is too full for even one of
     its runs (else it fails later, mid-write, in every job)."""
-    existing = Path(results_dir).absolute()
-    while not existing.exists() and existing != existing.parent:  # not made yet: its disk
-        existing = existing.parent
-    free, need = shutil.disk_usage(existing).free, room_needed(configs)
+    free, need = free_space(results_dir), room_needed(configs)
     if free < need:
         raise ValueError(f"not enough room in {results_dir}: {free / 2**20:.1f} MB free, a run "
                          f"of this sweep needs about {need / 2**20:.0f} MB (its checkpoint and "
@@ -258,6 +264,15 @@ def discard_sweep(results_dir: Path, name: str) -> None:
     """Remove what a sweep that submitted nothing left: its folder (manifest) and logs."""
     for folder in (inside(results_dir, "sweeps", name), inside(results_dir, "submitit", name)):
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def drop_empty_files(results_dir: Path, name: str) -> None:
+    """Remove the empty files a full disk left in a sweep's folders (Hydra's configs and
+    logs, submitit's pickles, cut at their first write): none of them may look written."""
+    for folder in (inside(results_dir, "sweeps", name), inside(results_dir, "submitit", name)):
+        for path in sorted(folder.rglob("*")) if folder.is_dir() else ():
+            if path.is_file() and not path.is_symlink() and path.stat().st_size == 0:
+                path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------- what it says
@@ -318,6 +333,14 @@ def report(work: Plan, rc: int, name: str, waited: bool) -> int:
     diverged = sum(map(is_diverged, configs))
     note = f" ({diverged} of them diverged: not valid results)" if diverged else ""
     print(f"done: {done} complete{note}, {missing} missing", flush=True)
+    if (missing or rc != 0) and (rc == DISK_FULL or free_space(results_dir) < room_needed(
+            work.pending)):
+        drop_empty_files(results_dir, name)
+        print(f"error: {missing} runs missing: the disk of {results_dir} filled during the "
+              f"sweep ({free_space(results_dir) / 2**20:.1f} MB free); finished runs are kept: "
+              "free some space, or set results_dir= to a disk with room, and run the same "
+              "command again", file=sys.stderr)
+        return 1
     if missing or rc != 0:
         elsewhere = waiting_on(configs, work.queued)
         jobs = set(elsewhere.values())
