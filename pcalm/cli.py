@@ -122,7 +122,7 @@ def _composition_error(err: BaseException) -> ConfigError:
     options, missing = getattr(err, "options", None), getattr(err, "missing_cfg_file", None)
     if options is not None and missing and "/" in missing:  # an unknown group option
         group, name = missing.rsplit("/", 1)
-        return ConfigError(f"bad value {group}={name!r}: allowed: {', '.join(options)}")
+        return bad_choice(group, name, options)
     mark = getattr(err, "problem_mark", None)
     if mark is not None:  # YAML that does not parse, or a `!!` tag: name the file and line
         hint = ": configs are plain YAML (no !! tags)" if "tag" in str(err.problem) else ""
@@ -183,6 +183,16 @@ def group_options(group: str) -> list[str] | None:
     if "." in group or not folder.is_dir():
         return None
     return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def bad_choice(group: str, value: str, options: list[str] | None) -> ConfigError:
+    """`bad value group='value': allowed: a, b`; where the group's folder is missing or empty
+    (a damaged checkout), that, and how to restore it, instead of an empty list."""
+    if not options:
+        return ConfigError(f"bad value {group}={value!r}: configs/{group}/ holds no .yaml "
+                           f"files in {CONFIG_DIR.parent}: the checkout is incomplete; allowed: "
+                           f"restore it (`git checkout -- configs/{group}`)")
+    return ConfigError(f"bad value {group}={value!r}: allowed: {', '.join(options)}")
 
 
 def one_line(err: BaseException) -> str:

@@ -57,3 +57,16 @@ def test_a_misspelt_key_is_still_an_unknown_key_with_its_siblings():
     assert message.startswith("unknown key hydra.launcher.timeout_mn: allowed in "
                               "hydra.launcher: "), message
     assert "timeout_min" in message
+
+
+def test_a_checkout_without_a_groups_configs_says_so_instead_of_an_empty_list(configs):
+    shutil.rmtree(configs / "data")
+    message = _compose_error([])  # the default data choice has no file
+    assert message == (f"bad value data='fashion_mnist': configs/data/ holds no .yaml files in "
+                       f"{configs.parent}: the checkout is incomplete; allowed: restore it "
+                       "(`git checkout -- configs/data`)")
+
+
+def test_an_unknown_group_choice_lists_the_groups_files(configs):
+    message = _compose_error(["data=cifar"])
+    assert message == "bad value data='cifar': allowed: fashion_mnist, mnist, synthetic"

@@ -158,7 +158,7 @@ def _check_axis(base: DictConfig, key: str, values: list) -> None:
     if options is not None:  # a config group: each value must be one of its files
         for v in values:
             if v not in options:
-                raise ConfigError(f"bad value {key}={v!r}: allowed: {', '.join(options)}")
+                raise cli.bad_choice(key, v, options)
     else:
         _check_key(base, key)
 
