@@ -241,3 +241,27 @@ def test_the_analysis_layer_never_imports_torch():
                 assert name.split(".")[0] != "torch", (path.name, name)
                 if name.startswith("pcalm"):
                     assert name.startswith(allowed), (path.name, name)
+
+
+def test_a_cell_whose_bp_did_not_learn_is_undecided_and_out_of_holms_family():
+    """Matching a BP net at chance says nothing (e.g. a learning rate that kills BP without
+    a NaN): such a cell stays undecided, says why, and does not dilute Holm's family.
+    Both cells alone have p = 0.037 that PC-ALM is not within δ: one cell at 5 % holds;
+    two cells would both stay undecided (0.037 > 0.05/2)."""
+    close = {"pcalm": [-0.005, 0.0, 0.005], "pc": [-0.03, -0.03, -0.03]}
+    learned = table({("tanh", 16, 16): close})
+    dead = table({("relu", 16, 16): close}, bp=(0.10, 0.11, 0.09))
+    both = pd.concat([learned, dead], ignore_index=True)
+    decision = grid.decide(both, "pcalm", "bp", "noninferiority")
+    dead_cell = decision.cells[("relu", 16, 16)]
+    assert (dead_cell.raw, dead_cell.adjusted) == ("undecided", "undecided")
+    assert dead_cell.no_baseline == "BP did not learn (mean 10.0 %)"
+    assert decision.cells[("tanh", 16, 16)].adjusted == "holds"  # a family of one
+    assert decision.verdict() == "undecided"  # never a ✓ on a dead baseline
+    assert grid.decide(dead, "pcalm", "bp", "noninferiority").verdict() == "undecided"
+    # "PC behind BP" is not decided against a BP at chance either
+    assert grid.decide(dead, "pc", "bp", "shortfall").cells[("relu", 16, 16)].raw == \
+        "undecided"
+    # 5 pp above chance is learning: BP at 15 % is a baseline
+    assert grid.unlearned_baseline(table({("relu", 16, 16): close}, bp=(0.15, 0.15, 0.15)),
+                                   list(grid.KEY)) == {}

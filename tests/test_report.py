@@ -266,3 +266,19 @@ def test_make_figure2_scale_paper_draws_the_reference_without_training(tmp_path)
                             f"PCALM_RESULTS={tmp_path / 'none'}"], cwd=REPO,
                            capture_output=True, text=True, timeout=60).stdout
     assert f"--tables {reference}" in empty  # no own paper tables there: the reference
+
+
+def test_gamma_claim_never_holds_against_a_bp_that_did_not_learn(tmp_path, monkeypatch,
+                                                                 capsys):
+    """A γ0 so small (or a learning rate so large) that BP stays at chance: PC-ALM 'matches'
+    it exactly, and the point is undecided, named, never a ✓."""
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    rows = ["run_id,algo.name,model.param,model.gamma0,train.seed,test_acc,diverged,status"]
+    for i, (algo, seed) in enumerate((a, s) for a in ("bp", "pcalm") for s in (0, 1, 2)):
+        rows.append(f"r{i},{algo},mupc,0.125,{seed},{0.10 + 0.001 * seed:.3f},False,complete")
+    (tables / "figure6-smoke.csv").write_text("\n".join(rows) + "\n")
+    text = run_report(tables, tmp_path / "r.md", monkeypatch, capsys)
+    assert verdict(text, "6") == "? undecided"
+    assert ("mupc/0.125: PC-ALM − BP +0.00 [+0.00, +0.00] pp [undecided, no baseline: BP did "
+            "not learn (mean 10.1 %)]") in row(text, "6")

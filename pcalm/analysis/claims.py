@@ -185,7 +185,8 @@ def claim_matches_bp(df: pd.DataFrame | None, scale: str, experiment: str,
                for c in decision.cells.values() if FAILS in (c.raw, c.adjusted)]
     over = [c for c in grid.exceeds(df).cells.values() if HOLDS in (c.raw, c.adjusted)]
     claim.measured = decision.counts_text() + (
-        f"; fail: {'; '.join(failing)}" if failing else "; no cell fails") + (
+        f"; fail: {'; '.join(failing)}" if failing else "; no cell fails") + _no_baseline_text(
+        decision) + (
         "; exceeds BP by > δ (a discrepancy listed apart, not a failure): "
         + "; ".join(f"{cell_label(c.key)} {c.d.text()}"
                     f"{'' if c.adjusted == HOLDS else ' (not after Holm)'}" for c in over)
@@ -193,6 +194,13 @@ def claim_matches_bp(df: pd.DataFrame | None, scale: str, experiment: str,
     claim.verdict = decision.verdict()
     claim.missing = _missing_cells(df, scale)
     return claim
+
+
+def _no_baseline_text(decision: grid.GridDecision) -> str:
+    """The cells left undecided because their BP baseline did not learn, if any."""
+    cells = [f"{cell_label(c.key)} {c.no_baseline}" for c in decision.cells.values()
+             if c.no_baseline]
+    return f"; undecided, no BP baseline: {'; '.join(cells)}" if cells else ""
 
 
 # ----------------------------------------------------------------- 3 PC deep-narrow
@@ -358,13 +366,15 @@ def claim_gamma(tables: Path, scale: str, experiment: str, number: str) -> Claim
         claim.measured = "no point has both BP and PC-ALM runs"
         claim.verdict = UNDECIDED
         return claim
-    decision = _decide_points(df, keys, alm)
+    unlearned = grid.unlearned_baseline(df, keys)
+    decision = _decide_points(df, keys, alm, unlearned)
     parts = []
     for key, verdict in decision.items():
         pc_text = pc[key].text() if key in pc else "–"
         alm_text = alm[key].text() if key in alm else "– (no seed pair: diverged)"
+        note = f", no baseline: {unlearned[key]}" if key in unlearned else ""
         parts.append(f"{'/'.join(str(k) for k in key)}: PC-ALM − BP {alm_text} "
-                     f"[{verdict}], PC − BP {pc_text}")
+                     f"[{verdict}{note}], PC − BP {pc_text}")
     counts = {v: list(decision.values()).count(v) for v in (HOLDS, UNDECIDED, FAILS)}
     claim.measured = (f"{counts[HOLDS]} hold / {counts[UNDECIDED]} undecided / {counts[FAILS]} "
                       "fail (Holm); " + "; ".join(parts))
@@ -372,9 +382,13 @@ def claim_gamma(tables: Path, scale: str, experiment: str, number: str) -> Claim
     return claim
 
 
-def _decide_points(df: pd.DataFrame, keys: list[str], diffs: dict[tuple, Paired]) -> dict:
-    """Non-inferiority per point with Holm; a diverged PC-ALM run fails its point."""
-    out = _holm_points(diffs)
+def _decide_points(df: pd.DataFrame, keys: list[str], diffs: dict[tuple, Paired],
+                   unlearned: dict[tuple, str]) -> dict:
+    """Non-inferiority per point with Holm; a point whose BP did not learn stays undecided
+    (out of Holm's family); a diverged PC-ALM run fails its point."""
+    out = _holm_points({k: d for k, d in diffs.items() if k not in unlearned})
+    out.update({k: UNDECIDED for k in diffs if k in unlearned})
+    out = dict(sorted(out.items()))
     bad = df[df["diverged"] & (df["algo.name"] == "pcalm")]
     for _, row in bad.iterrows():
         out[tuple(row[k] for k in keys)] = FAILS

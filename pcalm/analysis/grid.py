@@ -19,6 +19,7 @@ import pandas as pd
 
 from pcalm.analysis.stats import (
     ALGO,
+    CHANCE,
     FAILS,
     HOLDS,
     SEED,
@@ -48,6 +49,7 @@ DEEP_NARROW_RATIO = 4  # deep and narrow: L ≥ 4N
 KEY = CELL_KEY
 GRID_SIZES = (8, 16, 32, 64, 128)  # SPEC §7: N, L ∈ {8 … 128}
 CPU_LIMIT = 2048  # cells with N·L ≥ 4096 need a GPU (configs/scale/paper_cpu.yaml)
+LEARNED_MARGIN = 0.05  # a BP baseline learned if its seed mean is ≥ 5 pp above chance
 PRACTICAL_SEEDS = 10  # more seeds than this per cell do not fit ~2 h per dataset on a CPU
 ACT_LABEL = ACTIVATION_LABELS
 ACTIVATIONS = ACTIVATION_NAMES
@@ -100,6 +102,7 @@ class Cell:
     raw: str
     adjusted: str = UNDECIDED
     diverged: str = ""  # e.g. "PC-ALM seed 2 diverged"
+    no_baseline: str = ""  # e.g. "BP did not learn (mean 11.2 %)": the cell decides nothing
 
 
 @dataclass
@@ -152,12 +155,15 @@ def decide(df: pd.DataFrame, a: str, b: str, test: str, delta: float = DELTA,
     Holm adjusts the family of cells twice: once for the cells declared to hold, once for
     those declared to fail. A diverged run of `a` decides its cell (a failure of `a`: the
     claim fails where `a` should do well, holds where `a` is claimed to fall behind); a
-    diverged run of `b` alone leaves the cell undecided.
+    diverged run of `b` alone leaves the cell undecided. So does a BP baseline (`b` = bp)
+    that did not learn (`unlearned_baseline`): matching or trailing a net at chance says
+    nothing, so such a cell stays undecided and out of Holm's families.
     """
     rule, p_holds, p_fails, if_a_diverged = _TESTS[test]
     check_unique(df, KEY)
     diffs = paired(df, KEY, a, b)
     diverged = _diverged_by_cell(df, (a, b))
+    unlearned = unlearned_baseline(df, KEY) if b == "bp" else {}
     keys = sorted(set(diffs) | set(diverged), key=lambda k: _order((k, None)))
     if where is not None:
         keys = [k for k in keys if where(k)]
@@ -165,7 +171,9 @@ def decide(df: pd.DataFrame, a: str, b: str, test: str, delta: float = DELTA,
     for key in keys:
         d = diffs.get(key, Paired(()))
         out.cells[key] = Cell(key, d, rule(d, delta))
-    clean = [k for k in keys if not diverged.get(k)]
+        if key in unlearned:
+            out.cells[key].raw, out.cells[key].no_baseline = UNDECIDED, unlearned[key]
+    clean = [k for k in keys if not diverged.get(k) and k not in unlearned]
     holds = holm([p_holds(out.cells[k].d, delta) for k in clean])
     fails = holm([p_fails(out.cells[k].d, delta) for k in clean])
     for k, h, f in zip(clean, holds, fails):
@@ -176,6 +184,20 @@ def decide(df: pd.DataFrame, a: str, b: str, test: str, delta: float = DELTA,
             cell.diverged = "; ".join(diverged[k])
             a_failed = any(text.startswith(_label(a)) for text in diverged[k])
             cell.raw = cell.adjusted = if_a_diverged if a_failed else UNDECIDED
+    return out
+
+
+def unlearned_baseline(df: pd.DataFrame, keys: list[str],
+                       margin: float = LEARNED_MARGIN) -> dict[tuple, str]:
+    """Cells (by `keys`) whose BP runs did not learn: seed-mean accuracy below chance +
+    `margin` (e.g. a learning rate so large or so small that the net stays at chance).
+    → "BP did not learn (mean 11.2 %)". Diverged BP runs are left to the divergence rule."""
+    bp = df[(df[ALGO] == "bp") & ~df["diverged"]]
+    out = {}
+    for key, acc in bp.groupby(keys)["acc"]:
+        key = key if isinstance(key, tuple) else (key,)
+        if acc.notna().any() and acc.mean() < CHANCE + margin - 1e-9:  # 15 % is learning
+            out[key] = f"BP did not learn (mean {100 * acc.mean():.1f} %)"
     return out
 
 
