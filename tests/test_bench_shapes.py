@@ -27,9 +27,10 @@ def fake_peer(tmp_path):
 
 
 def test_columns_come_from_the_rounds_as_documented(monkeypatch, fake_peer):
-    """Planted pcalm timings 2, 4, 5 ms (quiet rounds) and 8 ms (loaded); the peer says 10 ms:
-    per-round ratios 5, 2.5, 2 → speed-up 2.5 (their median, not 10 / median(2, 4, 5))."""
-    planted = iter([2.0, 4.0, 5.0, 8.0])
+    """Planted pcalm timings 2, 4, 5 ms (quiet rounds, each followed by the eager loop's 20,
+    30, 25 ms) and 8 ms (loaded); the peer says 10 ms: per-round ratios 5, 2.5, 2 → speed-up
+    2.5 (their median, not 10 / median(2, 4, 5))."""
+    planted = iter([2.0, 20.0, 4.0, 30.0, 5.0, 25.0, 8.0])
     busy_during = []
     real_busy = bench_shapes.busy_process
 
@@ -49,7 +50,7 @@ def test_columns_come_from_the_rounds_as_documented(monkeypatch, fake_peer):
     (row,) = bench_shapes.measure([(32, 64, 64)], rounds=3, peer=peer, say=lambda s: None)
     assert log.read_text().splitlines() == ["32 64 64 64"] * 3  # N L B T, one call per round
     assert busy_during == [True]
-    assert row["pcalm_ms"] == 4.0 and row["jax_ms"] == 10.0
+    assert row["pcalm_ms"] == 4.0 and row["jax_ms"] == 10.0 and row["eager_ms"] == 25.0
     assert row["speedup_over_jax"] == pytest.approx(2.5)
     assert row["speedup_goal"] == 4.0 and row["speedup_goal_met"] is False  # 4× at N=32, L=64
     assert row["us_per_step"] == pytest.approx(4000 / 64)
@@ -92,8 +93,9 @@ def test_the_timed_call_is_pcalms_pcalm_step_at_one_thread(monkeypatch):
 
     monkeypatch.setattr(bench_shapes, "median_ms", timed)
     before = torch.get_num_threads()
-    bench_shapes.measure([(6, 6, 3)], rounds=1, say=lambda s: None)
-    assert seen == [1, 1] and torch.get_num_threads() == before
+    (row,) = bench_shapes.measure([(6, 6, 3)], rounds=1, say=lambda s: None)
+    assert seen == [1, 1, 1] and torch.get_num_threads() == before  # auto, eager, loaded
+    assert row["path"] in ("native", "eager")  # native wherever a C compiler is at hand
 
 
 def test_bench_shapes_only_writes_the_table(tmp_path, monkeypatch, fake_peer, capsys):

@@ -86,7 +86,7 @@ class Output:
     grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
     loss: torch.Tensor
     state: InferenceState | None = None
-    path: str = "eager"  # eager | compiled | graph | compiled_graph: what computed it
+    path: str = "eager"  # eager | native | compiled | graph | compiled_graph: what ran
 
 
 class Workspace:

@@ -1,10 +1,12 @@
 """Which path runs a training step, and the one registry of paths that failed.
 
-A step runs on one of four paths, all computing `pcalm.core.loop`'s numbers (to float
-tolerance): ``eager`` (the in-place loop), ``compiled`` (`pcalm.core.compiled`), ``graph`` and
-``compiled_graph`` (`pcalm.core.graphs`, CUDA only). ``compile`` = off: eager; on: compiled
-(captured in a graph on CUDA); auto: a graph on CUDA, eager on a CPU (`CPU_AUTO_COMPILE`,
-`CUDA_AUTO_COMPILE`). With an observer (diagnostics) the eager loop runs. Inputs the fast loop
+A step runs on one of five paths, all computing `pcalm.core.loop`'s numbers (to float
+tolerance): ``eager`` (the in-place loop), ``native`` (the same loop fused in C, CPU only:
+`pcalm.core.native`), ``compiled`` (`pcalm.core.compiled`), ``graph`` and ``compiled_graph``
+(`pcalm.core.graphs`, CUDA only). ``compile`` = off: eager; on: compiled (captured in a graph
+on CUDA); auto: a graph on CUDA; on a CPU the native loop for nets up to `NATIVE_MAX_WIDTH`
+wide when a C compiler is at hand, else eager (`CPU_AUTO_COMPILE`, `CUDA_AUTO_COMPILE`). With
+an observer (diagnostics) the eager loop runs. Inputs the fast loop
 does not take (e.g. x with extra batch dims) run the previous stacked eager loop
 (`pcalm.core.naive.stacked_eager_inference`).
 
@@ -19,7 +21,7 @@ import warnings
 
 import torch
 
-from pcalm.core import energy, naive
+from pcalm.core import energy, naive, native
 from pcalm.core.compiled import loop_compiled
 from pcalm.core.graphs import ReplayMismatch, drop_graphs, graph_runner
 from pcalm.core.loop import InferenceState, Observer, Output, Plan, Workspace
@@ -33,7 +35,8 @@ COMPILE_MODES = ("auto", "on", "off")
 # loop 19-25 ms wall at 2 threads (35 ms CPU time at 1 thread); the compiled step 28-49 ms
 # (its two matmuls are the same MKL calls, and the ~0.1 ms dynamo/AOT overhead of each call
 # outweighs what fusing the elementwise work saves); the first compile of a shape 5-20 s.
-# So auto = eager on a CPU; `train.compile=on` still compiles there.
+# So auto does not compile on a CPU (it runs the native loop, below, or the eager one);
+# `train.compile=on` still compiles there.
 CPU_AUTO_COMPILE = False
 # What `compile=auto` picks on CUDA, where the whole step is captured in a CUDA graph either
 # way: the eager loop's ~13 small kernels per inference step, or the compiled step's fewer,
@@ -43,6 +46,13 @@ CPU_AUTO_COMPILE = False
 # in a one-epoch run (937 steps x T = 2L inference steps: at most ~240k steps at L = 128, a few
 # seconds of kernels); with graphs, launch overhead is gone without it.
 CUDA_AUTO_COMPILE = False
+# The widest net `compile=auto` runs on the native loop on a CPU. Measured with
+# `scripts/bench.py --shapes-only` style calls on the 2-core CPU box (one thread, PC-ALM,
+# ReLU, B = 64, median of interleaved rounds, two sweep jobs busy beside it): native over
+# eager 1.5-1.9x at N = 8 (L = 32 and 128), 1.2-1.3x at N = 32, L = 64, and 0.65x at
+# N = 128, L = 16, where MKL's blocked matmuls win. Its matmuls are plain loops, unrolled for
+# N = 8, 16, 32 (loop.c).
+NATIVE_MAX_WIDTH = 32
 
 
 def fast_shapes_ok(net: ResidualMLP, x: torch.Tensor, y: torch.Tensor) -> bool:
@@ -67,7 +77,8 @@ def execute(net: ResidualMLP, x, y, plan: Plan, mode: str, observer: Observer | 
         if not fast_shapes_ok(net, x, y):
             return reference(net, x, y, plan, observer)
         key = shape_key(net, x, y, plan)
-        path = "eager" if observer is not None else resolve_path(mode, x.device, key)
+        path = ("eager" if observer is not None
+                else resolve_path(mode, x.device, key, width=net.width))
         if path in ("graph", "compiled_graph"):
             try:
                 runner = graph_runner(net, x, y, plan, path == "compiled_graph", key,
@@ -78,18 +89,27 @@ def execute(net: ResidualMLP, x, y, plan: Plan, mode: str, observer: Observer | 
                     _disabled.add(("compiled", key))
                 disable("graph", key, err)
                 drop_graphs(key)
-                path = resolve_path(mode, x.device, key)
+                path = resolve_path(mode, x.device, key, width=net.width)
         return _run_workspace(net, x, y, plan, path, key, observer, want_state)
 
 
 def _run_workspace(net, x, y, plan: Plan, path: str, key: tuple, observer,
                    want_state: bool) -> Output:
-    """The loop without a CUDA graph: eager, or the compiled step (eager if that fails)."""
+    """The loop without a CUDA graph: eager, native or the compiled step (eager if the
+    native or compiled one fails)."""
     ws = Workspace(net, x, y, plan)
     ws.prepare_weights()
     ws.forward(observer)
-    if plan.kind == "bp":
+    if plan.kind == "bp" or (path == "native" and not native.takes(ws)):
         path = "eager"
+    if path == "native":
+        try:
+            native.loop_native(ws)
+        except Exception as err:
+            disable("native", key, err)
+            path = "eager"
+            ws.forward(None)
+            ws.loop_eager(None)
     elif path == "compiled":
         try:
             loop_compiled(ws)
@@ -132,9 +152,11 @@ def disable(path: str, key: tuple, err: Exception) -> None:
     _disabled.add((path, key))
 
 
-def resolve_path(mode: str, device: torch.device, key: tuple | None = None) -> str:
-    """eager | compiled | graph (the eager loop captured) | compiled_graph, leaving out the
-    paths that failed for this shape (`key`). CPU runs never touch a CUDA API."""
+def resolve_path(mode: str, device: torch.device, key: tuple | None = None,
+                 width: int | None = None) -> str:
+    """eager | native | compiled | graph (the eager loop captured) | compiled_graph, leaving
+    out the paths that failed for this shape (`key`). `width`: the net's N, for the native
+    loop (None: not a candidate). CPU runs never touch a CUDA API."""
     if mode == "off":
         return "eager"
     graphs = device.type in GRAPH_DEVICE_TYPES and ("graph", key) not in _disabled
@@ -142,7 +164,14 @@ def resolve_path(mode: str, device: torch.device, key: tuple | None = None) -> s
     compiled = want and ("compiled", key) not in _disabled
     if graphs:
         return "compiled_graph" if compiled else "graph"
-    return "compiled" if compiled else "eager"
+    if compiled:
+        return "compiled"
+    if (mode == "auto" and device.type == "cpu" and device.type not in GRAPH_DEVICE_TYPES
+            and width is not None
+            and width <= NATIVE_MAX_WIDTH and ("native", key) not in _disabled
+            and native.library() is not None):
+        return "native"
+    return "eager"
 
 
 def reference(net, x, y, plan: Plan, observer) -> Output:

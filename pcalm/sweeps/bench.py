@@ -304,7 +304,7 @@ def shapes_section(args, out: Path) -> None:
     except (RuntimeError, subprocess.TimeoutExpired) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(table(rows, ["N", "L", "T", "pcalm_ms", "us_per_step", "loaded_ms",
+    print(table(rows, ["N", "L", "T", "path", "pcalm_ms", "eager_ms", "us_per_step", "loaded_ms",
                        "loaded_over_quiet", "jax_ms", "speedup_over_jax"]))
     for r in rows:
         print(f"  N={r['N']} L={r['L']} T={r['T']}: {bench_shapes.verdict(r)}")

@@ -3,7 +3,9 @@
 One PC-ALM weight-gradient call (forward pass, T inference steps, weight gradients; ReLU,
 B = 64, float32) at four shapes, on one torch thread:
 
-- **quiet**: the median over rounds of each round's median call;
+- **quiet**: the median over rounds of each round's median call, on the path
+  `train.compile=auto` takes (`path`: the native loop for N ≤ 32 where a C compiler is at
+  hand), and beside it, in the same rounds, the eager loop's (`eager_ms`);
 - **loaded**: the same while one busy process (`while True: pass`) competes for the cores —
   the goal is at most LOAD_GOAL × quiet;
 - **the JAX peer** (a careful JAX user's PC-ALM step, outside this project: `--jax-python`
@@ -57,12 +59,20 @@ def net_for(n, l, act, device, dtype, models=None):
                        dtype=dtype, device=device)
 
 
-def pcalm_call(n: int, l: int, t: int) -> Callable[[], object]:
-    """One PC-ALM weight-gradient call at (N, L, T), the JAX peer's shape and step sizes."""
+def pcalm_call(n: int, l: int, t: int, mode: str = "auto") -> Callable[[], object]:
+    """One PC-ALM weight-gradient call at (N, L, T), the JAX peer's shape and step sizes, on
+    the path `train.compile=mode` picks (auto: the native loop where it runs; off: eager).
+    The call's `.algo.last_path` says which path ran."""
     net = net_for(n, l, "relu", "cpu", torch.float32)
     x, y = batch(None, BATCH, "cpu", torch.float32)
     algo = make_algorithm("pcalm", budget=t, state_lr=STATE_LR)
-    return lambda: algo.stacked_weight_grads(net, x, y)
+    algo.compile_mode = mode
+
+    def call():
+        return algo.stacked_weight_grads(net, x, y)
+
+    call.algo = algo
+    return call
 
 
 def median_ms(call: Callable[[], object], reps: int, warmup: int = 2) -> float:
@@ -112,17 +122,19 @@ def jax_ms(peer: tuple[str, str], n: int, l: int, t: int) -> float:
 def measure_shape(n: int, l: int, t: int, rounds: int, reps: int,
                   peer: tuple[str, str] | None) -> dict:
     """One row of the table (module doc): quiet and loaded pcalm, the peer interleaved."""
-    call = pcalm_call(n, l, t)
-    quiet, peer_ms, ratios = [], [], []
+    call, eager = pcalm_call(n, l, t), pcalm_call(n, l, t, mode="off")
+    quiet, eager_ms, peer_ms, ratios = [], [], [], []
     for _ in range(rounds):
         quiet.append(median_ms(call, reps))
+        eager_ms.append(median_ms(eager, reps))
         if peer is not None:
             peer_ms.append(jax_ms(peer, n, l, t))
             ratios.append(peer_ms[-1] / quiet[-1])
     with busy_process():
         loaded = median_ms(call, reps)
     row = {"N": n, "L": l, "T": t, "B": BATCH, "threads": torch.get_num_threads(),
-           "pcalm_ms": statistics.median(quiet), "loaded_ms": loaded}
+           "path": call.algo.last_path or "", "pcalm_ms": statistics.median(quiet),
+           "eager_ms": statistics.median(eager_ms), "loaded_ms": loaded}
     row["us_per_step"] = 1e3 * row["pcalm_ms"] / t
     row["loaded_over_quiet"] = loaded / row["pcalm_ms"]
     row["load_goal_met"] = row["loaded_over_quiet"] <= LOAD_GOAL
