@@ -57,15 +57,21 @@ def test_the_native_loop_ends_in_the_eager_state(act, name, options, depth):
 
 
 @needs_compiler
-@pytest.mark.parametrize("width", [8, 16, 32])
+@pytest.mark.parametrize("width", [8, 12, 16, 32, 64])
 @pytest.mark.parametrize("act", ACTS)
-def test_the_unrolled_widths_equal_the_eager_loop(width, act):
-    """N = 8, 16, 32 with 10 classes take loop.c's unrolled matmuls; float32 as trained."""
+def test_the_vector_widths_equal_the_eager_loop(width, act):
+    """loop.c's matmuls on vectors of 8 floats (N = 8 … 64: 1 … 8 vectors a row) or 4
+    doubles, the readout's 10 columns by the plain loop, N = 12 by the plain loop in float32
+    and by 3 vectors in float64; float32 as trained, and float64 to rounding."""
     options = {"budget": 6, "state_lr": 0.2, "rho": 1.3, "alpha": 0.4, "inner_steps": 2}
     (state, grads), (want_state, want_grads) = _pair("pcalm", options, act, 6, width, 10,
                                                      torch.float32)
     _assert_same_state(state, want_state, rtol=2e-5, atol=2e-6)
     _close(grads, want_grads, rtol=2e-5, atol=2e-6)
+    (state, grads), (want_state, want_grads) = _pair("pcalm", options, act, 4, width, 10,
+                                                     torch.float64)
+    _assert_same_state(state, want_state, rtol=1e-11, atol=1e-12)
+    _close(grads, want_grads, rtol=1e-11, atol=1e-12)
 
 
 @needs_compiler

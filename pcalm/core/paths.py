@@ -46,13 +46,13 @@ CPU_AUTO_COMPILE = False
 # in a one-epoch run (937 steps x T = 2L inference steps: at most ~240k steps at L = 128, a few
 # seconds of kernels); with graphs, launch overhead is gone without it.
 CUDA_AUTO_COMPILE = False
-# The widest net `compile=auto` runs on the native loop on a CPU. Measured with
-# `scripts/bench.py --shapes-only` style calls on the 2-core CPU box (one thread, PC-ALM,
-# ReLU, B = 64, median of interleaved rounds, two sweep jobs busy beside it): native over
-# eager 1.5-1.9x at N = 8 (L = 32 and 128), 1.2-1.3x at N = 32, L = 64, and 0.65x at
-# N = 128, L = 16, where MKL's blocked matmuls win. Its matmuls are plain loops, unrolled for
-# N = 8, 16, 32 (loop.c).
-NATIVE_MAX_WIDTH = 32
+# The widest net `compile=auto` runs on the native loop on a CPU. Measured on the 2-core CPU
+# box (AMD EPYC, AVX-512; one thread, as sweeps run nets below N = 256; PC-ALM, ReLU, B = 64;
+# the loop alone, CPU time, median of 9 interleaved calls): native over eager 4.0x at N = 8,
+# L = 32 (21 vs 85 µs per inference step), 3.6x at N = 8, L = 128, 1.6x at N = 16, L = 64,
+# 1.4x at N = 32, L = 64, 1.25-1.35x at N = 64 (L = 32, 64), and 0.70x at N = 128, L = 16,
+# where MKL's blocked matmuls win.
+NATIVE_MAX_WIDTH = 64
 
 
 def fast_shapes_ok(net: ResidualMLP, x: torch.Tensor, y: torch.Tensor) -> bool:

@@ -3,7 +3,7 @@
    One call runs all T·k primal steps (and the credit steps) of one training step on the
    Workspace's own buffers, in place, single-threaded: for narrow nets the eager loop spends
    most of its time dispatching a dozen small tensor operations per step; here a step is
-   three passes over the state. Same formulas and layer order as loop_eager (SPEC §3, §4);
+   three passes over the state, its matmuls on the vector unit. Same formulas and layer order as loop_eager (SPEC §3, §4);
    per-element arithmetic is plain IEEE (built with -ffp-contract=off, no fast-math), so a
    result depends on neither the machine nor its vector width. Sums over i run in i order.
 
@@ -16,11 +16,48 @@
 #include <math.h>
 #include <stddef.h>
 
-/* out[b, :] = Σ_i a[b, i] w[i, :] for b < B: [B, K] × [K, N], the sum in i order. */
-#define DEFINE_ROWS_TIMES(T, NAME)                                                             \
-static inline __attribute__((always_inline)) void NAME##_any(                                  \
-    const T *restrict a, const T *restrict w, T *restrict out, int B, int K, int N)            \
+/* out[b, :] = Σ_i a[b, i] w[i, :] for b < B: [B, K] × [K, N], each sum in i order.
+
+   The narrow nets' matmuls are this function, so it is written for the vector unit with the
+   compiler's vector types (GCC and Clang): a row of the output is NV vectors of LANES numbers
+   held in registers, one multiply and one add per vector and i. N a multiple of LANES takes
+   that path (NV a constant for the common widths); any other N the plain loop. Lanes are
+   independent, so both give the same numbers. */
+typedef float v8f __attribute__((vector_size(32), aligned(4)));
+typedef double v4d __attribute__((vector_size(32), aligned(8)));
+
+#define DEFINE_ROWS_VECTOR(T, V, LANES, NAME)                                                  \
+static inline __attribute__((always_inline)) void NAME(                                        \
+    const T *restrict a, const T *restrict w, T *restrict out, int B, int K, int NV)           \
 {                                                                                              \
+    for (int b = 0; b < B; b++) {                                                              \
+        V acc[16];                                                                             \
+        for (int v = 0; v < NV; v++) acc[v] = (V){0};                                          \
+        const T *restrict ab = a + (size_t)b * K;                                              \
+        for (int i = 0; i < K; i++) {                                                          \
+            const T ai = ab[i];                                                                \
+            const T *restrict wi = w + (size_t)i * NV * LANES;                                 \
+            for (int v = 0; v < NV; v++) acc[v] += ai * *(const V *)(wi + v * LANES);          \
+        }                                                                                      \
+        T *restrict o = out + (size_t)b * NV * LANES;                                          \
+        for (int v = 0; v < NV; v++) *(V *)(o + v * LANES) = acc[v];                           \
+    }                                                                                          \
+}
+
+#define DEFINE_ROWS_TIMES(T, V, LANES, NAME)                                                   \
+DEFINE_ROWS_VECTOR(T, V, LANES, NAME##_vector)                                                 \
+static void NAME(const T *restrict a, const T *restrict w, T *restrict out, int B, int K,     \
+                 int N)                                                                        \
+{                                                                                              \
+    if (N % LANES == 0 && N / LANES <= 16) {                                                   \
+        switch (N / LANES) { /* a constant NV: the accumulators stay in registers */          \
+        case 1: NAME##_vector(a, w, out, B, K, 1); return;                                     \
+        case 2: NAME##_vector(a, w, out, B, K, 2); return;                                     \
+        case 4: NAME##_vector(a, w, out, B, K, 4); return;                                     \
+        case 8: NAME##_vector(a, w, out, B, K, 8); return;                                     \
+        default: NAME##_vector(a, w, out, B, K, N / LANES); return;                            \
+        }                                                                                      \
+    }                                                                                          \
     for (int b = 0; b < B; b++) {                                                              \
         T *restrict o = out + (size_t)b * N;                                                   \
         const T *restrict ab = a + (size_t)b * K;                                              \
@@ -132,38 +169,8 @@ void NAME(int S, int M, int B, int N, int C, int act, int has_lam,              
     }                                                                                          \
 }
 
-/* The same with the common widths as constants, so that the compiler unrolls the j loop and
-   keeps a row of the output in registers: a narrow net's matmuls are this loop. */
-#define DEFINE_ROWS_DISPATCH(T, NAME)                                                          \
-static void NAME(const T *restrict a, const T *restrict w, T *restrict out, int B, int K,     \
-                 int N)                                                                        \
-{                                                                                              \
-    if (K == N) {                                                                              \
-        switch (N) {                                                                           \
-        case 8: NAME##_any(a, w, out, B, 8, 8); return;                                        \
-        case 16: NAME##_any(a, w, out, B, 16, 16); return;                                     \
-        case 32: NAME##_any(a, w, out, B, 32, 32); return;                                     \
-        }                                                                                      \
-    } else if (K == 10) {                                                                      \
-        switch (N) {                                                                           \
-        case 8: NAME##_any(a, w, out, B, 10, 8); return;                                       \
-        case 16: NAME##_any(a, w, out, B, 10, 16); return;                                     \
-        case 32: NAME##_any(a, w, out, B, 10, 32); return;                                     \
-        }                                                                                      \
-    } else if (N == 10) {                                                                      \
-        switch (K) {                                                                           \
-        case 8: NAME##_any(a, w, out, B, 8, 10); return;                                       \
-        case 16: NAME##_any(a, w, out, B, 16, 10); return;                                     \
-        case 32: NAME##_any(a, w, out, B, 32, 10); return;                                     \
-        }                                                                                      \
-    }                                                                                          \
-    NAME##_any(a, w, out, B, K, N);                                                            \
-}
-
-DEFINE_ROWS_TIMES(float, rows_times_f32)
-DEFINE_ROWS_TIMES(double, rows_times_f64)
-DEFINE_ROWS_DISPATCH(float, rows_times_f32)
-DEFINE_ROWS_DISPATCH(double, rows_times_f64)
+DEFINE_ROWS_TIMES(float, v8f, 8, rows_times_f32)
+DEFINE_ROWS_TIMES(double, v4d, 4, rows_times_f64)
 DEFINE_PRIMAL(float, primal_f32, tanhf)
 DEFINE_PRIMAL(double, primal_f64, tanh)
 DEFINE_CREDIT(float, credit_f32)
