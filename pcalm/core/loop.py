@@ -246,16 +246,14 @@ class Workspace:
     def forward(self, observer: Observer | None) -> None:
         """z ← forward pass (and φ, φ', e, ℓ); ε ← ρ r (λ = 0); BP: ε ← −δ (the adjoint)."""
         z, P, F = self.z, self.P, self.F
-        torch.baddbmm(F[0], self.x3, self.w_in_t, beta=0, alpha=self.a_in, out=F[0])
+        self.forward_input()
         z[0].copy_(F[0])
         for l in range(self.K):  # sequential by nature
             self._phi(z[l], P[l])
             torch.baddbmm(z[l], P[l], self.WT[l], alpha=self.a_h, out=z[l + 1])
         self._phi_all()
         self._readout()
-        self.loss = 0.5 * self.e.pow(2).sum(-1).mean(-1)
-        if not self.stacked:
-            self.loss = self.loss[0]
+        self.set_loss()
         self.E[self.L - 1].zero_()
         if self.plan.kind == "bp":
             self._backprop()
@@ -266,6 +264,16 @@ class Workspace:
         self._credit(False)
         if observer is not None:
             observer(0, self._state(self.R))
+
+    def set_loss(self) -> None:
+        """ℓ = ½ ‖e‖² per sample, batch mean, per model (a lone net: a scalar)."""
+        self.loss = 0.5 * self.e.pow(2).sum(-1).mean(-1)
+        if not self.stacked:
+            self.loss = self.loss[0]
+
+    def forward_input(self) -> None:
+        """F[0] = a_in x W_1ᵀ: the input layer's prediction (a wide matmul: MKL's)."""
+        torch.baddbmm(self.F[0], self.x3, self.w_in_t, beta=0, alpha=self.a_in, out=self.F[0])
 
     def _backprop(self) -> None:
         """E[l] = −δ_l (BP's adjoint, SPEC §5)::

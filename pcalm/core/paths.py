@@ -96,30 +96,28 @@ def execute(net: ResidualMLP, x, y, plan: Plan, mode: str, observer: Observer | 
 def _run_workspace(net, x, y, plan: Plan, path: str, key: tuple, observer,
                    want_state: bool) -> Output:
     """The loop without a CUDA graph: eager, native or the compiled step (eager if the
-    native or compiled one fails)."""
+    native or compiled one fails, from a fresh forward pass)."""
     ws = Workspace(net, x, y, plan)
     ws.prepare_weights()
-    ws.forward(observer)
     if plan.kind == "bp" or (path == "native" and not native.takes(ws)):
         path = "eager"
-    if path == "native":
-        try:
+    try:
+        if path == "native":
+            native.forward_native(ws)
             native.loop_native(ws)
-        except Exception as err:
-            disable("native", key, err)
-            path = "eager"
+        elif path == "compiled":
             ws.forward(None)
-            ws.loop_eager(None)
-    elif path == "compiled":
-        try:
             loop_compiled(ws)
-        except Exception as err:
-            disable("compiled", key, err)
-            path = "eager"
-            ws.forward(None)
-            ws.loop_eager(None)
-    else:
-        ws.loop_eager(observer)
+        else:
+            ws.forward(observer)
+            ws.loop_eager(observer)
+    except Exception as err:
+        if path == "eager":
+            raise
+        disable(path, key, err)
+        path = "eager"
+        ws.forward(None)
+        ws.loop_eager(None)
     out = ws.output(want_state)
     out.path = path
     return out

@@ -81,7 +81,7 @@ def _build() -> ctypes.CDLL:
         finally:
             Path(partial).unlink(missing_ok=True)
     library = ctypes.CDLL(str(target))
-    for name in ("pcalm_loop_f32", "pcalm_loop_f64"):
+    for name in ("pcalm_loop_f32", "pcalm_loop_f64", "pcalm_forward_f32", "pcalm_forward_f64"):
         getattr(library, name).restype = None
     return library
 
@@ -113,11 +113,38 @@ def _per_model(ws, value, fallback: float) -> torch.Tensor:
     return torch.tensor([float(v) for v in values], dtype=ws.z.dtype)
 
 
-def loop_native(ws) -> None:
-    """`ws.loop_eager(None)`, in C. The Workspace must have run `forward` (z, P, D, ε, e)."""
+def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
+    assert t.is_contiguous(), "the fused loop needs contiguous buffers"
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def _loaded() -> ctypes.CDLL:
     lib = library()
     if lib is None:
         raise RuntimeError(f"the fused loop is not available: {_failure}")
+    return lib
+
+
+def forward_native(ws) -> None:
+    """`ws.forward(None)` for PC and PC-ALM, its layer chain in C: z, P, D, e, ℓ, and
+    ε = λ = 0 (the residuals of a forward pass are exactly zero)."""
+    lib, f64 = _loaded(), ws.z.dtype == torch.float64
+    scalar = ctypes.c_double if f64 else ctypes.c_float
+    ws.forward_input()
+    dummy = ws.z  # P, D of the identity, λ of PC: unused
+    tensors = (ws.z, ws.P if ws.D is not None else dummy, ws.D if ws.D is not None else dummy,
+               ws.E, ws.lam if ws.lam is not None else dummy, ws.F[0], ws.WT, ws.WoT, ws.e,
+               ws.y3.contiguous(), ws.Q)
+    S, (M, B, N), C = ws.L - 1, ws.z.shape[1:], ws.e.shape[-1]
+    fn = lib.pcalm_forward_f64 if f64 else lib.pcalm_forward_f32
+    fn(*(ctypes.c_int(v) for v in (S, M, B, N, C, ACT_CODES[ws.act], ws.lam is not None)),
+       *(_ptr(t) for t in tensors), scalar(ws.a_h), scalar(ws.a_out))
+    ws.set_loss()
+
+
+def loop_native(ws) -> None:
+    """`ws.loop_eager(None)`, in C. The Workspace must have run `forward` (z, P, D, ε, e)."""
+    lib = _loaded()
     p, f64 = ws.plan, ws.z.dtype == torch.float64
     scalar = ctypes.c_double if f64 else ctypes.c_float
     eta = _per_model(ws, p.state_lr, 0.0)
@@ -128,12 +155,9 @@ def loop_native(ws) -> None:
     tensors = (ws.z, ws.P if ws.D is not None else dummy, ws.D if ws.D is not None else dummy,
                ws.E, ws.lam if ws.lam is not None else dummy, ws.F[0], ws.W, ws.WT,
                ws.Wo_neg, ws.WoT, ws.e, y, ws.Q, eta, rho, alpha)
-    for t in tensors:
-        assert t.is_contiguous(), "the fused loop needs contiguous buffers"
     S, (M, B, N), C = ws.L - 1, ws.z.shape[1:], ws.e.shape[-1]
     fn = lib.pcalm_loop_f64 if f64 else lib.pcalm_loop_f32
-    fn(ctypes.c_int(S), ctypes.c_int(M), ctypes.c_int(B), ctypes.c_int(N), ctypes.c_int(C),
-       ctypes.c_int(ACT_CODES[ws.act]), ctypes.c_int(ws.lam is not None),
-       *(ctypes.c_void_p(t.data_ptr()) for t in tensors),
+    fn(*(ctypes.c_int(v) for v in (S, M, B, N, C, ACT_CODES[ws.act], ws.lam is not None)),
+       *(_ptr(t) for t in tensors),
        scalar(ws.a_h), scalar(ws.a_out),
        ctypes.c_int(p.budget), ctypes.c_int(p.inner_steps), ctypes.c_int(bool(p.post_dual)))

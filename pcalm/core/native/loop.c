@@ -169,6 +169,44 @@ void NAME(int S, int M, int B, int N, int C, int act, int has_lam,              
     }                                                                                          \
 }
 
+/* The forward pass of Workspace.forward (PC, PC-ALM), from F0 = a_in x W_1ᵀ:
+     z_1 = F0;  z_{l+1} = z_l + a_h φ(z_l) W_{l+1}ᵀ;  P = φ(z), D = φ'(z);  e = a_out φ(z_{S-1}) W_Lᵀ − y;
+   and ε = 0, λ = 0: the residuals r_l = z_l − f_l(z_{l-1}) are exactly zero at the forward
+   pass, f_l being computed below by the very expression the loop's residual uses. */
+#define DEFINE_FORWARD(T, NAME, ROWS, TANH)                                                    \
+void NAME(int S, int M, int B, int N, int C, int act, int has_lam,                           \
+          T *z, T *P, T *D, T *E, T *lam, const T *F0, const T *WT, const T *WoT, T *e,        \
+          const T *y, T *Q, T a_h, T a_out)                                                    \
+{                                                                                              \
+    const size_t layer = (size_t)M * B * N, block = (size_t)B * N, nn = (size_t)N * N;         \
+    for (size_t k = 0; k < layer; k++) z[k] = F0[k];                                           \
+    for (int l = 0; l < S; l++) {                                                              \
+        T *zl = z + l * layer, *pl = act ? P + l * layer : zl, *dl = D + l * layer;            \
+        for (size_t k = 0; k < layer; k++) {                                                   \
+            const T v = zl[k];                                                                 \
+            if (act == 1) { pl[k] = (v > 0 || v != v) ? v : 0; dl[k] = v > 0; }               \
+            else if (act == 2) { const T p = TANH(v); pl[k] = p; dl[k] = 1 - p * p; }          \
+        }                                                                                      \
+        if (l == S - 1) break;                                                                 \
+        for (int m = 0; m < M; m++) {                                                          \
+            const size_t o = l * layer + m * block;                                            \
+            T *f = Q + o, *zn = z + o + layer;                                                 \
+            ROWS(pl + m * block, WT + ((size_t)l * M + m) * nn, f, B, N, N);                   \
+            for (size_t k = 0; k < block; k++) zn[k] = zl[m * block + k] + a_h * f[k];        \
+        }                                                                                      \
+    }                                                                                          \
+    const T *Pv = act ? P : z;                                                                 \
+    for (int m = 0; m < M; m++) {                                                              \
+        T *ee = e + (size_t)m * B * C;                                                         \
+        const T *yy = y + (size_t)m * B * C;                                                   \
+        ROWS(Pv + (S - 1) * layer + m * block, WoT + (size_t)m * N * C, ee, B, N, C);          \
+        for (size_t k = 0; k < (size_t)B * C; k++) ee[k] = a_out * ee[k] - yy[k];             \
+    }                                                                                          \
+    for (size_t k = 0; k < (size_t)(S + 1) * layer; k++) E[k] = 0;                             \
+    if (has_lam)                                                                               \
+        for (size_t k = 0; k < (size_t)S * layer; k++) lam[k] = 0;                             \
+}
+
 DEFINE_ROWS_TIMES(float, v8f, 8, rows_times_f32)
 DEFINE_ROWS_TIMES(double, v4d, 4, rows_times_f64)
 DEFINE_PRIMAL(float, primal_f32, tanhf)
@@ -177,3 +215,5 @@ DEFINE_CREDIT(float, credit_f32)
 DEFINE_CREDIT(double, credit_f64)
 DEFINE_LOOP(float, pcalm_loop_f32, rows_times_f32, primal_f32, credit_f32)
 DEFINE_LOOP(double, pcalm_loop_f64, rows_times_f64, primal_f64, credit_f64)
+DEFINE_FORWARD(float, pcalm_forward_f32, rows_times_f32, tanhf)
+DEFINE_FORWARD(double, pcalm_forward_f64, rows_times_f64, tanh)
