@@ -10,10 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pcalm.core import algorithms, native
+from pcalm.core import algorithms
 from pcalm.core import paths as path_choice
 from pcalm.core.loop import Plan, Workspace
 from pcalm.core.model import ResidualMLP
+from pcalm.core.native import fused as native
 from tests.test_speed_paths import ACTS, CASES, MIXED, _algo, _assert_same_state, _close
 
 needs_compiler = pytest.mark.skipif(native.library() is None,

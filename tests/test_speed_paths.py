@@ -9,12 +9,13 @@
 import pytest
 import torch
 
-from pcalm.core import algorithms, loop, naive, native
+from pcalm.core import algorithms, loop, naive
 from pcalm.core import compiled as compile_cache
 from pcalm.core import graphs as graph_capture
 from pcalm.core import paths as path_choice
 from pcalm.core.algorithms import make_algorithm
 from pcalm.core.model import ResidualMLP
+from pcalm.core.native import fused as native
 from tests import fake_cuda as stubs
 from tests.fake_cuda import FakeGraph
 

@@ -21,11 +21,12 @@ import warnings
 
 import torch
 
-from pcalm.core import energy, naive, native
+from pcalm.core import energy, naive
 from pcalm.core.compiled import loop_compiled
 from pcalm.core.graphs import ReplayMismatch, drop_graphs, graph_runner
 from pcalm.core.loop import InferenceState, Observer, Output, Plan, Workspace
 from pcalm.core.model import ResidualMLP
+from pcalm.core.native import fused as native
 
 COMPILE_MODES = ("auto", "on", "off")
 
