@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import pytest
 
+from pcalm.core import paths
+from pcalm.core.native import fused
 from pcalm.runs.provenance import device_name
 from pcalm.sweeps import cost
 from pcalm.sweeps.cost import CostModel, _fit, forward_macs
@@ -83,6 +87,43 @@ def test_calibration_on_this_cpu_predicts_its_own_timings(one_thread):
     measured = cost._best_time(lambda: algo.stacked_weight_grads(net, x, y))
     predicted = model.step_seconds(_cfg("pcalm", 16, 48))
     assert 0.5 < predicted / measured < 2.0
+    if fused.library() is not None:  # auto ran the native loop: the eager terms price eager
+        assert model.native_max_width == paths.NATIVE_MAX_WIDTH
+        assert algo.last_path == "native"
+        algo.compile_mode = "off"
+        measured = cost._best_time(lambda: algo.stacked_weight_grads(net, x, y))
+        eager = dataclasses.replace(model, native_inference=None)
+        assert 0.5 < eager.step_seconds(_cfg("pcalm", 16, 48)) / measured < 2.0
+
+
+def test_narrow_training_runs_are_priced_on_the_native_loops_terms():
+    """A training run at N ≤ native_max_width takes the native terms; a wider one, BP, and
+    every diagnostic task (they observe each step: the eager loop) the eager ones."""
+    native = dataclasses.replace(MODEL, native_step=(1e-4, 0.0, 0.0),
+                                 native_inference=(1e-6, 0.0, 0.0), native_max_width=64)
+    n, depth = 32, 16
+    w = 64 * (784 * n + n * n * (depth - 2) + n * 10)
+    assert native.step_seconds(_cfg("pcalm", n, depth)) == pytest.approx(1e-4 + 32 * 1e-6)
+    assert native.step_seconds(_cfg("pcalm", 128, depth)) == MODEL.step_seconds(
+        _cfg("pcalm", 128, depth))
+    c0, c_l, c_w = MODEL.bp
+    assert native.step_seconds(_cfg("bp", n, depth)) == pytest.approx(c0 + c_l * depth + c_w * w)
+    task = {**_cfg("pcalm", n, depth), "task": {"name": "credit_traces"}}
+    assert native.task_seconds(task) == MODEL.task_seconds(task)
+
+
+def test_a_stored_model_keeps_its_native_terms_and_an_old_one_has_none(tmp_path):
+    native = dataclasses.replace(MODEL, native_step=(1e-4, 2e-6, 3e-12),
+                                 native_inference=(1e-6, 1e-9, 1e-12), native_max_width=64)
+    native.save(tmp_path / "m.json")
+    assert CostModel.load(tmp_path / "m.json") == native
+    raw = json.loads((tmp_path / "m.json").read_text())
+    for key in ("native_step", "native_inference", "native_max_width"):
+        del raw[key]
+    (tmp_path / "old.json").write_text(json.dumps(raw))
+    old = CostModel.load(tmp_path / "old.json")
+    assert old.native_inference is None and old.native_max_width == 0
+    assert old.step_seconds(_cfg("pcalm", 8, 32)) == MODEL.step_seconds(_cfg("pcalm", 8, 32))
 
 
 def test_dry_run_prints_the_projected_time_per_job_and_in_total(fake_data_root, results_dir,

@@ -12,8 +12,10 @@ sequential layer loops (forward pass, backprop); b0 is the fixed cost of one inf
 ceil(n_test / chunk) forward passes, e0 + eL·L + eW·W at the chunk's batch size.
 
 `calibrate` fits the coefficients by timing the real hot path (pcalm.core.algorithms) at a few
-cells, in about ten seconds; `make bench` and the first sweep plan on a device do it and store
-the result (results/cost/<device>.json), so later plans on that device are instant. PC is
+cells, in about ten seconds, once on the eager loop and once on the native loop (the path a
+training run takes on a CPU for N ≤ 64: pcalm.core.native; its own a- and b-terms). `make
+bench` and the first sweep plan on a device do it and store the result
+(results/cost/<device>.json), so later plans on that device are instant. PC is
 costed as PC-ALM (the same loop with α = 0). A run's projection = steps × step + evaluations
 + a start-up term per run (s0: resolve the config, build the net, write the folder).
 
@@ -70,10 +72,20 @@ class CostModel:
     inference: tuple[float, float, float]  # b0, bE, bF: one inference step
     evaluation: tuple[float, float, float]  # e0, eL, eW: one evaluation chunk
     startup: tuple[float, float] = DEFAULT_STARTUP  # j0 per job, s0 per run
+    # The native loop's own a- and b-terms (pcalm.core.native: a training run's path on a CPU
+    # for N ≤ native_max_width), fitted on the calibration cells it runs; None: not measured
+    # (no C compiler, a GPU, or a model stored before it), and the eager terms price it.
+    native_step: tuple[float, float, float] | None = None
+    native_inference: tuple[float, float, float] | None = None
+    native_max_width: int = 0
 
-    def _inference_step(self, width: int, depth: int, batch: int, models: int = 1) -> float:
-        """b0 + bE·E + bF·F: one inference step (module doc)."""
-        b0, b_e, b_f = self.inference
+    def _native(self, width: int) -> bool:
+        return self.native_inference is not None and width <= self.native_max_width
+
+    def _inference_step(self, width: int, depth: int, batch: int, models: int = 1,
+                        terms: tuple[float, float, float] | None = None) -> float:
+        """b0 + bE·E + bF·F: one inference step (module doc); `terms`: another path's b."""
+        b0, b_e, b_f = terms or self.inference
         elements = models * batch * width * (depth - 1)
         return b0 + b_e * elements + b_f * elements * width * max(depth - 2, 0) / (depth - 1)
 
@@ -91,8 +103,10 @@ class CostModel:
         if a["name"] == "bp":
             c0, c_l, c_w = self.bp
             return c0 + c_l * depth + c_w * w
-        a0, a_l, a_w = self.step
-        per_step = self._inference_step(n, depth, batch, models)
+        native = self._native(n)  # a training step's loop: native or eager (not a task's)
+        a0, a_l, a_w = self.native_step if native else self.step
+        per_step = self._inference_step(n, depth, batch, models,
+                                        self.native_inference if native else None)
         steps = a["budget"] * a.get("inner_steps", 1)
         return a0 + a_l * depth + a_w * w + steps * per_step
 
@@ -144,9 +158,12 @@ class CostModel:
             startup = tuple(float(v) for v in raw.get("startup", DEFAULT_STARTUP))
             if len(startup) != 2:
                 return None
+            native = {k: tuple(float(v) for v in raw[k]) if raw.get(k) else None
+                      for k in ("native_step", "native_inference")}
             return cls(raw["device"], raw["kind"], int(raw["threads"]),
                        *(tuple(float(v) for v in raw[k]) for k in
-                         ("bp", "step", "inference", "evaluation")), startup=startup)
+                         ("bp", "step", "inference", "evaluation")), startup=startup,
+                       native_max_width=int(raw.get("native_max_width", 0)), **native)
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -288,8 +305,24 @@ def _fit(rows: list[list[float]], seconds: list[float]) -> tuple[float, ...]:
     return best
 
 
-def _time_cell(n: int, depth: int, x, y, x_eval, sync) -> dict[str, tuple[list, float]]:
-    """One calibration cell's timings, each with its row of the fit (see the module doc)."""
+def _time_loop(net, x, y, mode: str, sync) -> tuple[float, float]:
+    """(a PC-ALM step without inference, one inference step) on the path `mode` picks: the
+    slope between two budgets, and the intercept."""
+    from pcalm.core.algorithms import make_algorithm
+
+    times = []
+    for budget in CALIBRATION_BUDGETS:
+        algo = make_algorithm("pcalm", budget=budget, state_lr=0.2)
+        algo.compile_mode = mode
+        times.append(_best_time(lambda a=algo: a.stacked_weight_grads(net, x, y), sync=sync))
+    per_step = max(times[1] - times[0], 1e-9) / (CALIBRATION_BUDGETS[1] - CALIBRATION_BUDGETS[0])
+    return max(times[0] - CALIBRATION_BUDGETS[0] * per_step, 1e-9), per_step
+
+
+def _time_cell(n: int, depth: int, x, y, x_eval, sync,
+               native: bool) -> dict[str, tuple[list, float]]:
+    """One calibration cell's timings, each with its row of the fit (see the module doc);
+    the native loop's too where it runs (`native`)."""
     import torch
 
     from pcalm.core.algorithms import make_algorithm
@@ -298,20 +331,22 @@ def _time_cell(n: int, depth: int, x, y, x_eval, sync) -> dict[str, tuple[list, 
     net = ResidualMLP(INPUT_DIM, n, depth, seed=[0], device=x.device)
     batch, w = x.shape[-2], forward_macs(x.shape[-2], n, depth)
     bp = make_algorithm("bp")
-    short, long = (make_algorithm("pcalm", budget=t, state_lr=0.2) for t in CALIBRATION_BUDGETS)
     t_bp = _best_time(lambda: bp.stacked_weight_grads(net, x, y), sync=sync)
-    t_lo = _best_time(lambda: short.stacked_weight_grads(net, x, y), sync=sync)
-    t_hi = _best_time(lambda: long.stacked_weight_grads(net, x, y), sync=sync)
-    per_step = max(t_hi - t_lo, 1e-9) / (CALIBRATION_BUDGETS[1] - CALIBRATION_BUDGETS[0])
+    t_step, per_step = _time_loop(net, x, y, "off", sync)
     with torch.no_grad():
         t_eval = _best_time(lambda: net(x_eval), sync=sync)
-    return {
+    inference_row = [1.0, batch * n * (depth - 1), batch * n * n * max(depth - 2, 0)]
+    cell = {
         "bp": ([1.0, depth, w], t_bp),
-        "step": ([1.0, depth, w], max(t_lo - CALIBRATION_BUDGETS[0] * per_step, 1e-9)),
-        "inference": ([1.0, batch * n * (depth - 1), batch * n * n * max(depth - 2, 0)],
-                      per_step),
+        "step": ([1.0, depth, w], t_step),
+        "inference": (inference_row, per_step),
         "evaluation": ([1.0, depth, forward_macs(EVAL_CHUNK, n, depth)], t_eval),
     }
+    if native:
+        t_step, per_step = _time_loop(net, x, y, "auto", sync)
+        cell.update(native_step=([1.0, depth, w], t_step),
+                    native_inference=(inference_row, per_step))
+    return cell
 
 
 def calibrate(device, threads: int) -> CostModel:
@@ -330,13 +365,31 @@ def calibrate(device, threads: int) -> CostModel:
         y = torch.nn.functional.one_hot(torch.randint(0, 10, (1, 64), generator=g), 10)
         y = y.to(device, torch.float32)
         x_eval = torch.randn(1, EVAL_CHUNK, INPUT_DIM, generator=g).to(device)
-        cells = [_time_cell(n, depth, x, y, x_eval, sync) for n, depth in CALIBRATION_CELLS]
+        limit = native_width_limit(device)
+        cells = [_time_cell(n, depth, x, y, x_eval, sync, native=n <= limit)
+                 for n, depth in CALIBRATION_CELLS]
     finally:
         torch.set_num_threads(before)
     fits = {term: _fit([c[term][0] for c in cells], [c[term][1] for c in cells])
             for term in ("bp", "step", "inference", "evaluation")}
+    for term in ("native_step", "native_inference"):
+        rows = [c[term] for c in cells if term in c]
+        if rows:
+            fits[term] = _fit([r[0] for r in rows], [r[1] for r in rows])
     startup = (_process_startup(), DEFAULT_STARTUP[1])
-    return CostModel(device_name(device), device.type, threads, **fits, startup=startup)
+    return CostModel(device_name(device), device.type, threads, **fits, startup=startup,
+                     native_max_width=limit if "native_inference" in fits else 0)
+
+
+def native_width_limit(device) -> int:
+    """The widest net a training run takes the native loop on, on `device`: 0 off a CPU or
+    without a C compiler (pcalm.core.paths)."""
+    from pcalm.core import paths
+    from pcalm.core.native import fused
+
+    if device.type != "cpu" or fused.library() is None:
+        return 0
+    return paths.NATIVE_MAX_WIDTH
 
 
 def _process_startup() -> float:
