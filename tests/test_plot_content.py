@@ -109,6 +109,25 @@ def test_grid_heatmaps_draw_the_seed_means_and_paired_differences(tmp_path, monk
     assert suptitle.startswith({"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST"}[data])
 
 
+def test_grid_note_names_the_cells_where_bp_did_not_learn_without_guessing_why(tmp_path,
+                                                                             monkeypatch):
+    """BP at 12 % (below chance + 5 pp, the report's rule) in one cell, 15 % (learning) in
+    another: only the first is named, with the steps it had; no cause is asserted."""
+    rows = []
+    for algo, w, s in itertools.product(["bp", "pc", "pcalm"], [4, 8], [0, 1]):
+        acc = {4: 0.12, 8: 0.15}[w] if algo == "bp" else 0.5
+        rows.append({"algo.name": algo, "model.activation": "relu", "model.width": w,
+                     "model.depth": 6, "train.seed": s, "data.name": "fashion_mnist",
+                     "data.train_size": 6400, "train.batch_size": 64, "diverged": False,
+                     "test_acc": acc})
+    write(tmp_path, "figure2", rows)
+    fig = draw("figure2", tmp_path, monkeypatch)
+    text = " ".join(t.get_text() for t in fig.texts)
+    assert ("BP did not learn (mean below 15 %) at N = 4 L = 6, in 100 steps (6400 samples, "
+            "one epoch)") in text
+    assert "N = 8 L = 6" not in text and "too narrow" not in text
+
+
 # ---------------------------------------------------------------------------- Figures 6, 7
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pcalm.analysis.grid import LEARNED_MARGIN
 from pcalm.analysis.stats import CHANCE, paired_difference, seed_stats
 from pcalm.plots.style import (
     ACTIVATION_LABELS,
@@ -124,18 +125,21 @@ def _not_run_note(df: pd.DataFrame, widths: list[int], depths: list[int]) -> str
 
 
 def _chance_note(df: pd.DataFrame, summary: dict, batch: int) -> str:
-    """Why BP sits at chance in some cells (at smoke scale: too few steps for N = 8)."""
+    """Where BP did not learn (the report's rule: seed mean below chance + LEARNED_MARGIN),
+    without guessing why: too few steps for a narrow net (smoke scale), or a learning rate
+    that kills the net (a dead net ends at chance with a finite loss)."""
     acc = summary["acc"]
-    bp = acc[(acc["algo.name"] == "bp") & (acc["mean"] < CHANCE + 0.03)]
+    bp = acc[(acc["algo.name"] == "bp") & (acc["mean"] < CHANCE + LEARNED_MARGIN - 1e-9)]
     if bp.empty:
         return ""
-    widths = sorted({int(w) for w in bp["model.width"]})
+    cells = sorted({(int(w), int(d)) for w, d in zip(bp["model.width"], bp["model.depth"])})
     size = pd.to_numeric(df.get("data.train_size"), errors="coerce")
     size = int(size.iloc[0]) if size is not None and size.notna().any() else 60000
     steps = size // max(batch, 1)
-    where = ", ".join(f"N = {w}" for w in widths)
-    return (f"\nBP is at chance where {where}: too narrow to learn in {steps} steps "
-            f"({size} samples, one epoch); a difference there compares noise around 10 %")
+    where = ", ".join(f"N = {w} L = {d}" for w, d in cells)
+    return (f"\nBP did not learn (mean below {100 * (CHANCE + LEARNED_MARGIN):.0f} %) at {where}, "
+            f"in {steps} steps ({size} samples, one epoch): a difference there compares noise "
+            "around 10 %, and the report leaves those cells undecided")
 
 
 def plot_grid(experiment: str, scale: str, tables: Path, out: Path | None) -> Path:
