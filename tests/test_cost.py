@@ -97,8 +97,8 @@ def test_calibration_on_this_cpu_predicts_its_own_timings(one_thread):
 
 
 def test_narrow_training_runs_are_priced_on_the_native_loops_terms():
-    """A training run at N ≤ native_max_width takes the native terms; a wider one, BP, and
-    every diagnostic task (they observe each step: the eager loop) the eager ones."""
+    """A training run at N ≤ native_max_width takes the native terms; a wider one, a tanh net,
+    BP, and every diagnostic task (they observe each step: the eager loop) the eager ones."""
     native = dataclasses.replace(MODEL, native_step=(1e-4, 0.0, 0.0),
                                  native_inference=(1e-6, 0.0, 0.0), native_max_width=64)
     n, depth = 32, 16
@@ -110,6 +110,9 @@ def test_narrow_training_runs_are_priced_on_the_native_loops_terms():
     assert native.step_seconds(_cfg("bp", n, depth)) == pytest.approx(c0 + c_l * depth + c_w * w)
     task = {**_cfg("pcalm", n, depth), "task": {"name": "credit_traces"}}
     assert native.task_seconds(task) == MODEL.task_seconds(task)
+    tanh = _cfg("pcalm", n, depth)
+    tanh["model"]["activation"] = "tanh"  # runs eagerly
+    assert native.step_seconds(tanh) == MODEL.step_seconds(tanh)
 
 
 def test_a_stored_model_keeps_its_native_terms_and_an_old_one_has_none(tmp_path):

@@ -1,5 +1,6 @@
-"""The fused CPU inference loop (pcalm/core/native: loop.c through ctypes) against the eager
-loop it replaces (pcalm.core.loop.Workspace.loop_eager), which the rest of the suite checks
+"""The fused CPU inference loop (pcalm/core/native: loop.c through ctypes; linear and ReLU
+nets, tanh ones run eagerly) against the eager loop it replaces
+(pcalm.core.loop.Workspace.loop_eager), which the rest of the suite checks
 against autograd and closed forms: the same final state (z, λ, ε, e) and weight gradients,
 for every activation, algorithm option, width branch of loop.c (generic and unrolled), lone
 nets and mixed stacks; and which path `compile=auto` picks, and what happens without a C
@@ -36,7 +37,8 @@ def _pair(name, options, act, depth, width, classes, dtype, models=None, x_scale
         algo = (_algo(name, options, mode) if isinstance(name, str)
                 else _mode(algorithms.stack_algorithms(name), mode))
         state, grads = algo.infer(net, x, y), algo.stacked_weight_grads(net, x, y)
-        assert algo.last_path == ("native" if mode == "auto" else "eager")
+        native_runs = mode == "auto" and act in native.ACT_CODES  # tanh runs eagerly
+        assert algo.last_path == ("native" if native_runs else "eager")
         out.append((state, grads))
     return out
 
@@ -60,7 +62,7 @@ def test_the_native_loop_ends_in_the_eager_state(act, name, options, depth):
 
 @needs_compiler
 @pytest.mark.parametrize("width", [8, 12, 16, 32, 64])
-@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("act", ["identity", "relu"])
 def test_the_vector_widths_equal_the_eager_loop(width, act):
     """loop.c's matmuls on vectors of 8 floats (N = 8 … 64: 1 … 8 vectors a row) or 4
     doubles, the readout's 10 columns by the plain loop, N = 12 by the plain loop in float32
@@ -83,7 +85,7 @@ def test_the_vector_widths_equal_the_eager_loop(width, act):
 def test_a_mixed_stack_on_the_native_loop_equals_the_eager_one(case):
     """Per-model η_h, ρ, α (a PC member as PC-ALM with α = 0), each model on its own batch."""
     members = [_algo(name, opts) for name, opts in MIXED[case]]
-    (state, grads), (want_state, want_grads) = _pair(members, None, "tanh", 5, 8, 10,
+    (state, grads), (want_state, want_grads) = _pair(members, None, "relu", 5, 8, 10,
                                                      torch.float64, models=len(members))
     _assert_same_state(state, want_state, rtol=1e-11, atol=1e-12)
     _close(grads, want_grads, rtol=1e-11, atol=1e-12)
@@ -93,7 +95,7 @@ def test_a_mixed_stack_on_the_native_loop_equals_the_eager_one(case):
 def test_the_native_forward_pass_leaves_zero_credit_and_the_eager_states():
     """The forward pass alone, in C: its residuals are exactly zero, so ε = λ = 0 exactly, as
     the eager forward leaves them; z, φ(z), φ'(z), e and ℓ as the eager pass computes them."""
-    net = ResidualMLP(9, 16, 6, output_dim=10, activation="tanh", seed=list(range(2)),
+    net = ResidualMLP(9, 16, 6, output_dim=10, activation="relu", seed=list(range(2)),
                       dtype=torch.float64, gamma0=0.5)
     x = torch.randn(2, 7, 9, dtype=torch.float64)
     y = torch.nn.functional.one_hot(torch.arange(14).view(2, 7) % 10, 10).double()
@@ -182,7 +184,7 @@ def test_a_failing_native_call_falls_back_to_eager_once_per_shape(monkeypatch):
 
     monkeypatch.setattr(native, "loop_native", broken)
     options = {"budget": 4, "state_lr": 0.2}
-    net = ResidualMLP(9, 8, 4, output_dim=10, activation="tanh", seed=0, dtype=torch.float64)
+    net = ResidualMLP(9, 8, 4, output_dim=10, activation="relu", seed=0, dtype=torch.float64)
     x = torch.randn(5, 9, dtype=torch.float64)
     y = torch.nn.functional.one_hot(torch.arange(5), 10).double()
     algo = _algo("pcalm", options, mode="auto")

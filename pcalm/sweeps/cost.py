@@ -13,7 +13,8 @@ ceil(n_test / chunk) forward passes, e0 + eL·L + eW·W at the chunk's batch siz
 
 `calibrate` fits the coefficients by timing the real hot path (pcalm.core.algorithms) at a few
 cells, in about ten seconds, once on the eager loop and once on the native loop (the path a
-training run takes on a CPU for N ≤ 64: pcalm.core.native; its own a- and b-terms). `make
+training run of a linear or ReLU net takes on a CPU for N ≤ 64: pcalm.core.native; its own
+a- and b-terms). `make
 bench` and the first sweep plan on a device do it and store the result
 (results/cost/<device>.json), so later plans on that device are instant. PC is
 costed as PC-ALM (the same loop with α = 0). A run's projection = steps × step + evaluations
@@ -79,8 +80,11 @@ class CostModel:
     native_inference: tuple[float, float, float] | None = None
     native_max_width: int = 0
 
-    def _native(self, width: int) -> bool:
-        return self.native_inference is not None and width <= self.native_max_width
+    def _native(self, width: int, activation: str) -> bool:
+        """Whether a training run of this width and activation takes the native loop (not
+        tanh: pcalm.core.native.fused.ACT_CODES)."""
+        return (self.native_inference is not None and width <= self.native_max_width
+                and activation != "tanh")
 
     def _inference_step(self, width: int, depth: int, batch: int, models: int = 1,
                         terms: tuple[float, float, float] | None = None) -> float:
@@ -103,7 +107,7 @@ class CostModel:
         if a["name"] == "bp":
             c0, c_l, c_w = self.bp
             return c0 + c_l * depth + c_w * w
-        native = self._native(n)  # a training step's loop: native or eager (not a task's)
+        native = self._native(n, m.get("activation", "relu"))  # a training step's loop
         a0, a_l, a_w = self.native_step if native else self.step
         per_step = self._inference_step(n, depth, batch, models,
                                         self.native_inference if native else None)

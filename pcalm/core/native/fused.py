@@ -30,7 +30,7 @@ import torch
 
 SOURCE = Path(__file__).with_name("loop.c")
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC")
-ACT_CODES = {"identity": 0, "relu": 1, "tanh": 2}
+ACT_CODES = {"identity": 0, "relu": 1}  # tanh runs eagerly (loop.c says why)
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 _failure: str | None = None
@@ -103,7 +103,8 @@ def failure() -> str | None:
 
 
 def takes(ws) -> bool:
-    """Whether the fused loop runs this Workspace: a CPU, float32/64, PC or PC-ALM."""
+    """Whether the fused loop runs this Workspace: a CPU, float32/64, PC or PC-ALM, a linear
+    or ReLU net."""
     return (ws.z.device.type == "cpu" and ws.z.dtype in (torch.float32, torch.float64)
             and ws.plan.kind in ("pc", "pcalm") and ws.act in ACT_CODES)
 

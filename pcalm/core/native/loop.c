@@ -11,9 +11,10 @@
      z, P, D, Q, lam [S, M, B, N];  E [S+1, M, B, N] (E[S] = 0);  F0 [M, B, N] (= F[0]);
      W [S-1, M, N, N] = a_h W_l;  WT [S-1, M, N, N] = W_lᵀ;  Wo_neg [M, C, N] = −a_out W_L;
      WoT [M, N, C] = W_Lᵀ;  e, y [M, B, C];  eta, rho, alpha [M] (alpha unused for PC).
-   act: 0 identity (P, D unused: φ(z) = z), 1 ReLU, 2 tanh.  has_lam: 0 for PC (lam unused). */
+   act: 0 identity (P, D unused: φ(z) = z), 1 ReLU.  has_lam: 0 for PC (lam unused).
+   Not tanh: a scalar tanh per element (libm's, not vectorised without -ffast-math) makes
+   the loop slower than the eager one's vectorised tanh, so tanh nets run eagerly. */
 
-#include <math.h>
 #include <stddef.h>
 
 /* out[b, :] = Σ_i a[b, i] w[i, :] for b < B: [B, K] × [K, N], each sum in i order.
@@ -71,8 +72,8 @@ static void NAME(const T *restrict a, const T *restrict w, T *restrict out, int 
 }
 
 /* z ← z + η (φ'(z) ⊙ Q + ε_next − ε); then P = φ(z), D = φ'(z) (ReLU: φ'(0) = 0, and a NaN
-   stays NaN in P as torch.clamp_min keeps it). */
-#define DEFINE_PRIMAL(T, NAME, TANH)                                                           \
+   stays NaN in P as torch.clamp_min keeps it; the identity: z alone). */
+#define DEFINE_PRIMAL(T, NAME)                                                           \
 static inline void NAME(size_t n, int act, T h, T *restrict z, T *restrict P, T *restrict D,  \
                         const T *restrict q, const T *restrict en, const T *restrict ec)       \
 {                                                                                              \
@@ -82,14 +83,6 @@ static inline void NAME(size_t n, int act, T h, T *restrict z, T *restrict P, T 
             z[k] = v;                                                                          \
             P[k] = (v > 0 || v != v) ? v : 0;                                                  \
             D[k] = v > 0;                                                                      \
-        }                                                                                      \
-    } else if (act == 2) {                                                                     \
-        for (size_t k = 0; k < n; k++) {                                                       \
-            const T v = z[k] + h * (D[k] * q[k] + en[k] - ec[k]);                              \
-            const T p = TANH(v);                                                               \
-            z[k] = v;                                                                          \
-            P[k] = p;                                                                          \
-            D[k] = 1 - p * p;                                                                  \
         }                                                                                      \
     } else {                                                                                   \
         for (size_t k = 0; k < n; k++) z[k] = z[k] + h * (q[k] + en[k] - ec[k]);               \
@@ -173,7 +166,7 @@ void NAME(int S, int M, int B, int N, int C, int act, int has_lam,              
      z_1 = F0;  z_{l+1} = z_l + a_h φ(z_l) W_{l+1}ᵀ;  P = φ(z), D = φ'(z);  e = a_out φ(z_{S-1}) W_Lᵀ − y;
    and ε = 0, λ = 0: the residuals r_l = z_l − f_l(z_{l-1}) are exactly zero at the forward
    pass, f_l being computed below by the very expression the loop's residual uses. */
-#define DEFINE_FORWARD(T, NAME, ROWS, TANH)                                                    \
+#define DEFINE_FORWARD(T, NAME, ROWS)                                                    \
 void NAME(int S, int M, int B, int N, int C, int act, int has_lam,                           \
           T *z, T *P, T *D, T *E, T *lam, const T *F0, const T *WT, const T *WoT, T *e,        \
           const T *y, T *Q, T a_h, T a_out)                                                    \
@@ -185,7 +178,6 @@ void NAME(int S, int M, int B, int N, int C, int act, int has_lam,              
         for (size_t k = 0; k < layer; k++) {                                                   \
             const T v = zl[k];                                                                 \
             if (act == 1) { pl[k] = (v > 0 || v != v) ? v : 0; dl[k] = v > 0; }               \
-            else if (act == 2) { const T p = TANH(v); pl[k] = p; dl[k] = 1 - p * p; }          \
         }                                                                                      \
         if (l == S - 1) break;                                                                 \
         for (int m = 0; m < M; m++) {                                                          \
@@ -209,11 +201,11 @@ void NAME(int S, int M, int B, int N, int C, int act, int has_lam,              
 
 DEFINE_ROWS_TIMES(float, v8f, 8, rows_times_f32)
 DEFINE_ROWS_TIMES(double, v4d, 4, rows_times_f64)
-DEFINE_PRIMAL(float, primal_f32, tanhf)
-DEFINE_PRIMAL(double, primal_f64, tanh)
+DEFINE_PRIMAL(float, primal_f32)
+DEFINE_PRIMAL(double, primal_f64)
 DEFINE_CREDIT(float, credit_f32)
 DEFINE_CREDIT(double, credit_f64)
 DEFINE_LOOP(float, pcalm_loop_f32, rows_times_f32, primal_f32, credit_f32)
 DEFINE_LOOP(double, pcalm_loop_f64, rows_times_f64, primal_f64, credit_f64)
-DEFINE_FORWARD(float, pcalm_forward_f32, rows_times_f32, tanhf)
-DEFINE_FORWARD(double, pcalm_forward_f64, rows_times_f64, tanh)
+DEFINE_FORWARD(float, pcalm_forward_f32, rows_times_f32)
+DEFINE_FORWARD(double, pcalm_forward_f64, rows_times_f64)
