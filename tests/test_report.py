@@ -188,6 +188,23 @@ def test_routes_claim_reads_the_budget_points_and_names_unsolved_equilibria(
     assert "PC stops at N" not in line
 
 
+def test_routes_claim_names_an_equilibrium_solve_that_did_not_converge(tmp_path, monkeypatch,
+                                                                        capsys):
+    """Figure 9 at paper scale has one (N = 256, seed 0: 100 Newton steps, residual 6.7e-3):
+    it is averaged in as it stopped, so the row says so, with its residual."""
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    (tables / "figure9-paper.csv").write_text(
+        "run_id,algo.name,model.width,train.seed,hidden_alignment_at_budget,flops_at_budget,"
+        "equilibrium_solver,hidden_alignment_equilibrium,equilibrium_converged,"
+        "equilibrium_residual,equilibrium_iterations\n"
+        "a,pcalm,32,0,0.9,1e8,,,,,\nb,pc,8,0,0.5,1e7,newton,0.8,True,2.9e-07,48\n"
+        "c,pc,8,1,0.5,1e7,newton,0.9,False,6.676e-03,100\n")
+    line = row(run_report(tables, tmp_path / "r.md", monkeypatch, capsys, scale="paper"), "8b")
+    assert ("PC at equilibrium: N=8 0.850 (1 of 2 solves converged; not converged, averaged in "
+            "as they stopped: N=8 seed 1: residual 6.7e-03 after 100 Newton steps)") in line
+
+
 def test_gamma_claim_names_a_point_whose_pcalm_runs_all_diverged(tmp_path, monkeypatch,
                                                                  capsys):
     """Figure 6 at paper scale has such a point (sp, γ0 = 8): it fails its point, is named

@@ -430,7 +430,7 @@ def claim_routes(tables: Path, scale: str, experiment: str, number: str) -> Clai
     if len(solved):
         at_eq = solved.groupby("model.width")[eq_col].mean()
         claim.measured += "; PC at equilibrium: " + ", ".join(
-            f"N={int(w)} {v:.3f}" for w, v in at_eq.items())
+            f"N={int(w)} {v:.3f}" for w, v in at_eq.items()) + _unconverged_text(solved)
     widths = sorted(int(w) for w in by_width.index)
     gaps = []
     if scale == "paper" and widths[-1] < 1024:
@@ -443,6 +443,22 @@ def claim_routes(tables: Path, scale: str, experiment: str, number: str) -> Clai
     claim.missing = "; ".join(gaps)
     claim.verdict = HOLDS if a > by_width["align"].max() and flops_a < widest["flops"] else FAILS
     return claim
+
+
+def _unconverged_text(solved: pd.DataFrame) -> str:
+    """The equilibrium solves that stopped short of their tolerance, named with their
+    residual: their point is still drawn and averaged, so a reader must know."""
+    if "equilibrium_converged" not in solved:
+        return ""
+    done = solved["equilibrium_converged"].astype(str).str.lower() == "true"
+    if done.all():
+        return f" (all {len(solved)} solves converged)"
+    parts = [f"N={int(r['model.width'])} seed {int(r['train.seed'])}: residual "
+             f"{float(r['equilibrium_residual']):.1e} after "
+             f"{int(r['equilibrium_iterations'])} Newton steps"
+             for _, r in solved[~done].iterrows()]
+    return (f" ({int(done.sum())} of {len(solved)} solves converged; not converged, averaged "
+            f"in as they stopped: {'; '.join(parts)})")
 
 
 # ------------------------------------------------------------- 9 training curves
