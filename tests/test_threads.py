@@ -33,3 +33,29 @@ def test_a_checkpoint_records_the_thread_count_and_resume_restores_it(tmp_path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_resuming_a_native_run_without_the_native_loop_says_it_is_not_bit_identical(
+        tmp_path, monkeypatch):
+    """The path is, like the thread count, below the run id: a run that trained on the native
+    loop and resumes where no C compiler built it goes on eagerly, and says so."""
+    import pytest
+
+    from pcalm.core.native import fused
+    from pcalm.runs import train
+
+    trainer = Trainer(_stack_configs(tmp_path), _dataset())
+    trainer.state.path_steps = {"native": 3}
+    payload = trainer.checkpoint_payload()
+    monkeypatch.setattr(train.fused, "library", lambda: None)
+    monkeypatch.setattr(fused, "_failure", "RuntimeError: no C compiler")
+    with pytest.warns(UserWarning, match=r"native loop, which is not available here \("
+                                         r"RuntimeError: no C compiler\).*not bit-identical"):
+        Trainer(_stack_configs(tmp_path), _dataset()).restore(payload)
+    trainer.state.path_steps = {"eager": 3}  # an eager run: nothing to say
+    payload = trainer.checkpoint_payload()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(_stack_configs(tmp_path), _dataset()).restore(payload)

@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ from pcalm.core.algorithms import (
 from pcalm.core.device import DTYPES, resolve_device
 from pcalm.core.diagnostics import grad_alignment
 from pcalm.core.model import ResidualMLP
+from pcalm.core.native import fused
 from pcalm.core.optim import make_adam
 from pcalm.data import ALIGNMENT_RULE, Dataset, alignment_batches, epoch_order
 from pcalm.runs import build
@@ -212,11 +214,14 @@ class Trainer:
         self._check_within_plan(state)
         self.net.load_state_dict(payload["net"])
         self.optimizer.load_state_dict(payload["optimizer"])
-        self.state = TrainState(**payload["state"])
         if payload.get("threads"):  # resume with the thread count the run started with
             torch.set_num_threads(int(payload["threads"]))
-
-
+        if "native" in state.path_steps and self.device.type == "cpu" and \
+                fused.library() is None:
+            warnings.warn(f"resuming a run that trained on the native loop, which is not "
+                          f"available here ({fused.failure()}): the eager loop goes on, equal "
+                          "to float rounding, so the run is not bit-identical to an "
+                          "uninterrupted one", stacklevel=2)
         self.state = state
 
     def _check_within_plan(self, state: TrainState) -> None:
