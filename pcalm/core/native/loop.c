@@ -107,7 +107,20 @@ static inline void NAME(size_t n, int has_lam, int dual, T rho, T alpha, T a_h, 
     }                                                                                          \
 }
 
-#define DEFINE_LOOP(T, NAME, ROWS, PRIMAL, CREDIT)                                             \
+/* The readout of every model: e = a_out φ(z_{S-1}) W_Lᵀ − y (Ptop: φ(z_{S-1}) [M, B, N]). */
+#define DEFINE_READOUT(T, NAME, ROWS)                                                          \
+static void NAME(const T *Ptop, const T *WoT, T *e, const T *y, int M, int B, int N, int C,    \
+                 T a_out)                                                                      \
+{                                                                                              \
+    for (int m = 0; m < M; m++) {                                                              \
+        T *ee = e + (size_t)m * B * C;                                                         \
+        const T *yy = y + (size_t)m * B * C;                                                   \
+        ROWS(Ptop + (size_t)m * B * N, WoT + (size_t)m * N * C, ee, B, N, C);                  \
+        for (size_t k = 0; k < (size_t)B * C; k++) ee[k] = a_out * ee[k] - yy[k];             \
+    }                                                                                          \
+}
+
+#define DEFINE_LOOP(T, NAME, ROWS, PRIMAL, CREDIT, READOUT)                                             \
 void NAME(int S, int M, int B, int N, int C, int act, int has_lam,                           \
           T *z, T *P, T *D, T *E, T *lam, const T *F0, const T *W, const T *WT,               \
           const T *Wo_neg, const T *WoT, T *e, const T *y, T *Q,                              \
@@ -151,13 +164,7 @@ void NAME(int S, int M, int B, int N, int C, int act, int has_lam,              
                                z + o - layer, Q + o, E + o, lm);                               \
                     }                                                                          \
                 }                                                                              \
-            /* e = a_out φ(z_{S-1}) W_Lᵀ − y */                                                \
-            for (int m = 0; m < M; m++) {                                                      \
-                T *ee = e + (size_t)m * B * C;                                                 \
-                const T *yy = y + (size_t)m * B * C;                                           \
-                ROWS(Pv + (S - 1) * layer + m * block, WoT + (size_t)m * N * C, ee, B, N, C);  \
-                for (size_t k = 0; k < (size_t)B * C; k++) ee[k] = a_out * ee[k] - yy[k];     \
-            }                                                                                  \
+            READOUT(Pv + (S - 1) * layer, WoT, e, y, M, B, N, C, a_out);                       \
         }                                                                                      \
     }                                                                                          \
 }
@@ -166,7 +173,7 @@ void NAME(int S, int M, int B, int N, int C, int act, int has_lam,              
      z_1 = F0;  z_{l+1} = z_l + a_h φ(z_l) W_{l+1}ᵀ;  P = φ(z), D = φ'(z);  e = a_out φ(z_{S-1}) W_Lᵀ − y;
    and ε = 0, λ = 0: the residuals r_l = z_l − f_l(z_{l-1}) are exactly zero at the forward
    pass, f_l being computed below by the very expression the loop's residual uses. */
-#define DEFINE_FORWARD(T, NAME, ROWS)                                                    \
+#define DEFINE_FORWARD(T, NAME, ROWS, READOUT)                                                    \
 void NAME(int S, int M, int B, int N, int C, int act, int has_lam,                           \
           T *z, T *P, T *D, T *E, T *lam, const T *F0, const T *WT, const T *WoT, T *e,        \
           const T *y, T *Q, T a_h, T a_out)                                                    \
@@ -188,12 +195,7 @@ void NAME(int S, int M, int B, int N, int C, int act, int has_lam,              
         }                                                                                      \
     }                                                                                          \
     const T *Pv = act ? P : z;                                                                 \
-    for (int m = 0; m < M; m++) {                                                              \
-        T *ee = e + (size_t)m * B * C;                                                         \
-        const T *yy = y + (size_t)m * B * C;                                                   \
-        ROWS(Pv + (S - 1) * layer + m * block, WoT + (size_t)m * N * C, ee, B, N, C);          \
-        for (size_t k = 0; k < (size_t)B * C; k++) ee[k] = a_out * ee[k] - yy[k];             \
-    }                                                                                          \
+    READOUT(Pv + (S - 1) * layer, WoT, e, y, M, B, N, C, a_out);                               \
     for (size_t k = 0; k < (size_t)(S + 1) * layer; k++) E[k] = 0;                             \
     if (has_lam)                                                                               \
         for (size_t k = 0; k < (size_t)S * layer; k++) lam[k] = 0;                             \
@@ -205,7 +207,9 @@ DEFINE_PRIMAL(float, primal_f32)
 DEFINE_PRIMAL(double, primal_f64)
 DEFINE_CREDIT(float, credit_f32)
 DEFINE_CREDIT(double, credit_f64)
-DEFINE_LOOP(float, pcalm_loop_f32, rows_times_f32, primal_f32, credit_f32)
-DEFINE_LOOP(double, pcalm_loop_f64, rows_times_f64, primal_f64, credit_f64)
-DEFINE_FORWARD(float, pcalm_forward_f32, rows_times_f32)
-DEFINE_FORWARD(double, pcalm_forward_f64, rows_times_f64)
+DEFINE_READOUT(float, readout_f32, rows_times_f32)
+DEFINE_READOUT(double, readout_f64, rows_times_f64)
+DEFINE_LOOP(float, pcalm_loop_f32, rows_times_f32, primal_f32, credit_f32, readout_f32)
+DEFINE_LOOP(double, pcalm_loop_f64, rows_times_f64, primal_f64, credit_f64, readout_f64)
+DEFINE_FORWARD(float, pcalm_forward_f32, rows_times_f32, readout_f32)
+DEFINE_FORWARD(double, pcalm_forward_f64, rows_times_f64, readout_f64)
