@@ -3,15 +3,17 @@ through ctypes on a Workspace's own buffers.
 
 Why: on a CPU, a narrow net's inference step is a dozen small tensor operations, each paying
 a few µs of dispatch on a few thousand numbers (N = 8, L = 32: ~0.5 MFLOP per step). `loop.c`
-runs all T·k steps of one call in C, two passes over the state per step. It computes
+runs the forward pass's layer chain and all T·k steps of one call in C, three passes over the
+state per step, its matmuls on the vector unit. It computes `Workspace.forward` and
 `Workspace.loop_eager`'s formulas in the same layer order, to float rounding (the sums of the
-small matmuls run in index order, where MKL blocks them: ~1e-7 relative in float32).
+small matmuls run in index order, where MKL blocks them: ~1e-7 relative in float32). Linear
+and ReLU nets only (`ACT_CODES`; loop.c says why not tanh).
 
 The library is compiled on first use (`cc -O3 -march=native -ffp-contract=off`, about a
 second) into ~/.cache/pcalm (PCALM_CACHE), named by the hash of the source, the flags, the
 compiler and the CPU (model and instruction sets), so that an edit, another compiler or another
-kind of node builds its own. No compiler, or a failed build:
-`available()` is False and the eager loop runs (pcalm.core.paths).
+kind of node builds its own. No compiler, or a failed build: `library()` is None, `failure()`
+says why, and the eager loop runs (pcalm.core.paths).
 """
 
 from __future__ import annotations
