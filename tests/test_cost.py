@@ -80,6 +80,7 @@ def test_calibration_on_this_cpu_predicts_its_own_timings(one_thread):
 
     model = cost.calibrate("cpu", 1)
     assert model.kind == "cpu" and all(c >= 0 for c in model.inference)
+    assert model.tanh_bp > 0.5 and model.tanh_pc > 0.5  # timed ratios, near or above 1
     net = ResidualMLP(784, 16, 48, seed=[0])
     x = torch.randn(1, 64, 784)
     y = torch.nn.functional.one_hot(torch.randint(0, 10, (1, 64)), 10).float()
@@ -115,17 +116,32 @@ def test_narrow_training_runs_are_priced_on_the_native_loops_terms():
     assert native.step_seconds(tanh) == MODEL.step_seconds(tanh)
 
 
+def test_a_tanh_net_costs_its_measured_factor_over_a_relu_one():
+    """Calibrated tanh factors scale a tanh run's BP and PC steps and a tanh task; a model
+    stored before them (1.0) prices tanh as ReLU."""
+    tanh = dataclasses.replace(MODEL, tanh_bp=1.5, tanh_pc=1.7)
+    for algo, factor in (("bp", 1.5), ("pcalm", 1.7)):
+        relu, cfg = _cfg(algo, 32, 64), _cfg(algo, 32, 64)
+        cfg["model"]["activation"] = "tanh"
+        assert tanh.step_seconds(cfg) == pytest.approx(factor * MODEL.step_seconds(relu))
+        assert MODEL.step_seconds(cfg) == MODEL.step_seconds(relu)
+    task = {**_cfg("pcalm", 32, 8), "task": {"name": "credit_traces"}}
+    task["model"]["activation"] = "tanh"
+    assert tanh.task_seconds(task) == pytest.approx(1.7 * MODEL.task_seconds(task))
+
+
 def test_a_stored_model_keeps_its_native_terms_and_an_old_one_has_none(tmp_path):
     native = dataclasses.replace(MODEL, native_step=(1e-4, 2e-6, 3e-12),
                                  native_inference=(1e-6, 1e-9, 1e-12), native_max_width=64)
     native.save(tmp_path / "m.json")
     assert CostModel.load(tmp_path / "m.json") == native
     raw = json.loads((tmp_path / "m.json").read_text())
-    for key in ("native_step", "native_inference", "native_max_width"):
+    for key in ("native_step", "native_inference", "native_max_width", "tanh_bp", "tanh_pc"):
         del raw[key]
     (tmp_path / "old.json").write_text(json.dumps(raw))
     old = CostModel.load(tmp_path / "old.json")
     assert old.native_inference is None and old.native_max_width == 0
+    assert old.tanh_bp == old.tanh_pc == 1.0
     assert old.step_seconds(_cfg("pcalm", 8, 32)) == MODEL.step_seconds(_cfg("pcalm", 8, 32))
 
 

@@ -16,7 +16,9 @@ cells, in about ten seconds, once on the eager loop and once on the native loop 
 training run of a linear or ReLU net takes on a CPU for N ≤ 64: pcalm.core.native; its own
 a- and b-terms). `make
 bench` and the first sweep plan on a device do it and store the result
-(results/cost/<device>.json), so later plans on that device are instant. PC is
+(results/cost/<device>.json), so later plans on that device are instant. A tanh net's step
+costs a measured factor more than a ReLU net's (tanh and 1 − φ² against a clamp and a sign;
+`tanh_bp`, `tanh_pc`, timed at one cell). PC is
 costed as PC-ALM (the same loop with α = 0). A run's projection = steps × step + evaluations
 + a start-up term per run (s0: resolve the config, build the net, write the folder).
 
@@ -79,6 +81,10 @@ class CostModel:
     native_step: tuple[float, float, float] | None = None
     native_inference: tuple[float, float, float] | None = None
     native_max_width: int = 0
+    # A tanh net's step over a ReLU net's on the eager loop (tanh and φ' = 1 − φ² cost more
+    # than a clamp and a sign): BP's and PC-ALM's, timed at one cell; 1.0 in older models.
+    tanh_bp: float = 1.0
+    tanh_pc: float = 1.0
 
     def _native(self, width: int, activation: str) -> bool:
         """Whether a training run of this width and activation takes the native loop (not
@@ -104,15 +110,16 @@ class CostModel:
         m, a, t = cfg["model"], cfg["algo"], cfg["train"]
         n, depth, batch = m["width"], m["depth"], t["batch_size"]
         w = models * forward_macs(batch, n, depth)
+        tanh = m.get("activation", "relu") == "tanh"
         if a["name"] == "bp":
             c0, c_l, c_w = self.bp
-            return c0 + c_l * depth + c_w * w
+            return (c0 + c_l * depth + c_w * w) * (self.tanh_bp if tanh else 1.0)
         native = self._native(n, m.get("activation", "relu"))  # a training step's loop
         a0, a_l, a_w = self.native_step if native else self.step
         per_step = self._inference_step(n, depth, batch, models,
                                         self.native_inference if native else None)
         steps = a["budget"] * a.get("inner_steps", 1)
-        return a0 + a_l * depth + a_w * w + steps * per_step
+        return (a0 + a_l * depth + a_w * w + steps * per_step) * (self.tanh_pc if tanh else 1.0)
 
     def run_seconds(self, cfg: dict, models: int = 1) -> float:
         """Projected wall time of one run (start-up included), or of a stack of `models` like
@@ -138,7 +145,8 @@ class CostModel:
         gradient per observed point, plus a PC credit_routes run's equilibrium solve."""
         steps, observed, width, depth, batch = task_work(cfg)
         per_step = self._inference_step(width, depth, batch)
-        return steps * per_step + observed * self._weight_gradient(width, depth, batch)
+        tanh = self.tanh_pc if cfg["model"].get("activation") == "tanh" else 1.0
+        return tanh * (steps * per_step + observed * self._weight_gradient(width, depth, batch))
 
     def stack_seconds(self, stack: list[dict]) -> float:
         """A stack trains as long as its most expensive member would, carrying the others."""
@@ -167,7 +175,9 @@ class CostModel:
             return cls(raw["device"], raw["kind"], int(raw["threads"]),
                        *(tuple(float(v) for v in raw[k]) for k in
                          ("bp", "step", "inference", "evaluation")), startup=startup,
-                       native_max_width=int(raw.get("native_max_width", 0)), **native)
+                       native_max_width=int(raw.get("native_max_width", 0)), **native,
+                       tanh_bp=float(raw.get("tanh_bp", 1.0)),
+                       tanh_pc=float(raw.get("tanh_pc", 1.0)))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -354,7 +364,8 @@ def _time_cell(n: int, depth: int, x, y, x_eval, sync,
 
 
 def calibrate(device, threads: int) -> CostModel:
-    """Time BP, PC-ALM at two budgets, and an evaluation at CALIBRATION_CELLS; fit."""
+    """Time BP, PC-ALM at two budgets (eager and native), and an evaluation at
+    CALIBRATION_CELLS, and fit; and a tanh net's step over a ReLU net's at one cell."""
     import torch
 
     from pcalm.runs.provenance import device_name
@@ -372,6 +383,7 @@ def calibrate(device, threads: int) -> CostModel:
         limit = native_width_limit(device)
         cells = [_time_cell(n, depth, x, y, x_eval, sync, native=n <= limit)
                  for n, depth in CALIBRATION_CELLS]
+        tanh_bp, tanh_pc = _tanh_factors(x, y, sync)
     finally:
         torch.set_num_threads(before)
     fits = {term: _fit([c[term][0] for c in cells], [c[term][1] for c in cells])
@@ -382,7 +394,23 @@ def calibrate(device, threads: int) -> CostModel:
             fits[term] = _fit([r[0] for r in rows], [r[1] for r in rows])
     startup = (_process_startup(), DEFAULT_STARTUP[1])
     return CostModel(device_name(device), device.type, threads, **fits, startup=startup,
-                     native_max_width=limit if "native_inference" in fits else 0)
+                     native_max_width=limit if "native_inference" in fits else 0,
+                     tanh_bp=tanh_bp, tanh_pc=tanh_pc)
+
+
+def _tanh_factors(x, y, sync, cell=(32, 32)) -> tuple[float, float]:
+    """A tanh net's BP and PC-ALM (eager) step time over a ReLU net's, at one cell."""
+    from pcalm.core.algorithms import make_algorithm
+    from pcalm.core.model import ResidualMLP
+
+    times = {}
+    for act in ("relu", "tanh"):
+        net = ResidualMLP(INPUT_DIM, *cell, activation=act, seed=[0], device=x.device)
+        bp, pcalm = make_algorithm("bp"), make_algorithm("pcalm", budget=36, state_lr=0.2)
+        pcalm.compile_mode = "off"
+        times[act] = [_best_time(lambda a=a, n=net: a.stacked_weight_grads(n, x, y), sync=sync)
+                      for a in (bp, pcalm)]
+    return tuple(t / r for t, r in zip(times["tanh"], times["relu"]))
 
 
 def native_width_limit(device) -> int:
