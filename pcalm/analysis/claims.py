@@ -49,15 +49,16 @@ COLLAPSE_MARGIN = 0.05  # η sweep: "collapse" = diverged or within 5 pp of chan
 FRONT_EXPONENT_SPLIT = 1.5  # arrival t ∝ d^p: p < 1.5 ballistic, p > 1.5 diffusive
 LABEL = ALGORITHM_LABELS
 
-# What a missing table costs at paper scale on a 2-core CPU (job time, measured or projected
-# by `--dry-run`; README "Every figure at paper scale: what is on record")
-COST = {"figure1": "seconds", "figure3": "minutes", "figure4": "seconds",
-        "figure5": "≈ 35 min", "figure10": "≈ 3–4 h", "figure_eta": "≈ 1–2 h",
-        "figure6": "≈ 80 min", "figure7": "≈ 80 min",
+# What a missing table costs at paper scale on a 2-core CPU (job time, projected by `--dry-run`
+# with a model calibrated on the idle machine, or measured; README "Every figure at paper
+# scale: what is on record")
+COST = {"figure1": "seconds", "figure3": "seconds", "figure4": "seconds",
+        "figure5": "≈ 2 min", "figure10": "≈ 26 min", "figure_eta": "≈ 7 min",
+        "figure6": "≈ 53 min", "figure7": "≈ 53 min",
         "figure8": "≈ 1 h with ARGS='sweep.equilibrium_max_width=256', 8 h without",
         "figure9": "≈ 1 h with ARGS='sweep.equilibrium_max_width=256', 8 h without",
-        "figure2": "≈ 3 h (N·L ≤ 2048)",
-        "figure2_mnist": "≈ 1 h (N·L ≤ 2048)", "narrow_linear": "≈ 30 min"}
+        "figure2": "≈ 1.9 h (N·L ≤ 2048)",
+        "figure2_mnist": "≈ 1.9 h (N·L ≤ 2048)", "narrow_linear": "≈ 5 min"}
 
 # The authors' anchor cell (SPEC §7): Fashion-MNIST, N = L = 32, ReLU, T = 64, seed 0.
 ANCHOR = ("relu", 32, 32)
