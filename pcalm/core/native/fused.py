@@ -75,7 +75,7 @@ def _build() -> ctypes.CDLL:
         fd, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
         os.close(fd)
         try:
-            done = subprocess.run([cc, *FLAGS, "-o", partial, str(SOURCE), "-lm"],
+            done = subprocess.run([cc, *FLAGS, "-o", partial, str(SOURCE)],
                                   capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"{cc} failed: {' '.join(done.stderr.split())[:300]}")
