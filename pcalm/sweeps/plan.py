@@ -333,11 +333,11 @@ def report(work: Plan, rc: int, name: str, waited: bool) -> int:
     diverged = sum(map(is_diverged, configs))
     note = f" ({diverged} of them diverged: not valid results)" if diverged else ""
     print(f"done: {done} complete{note}, {missing} missing", flush=True)
-    if (missing or rc != 0) and (rc == DISK_FULL or free_space(results_dir) < room_needed(
-            work.pending)):
+    free = free_space(results_dir) if missing or rc != 0 else 0
+    if (missing or rc != 0) and (rc == DISK_FULL or free < room_needed(work.pending)):
         drop_empty_files(results_dir, name)
         print(f"error: {missing} runs missing: the disk of {results_dir} filled during the "
-              f"sweep ({free_space(results_dir) / 2**20:.1f} MB free); finished runs are kept: "
+              f"sweep ({free / 2**20:.1f} MB free); finished runs are kept: "
               "free some space, or set results_dir= to a disk with room, and run the same "
               "command again", file=sys.stderr)
         return 1

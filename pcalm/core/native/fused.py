@@ -134,10 +134,13 @@ def forward_native(ws) -> None:
     lib, f64 = _loaded(), ws.z.dtype == torch.float64
     scalar = ctypes.c_double if f64 else ctypes.c_float
     ws.forward_input()
+    # A shared batch is an expanded view (stride 0 over the models): copied once here, and
+    # the loop and the eager readout read the copy.
+    ws.y3 = ws.y3.contiguous()
     dummy = ws.z  # P, D of the identity, λ of PC: unused
     tensors = (ws.z, ws.P if ws.D is not None else dummy, ws.D if ws.D is not None else dummy,
                ws.E, ws.lam if ws.lam is not None else dummy, ws.F[0], ws.WT, ws.WoT, ws.e,
-               ws.y3.contiguous(), ws.Q)
+               ws.y3, ws.Q)
     S, (M, B, N), C = ws.L - 1, ws.z.shape[1:], ws.e.shape[-1]
     fn = lib.pcalm_forward_f64 if f64 else lib.pcalm_forward_f32
     fn(*(ctypes.c_int(v) for v in (S, M, B, N, C, ACT_CODES[ws.act], ws.lam is not None)),
@@ -146,18 +149,17 @@ def forward_native(ws) -> None:
 
 
 def loop_native(ws) -> None:
-    """`ws.loop_eager(None)`, in C. The Workspace must have run `forward` (z, P, D, ε, e)."""
+    """`ws.loop_eager(None)`, in C, after `forward_native` (z, P, D, ε, e, a contiguous y)."""
     lib = _loaded()
     p, f64 = ws.plan, ws.z.dtype == torch.float64
     scalar = ctypes.c_double if f64 else ctypes.c_float
     eta = _per_model(ws, p.state_lr, 0.0)
     rho = _per_model(ws, p.rho, 1.0)
     alpha = _per_model(ws, p.alpha if ws.lam is not None else None, 0.0)  # PC: unused
-    y = ws.y3.contiguous()  # a shared batch is an expanded view: one copy per model
     dummy = ws.z  # P, D of the identity (unused), λ of PC (unused)
     tensors = (ws.z, ws.P if ws.D is not None else dummy, ws.D if ws.D is not None else dummy,
                ws.E, ws.lam if ws.lam is not None else dummy, ws.F[0], ws.W, ws.WT,
-               ws.Wo_neg, ws.WoT, ws.e, y, ws.Q, eta, rho, alpha)
+               ws.Wo_neg, ws.WoT, ws.e, ws.y3, ws.Q, eta, rho, alpha)
     S, (M, B, N), C = ws.L - 1, ws.z.shape[1:], ws.e.shape[-1]
     fn = lib.pcalm_loop_f64 if f64 else lib.pcalm_loop_f32
     fn(*(ctypes.c_int(v) for v in (S, M, B, N, C, ACT_CODES[ws.act], ws.lam is not None)),
